@@ -1,0 +1,129 @@
+"""Typed settings of every stage, with the defaults of the ``quick`` preset.
+
+Each dataclass is plain data: it is saved as JSON next to every result and read back with
+:func:`from_dict`, so a run folder says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are shaped.
+
+    ``spec`` is a data spec: ``synthetic``, a path to a MedMNIST ``.npz`` file,
+    ``medmnist:NAME`` or a folder. ``image_size`` None means the source's own default
+    (MedMNIST: native size, folder: 64, synthetic: 32); ``channels`` None means automatic
+    (1 for grayscale sources, 3 as soon as one image has colour).
+    """
+
+    spec: str = "synthetic"
+    normal_class: int = 0
+    image_size: int | None = None
+    channels: int | None = None
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    contamination: float = 0.0
+    max_train: int | None = None
+    cache_dir: str | None = None
+    synthetic_train: int = 1000
+    synthetic_val: int = 200
+    synthetic_test: int = 500
+
+
+@dataclass
+class DiffusionConfig:
+    """The DDPM used as a dissolving operator (METHOD.md section 1)."""
+
+    resolution: int = 32
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    epochs: int = 30
+    max_seconds: float | None = 90.0
+    batch_size: int = 64
+    lr: float = 2e-4
+
+
+@dataclass
+class DetectorConfig:
+    """The amplifying network and its training (METHOD.md sections 2 and 3)."""
+
+    dissolve: str = "diffusion"
+    t_min: int = 30
+    t_max: int = 100
+    shift: str = "rotation"
+    mask: str = "shifted_removed"
+    width: int = 16
+    proj_dim: int = 128
+    temperature: float = 0.5
+    batch_size: int = 32
+    epochs: int = 100
+    max_seconds: float | None = 240.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 0
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.4
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+    dissolve_cache_steps: int = 8
+
+
+@dataclass
+class ScoreConfig:
+    """The CSI score (METHOD.md section 4)."""
+
+    samples: int = 10
+    crop_scale: float = 0.54
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    """Everything ``dia run`` needs: one object, saved as ``config.json`` in the run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    preset: str = "quick"
+
+
+def to_dict(config: Any) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Build ``cls`` from a dict written by :func:`to_dict`; unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+    kwargs = {}
+    for key, value in values.items():
+        sub = _dataclass_type(names[key].type)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    by_name = {c.__name__: c for c in (DataConfig, DiffusionConfig, DetectorConfig, ScoreConfig)}
+    if isinstance(annotation, str):
+        return by_name.get(annotation)
+    return annotation if dataclasses.is_dataclass(annotation) else None

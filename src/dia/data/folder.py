@@ -1,0 +1,201 @@
+"""Folders of image files, in a split layout or a flat normal/abnormal layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dia.data.npz import DataError
+from dia.data.types import ImageData
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+DEFAULT_FOLDER_SIZE = 64
+# An RGB image whose channels differ by at most this much (out of 255) counts as grayscale:
+# JPEG compression leaves a little colour noise in gray pictures.
+GRAY_TOLERANCE = 2
+
+LAYOUTS = (
+    "Expected one of two layouts:\n"
+    "  1. split:  ROOT/train/0_normal, ROOT/test/0_normal, ROOT/test/1_abnormal\n"
+    "             (optional ROOT/train/1_abnormal, used only for contamination;\n"
+    "              optional ROOT/val/0_normal + ROOT/val/1_abnormal)\n"
+    "  2. flat:   ROOT/normal, ROOT/abnormal (a seeded test_fraction of the normal images\n"
+    "             plus all abnormal images form the test set)\n"
+    "Each class folder must hold image files (.png .jpg .jpeg .bmp .tif .tiff)."
+)
+
+
+def load_folder(
+    root: str | Path,
+    image_size: int = DEFAULT_FOLDER_SIZE,
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+) -> tuple[ImageData, torch.Tensor]:
+    """Read an image folder: train (N,C,S,S) normals; also the abnormal train images.
+
+    Every image is resized so its shorter side is ``image_size``, then centre-cropped to a
+    square. C is 1 when every image is grayscale, else 3 (gray images are replicated).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if image_size < 8:
+        raise DataError(f"image_size must be >= 8, got {image_size}")
+
+    reader = _Reader(image_size)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        splits = _split_layout(root, reader)
+        layout = "split"
+    elif (root / "normal").is_dir() and (root / "abnormal").is_dir():
+        splits = _flat_layout(root, reader, split_seed, test_fraction)
+        layout = "flat"
+    else:
+        raise DataError(f"{root} matches no known folder layout. {LAYOUTS}")
+
+    colour = any(not gray for gray in reader.gray)
+    channels = 3 if colour else 1
+
+    def stack(images: list[np.ndarray]) -> torch.Tensor:
+        return _stack(images, channels, image_size)
+
+    data = ImageData(
+        name=root.name,
+        train=stack(splits["train"]),
+        test=stack(splits["test_normal"] + splits["test_abnormal"]),
+        test_labels=_labels(len(splits["test_normal"]), len(splits["test_abnormal"])),
+        info={
+            "root": str(root),
+            "layout": layout,
+            "files_read": len(reader.gray),
+            "colour_files": int(sum(not gray for gray in reader.gray)),
+            "files_skipped": reader.skipped,
+        },
+    )
+    if "val_normal" in splits:
+        data.val = stack(splits["val_normal"] + splits["val_abnormal"])
+        data.val_labels = _labels(len(splits["val_normal"]), len(splits["val_abnormal"]))
+    return data, stack(splits.get("train_abnormal", []))
+
+
+def _split_layout(root: Path, reader: _Reader) -> dict[str, list[np.ndarray]]:
+    splits = {
+        "train": reader.folder(root / "train" / "0_normal"),
+        "test_normal": reader.folder(root / "test" / "0_normal"),
+        "test_abnormal": reader.folder(root / "test" / "1_abnormal"),
+    }
+    if (root / "train" / "1_abnormal").is_dir():
+        splits["train_abnormal"] = reader.folder(root / "train" / "1_abnormal")
+    if (root / "val").is_dir():
+        # A val folder is optional, but half a val set would give a one-class val set.
+        splits["val_normal"] = reader.folder(root / "val" / "0_normal")
+        splits["val_abnormal"] = reader.folder(root / "val" / "1_abnormal")
+    return splits
+
+
+def _flat_layout(
+    root: Path, reader: _Reader, split_seed: int, test_fraction: float
+) -> dict[str, list[np.ndarray]]:
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    normal = reader.folder(root / "normal")
+    abnormal = reader.folder(root / "abnormal")
+    if len(normal) < 2:
+        raise DataError(
+            f"{root / 'normal'} holds {len(normal)} image(s); the flat layout needs at least 2 "
+            "so that both the train and the test set get a normal image"
+        )
+    n_test = min(len(normal) - 1, max(1, round(test_fraction * len(normal))))
+    chosen = np.random.default_rng(split_seed).permutation(len(normal))
+    test_idx = set(chosen[:n_test].tolist())
+    return {
+        "train": [img for i, img in enumerate(normal) if i not in test_idx],
+        "test_normal": [img for i, img in enumerate(normal) if i in test_idx],
+        "test_abnormal": abnormal,
+    }
+
+
+class _Reader:
+    """Reads class folders into square float arrays, remembering which images had colour."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.gray: list[bool] = []
+        self.skipped = 0
+
+    def folder(self, folder: Path) -> list[np.ndarray]:
+        """All images of one class folder, sorted by file name: (S,S) or (S,S,3) float32."""
+        if not folder.is_dir():
+            raise DataError(f"missing class folder {folder}. {LAYOUTS}")
+        files = []
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+            else:
+                self.skipped += 1
+        if not files:
+            raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
+        images = [read_image(path, self.size) for path in files]
+        self.gray.extend(img.ndim == 2 for img in images)
+        return images
+
+
+def read_image(path: str | Path, size: int) -> np.ndarray:
+    """One image file as float32 in [0,1]: (S,S) if grayscale, else (S,S,3)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = _resized_array(img, size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    if array.ndim == 3:
+        spread = array.max(axis=2) - array.min(axis=2)
+        if spread.max() <= GRAY_TOLERANCE / 255 + 1e-6:
+            array = array.mean(axis=2)
+    return np.clip(array, 0.0, 1.0).astype(np.float32)
+
+
+def _resized_array(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the central square of ``img`` to size x size; (S,S) or (S,S,3) in [0,1]."""
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    # Cropping the central square and resizing it equals scaling the shorter side to ``size``
+    # then centre-cropping; PIL filters with an antialiasing support when it shrinks.
+    box = (left, top, left + side, top + side)
+
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # High bit depth: resize in float so no precision is lost, then scale to [0,1].
+        scale = 1.0 if img.mode == "F" else 65535.0
+        values = np.asarray(img, dtype=np.float32) / scale
+        resized = Image.fromarray(values).resize((size, size), Image.Resampling.BICUBIC, box=box)
+        return np.asarray(resized, dtype=np.float32)
+
+    if img.mode in ("1", "L", "LA"):
+        img = img.convert("L")
+    elif img.mode != "RGB":
+        # Palette, RGBA, CMYK, YCbCr... all become plain RGB (alpha is dropped).
+        img = img.convert("RGB")
+    resized = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
+def _stack(images: list[np.ndarray], channels: int, size: int) -> torch.Tensor:
+    """A list of (S,S) / (S,S,3) arrays as float32 (N,C,S,S)."""
+    if not images:
+        return torch.zeros((0, channels, size, size), dtype=torch.float32)
+    out = np.empty((len(images), channels, size, size), dtype=np.float32)
+    for i, img in enumerate(images):
+        if img.ndim == 2:
+            out[i] = img[None]
+        else:
+            out[i] = img.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:
+    return torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)]).long()

@@ -1,0 +1,124 @@
+"""MedMNIST-style ``.npz`` files: one normal class against all the others."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dia.data.types import ImageData
+
+REQUIRED_KEYS = (
+    "train_images",
+    "train_labels",
+    "val_images",
+    "val_labels",
+    "test_images",
+    "test_labels",
+)
+
+
+class DataError(ValueError):
+    """Bad input data or data settings; the message says what was wrong and how to fix it."""
+
+
+# DataError lives here, in the lowest-level loader, so every data module can import it
+# without a cycle through ``dia.data.sources``.
+
+
+def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.Tensor]:
+    """Read a MedMNIST ``.npz``: train (N,C,H,W) normals; also the abnormal train images.
+
+    Images keep their native size and channels (1 for (N,H,W), 3 for (N,H,W,3)). Labels equal
+    to ``normal_class`` become 0, every other label 1. The second value holds the abnormal
+    training images (possibly empty), used only to contaminate the training set on request.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz file not found: {path}")
+    arrays = _read_arrays(path)
+
+    splits = {}
+    for split in ("train", "val", "test"):
+        images = _images(arrays[f"{split}_images"], path, split)
+        labels = _labels(arrays[f"{split}_labels"], path, split, len(images))
+        splits[split] = (images, labels)
+
+    present = sorted({int(x) for _, labels in splits.values() for x in np.unique(labels)})
+    if normal_class not in present:
+        raise DataError(
+            f"normal_class={normal_class} does not occur in {path}; labels present: {present}"
+        )
+
+    train_images, train_labels = splits["train"]
+    is_normal = train_labels == normal_class
+    val_images, val_labels = splits["val"]
+    test_images, test_labels = splits["test"]
+    data = ImageData(
+        name=path.stem,
+        train=_to_tensor(train_images[is_normal]),
+        test=_to_tensor(test_images),
+        test_labels=_binary(test_labels, normal_class),
+        val=_to_tensor(val_images) if len(val_images) else None,
+        val_labels=_binary(val_labels, normal_class) if len(val_images) else None,
+        info={"file": str(path), "labels_present": present},
+    )
+    return data, _to_tensor(train_images[~is_normal])
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in REQUIRED_KEYS if key not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{path} lacks the keys {missing}; a MedMNIST-style npz needs "
+                    f"{list(REQUIRED_KEYS)}"
+                )
+            return {key: archive[key] for key in REQUIRED_KEYS}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        # np.load raises ValueError for object arrays and for files that are not npz at all.
+        raise DataError(f"cannot read {path} as an .npz file: {err}") from err
+
+
+def _images(images: np.ndarray, path: Path, split: str) -> np.ndarray:
+    """Validate and return images as (N,H,W) or (N,H,W,3)."""
+    is_gray = images.ndim == 3
+    is_rgb = images.ndim == 4 and images.shape[-1] == 3
+    if not (is_gray or is_rgb):
+        raise DataError(
+            f"{split}_images in {path} must have shape (N,H,W) or (N,H,W,3), got {images.shape}"
+        )
+    if images.dtype != np.uint8:
+        raise DataError(f"{split}_images in {path} must be uint8, got {images.dtype}")
+    return images
+
+
+def _labels(labels: np.ndarray, path: Path, split: str, n: int) -> np.ndarray:
+    """Validate labels of shape (N,) or (N,1) and return them flat, as int64."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (n,):
+        raise DataError(
+            f"{split}_labels in {path} must have shape ({n},) or ({n}, 1) to match "
+            f"{split}_images, got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{split}_labels in {path} must be integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _binary(labels: np.ndarray, normal_class: int) -> torch.Tensor:
+    return torch.from_numpy((labels != normal_class).astype(np.int64))
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,3) to float32 (N,C,H,W) in [0,1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    if tensor.ndim == 3:
+        return tensor.unsqueeze(1)
+    return tensor.permute(0, 3, 1, 2).contiguous()

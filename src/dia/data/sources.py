@@ -1,0 +1,196 @@
+"""``load_data``: pick the source named by a data spec, then shape its images one way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dia.config import DataConfig
+from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder
+from dia.data.medmnist import load_medmnist
+from dia.data.npz import DataError, load_npz
+from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
+from dia.data.types import ImageData
+
+SYNTHETIC_SIZE = 32
+SPEC_FORMS = (
+    "accepted data specs:\n"
+    "  synthetic             the built-in procedural chest X-ray set\n"
+    "  medmnist:NAME         a MedMNIST 2D set, e.g. medmnist:pneumoniamnist (downloaded once)\n"
+    "  /path/to/file.npz     a MedMNIST-style .npz file\n"
+    "  /path/to/folder       an image folder (train/0_normal,... or normal/ + abnormal/)"
+)
+# Luminance weights of ITU-R BT.601, the ones PIL uses for RGB -> L.
+_LUMA = (0.299, 0.587, 0.114)
+# Channels within this distance count as equal (uint8 rounding, JPEG colour noise).
+_GRAY_TOLERANCE = 2.5 / 255
+
+
+def load_data(config: DataConfig) -> ImageData:
+    """Load the data set of ``config.spec``: float32 (N,C,S,S) images in [0,1], 0/1 labels."""
+    _check_config(config)
+    data, abnormal_train, source = _load_source(config)
+
+    if config.image_size is not None:
+        data.train = _resize(data.train, config.image_size)
+        data.test = _resize(data.test, config.image_size)
+        data.val = None if data.val is None else _resize(data.val, config.image_size)
+        abnormal_train = _resize(abnormal_train, config.image_size)
+
+    parts = [data.train, data.test, abnormal_train] + ([] if data.val is None else [data.val])
+    channels = config.channels or (1 if all(_is_gray(p) for p in parts) else 3)
+    data.train = _to_channels(data.train, channels)
+    data.test = _to_channels(data.test, channels)
+    data.val = None if data.val is None else _to_channels(data.val, channels)
+    abnormal_train = _to_channels(abnormal_train, channels)
+
+    if config.max_train is not None and config.max_train < len(data.train):
+        rng = np.random.default_rng(config.split_seed)
+        keep = np.sort(rng.choice(len(data.train), size=config.max_train, replace=False))
+        data.train = data.train[torch.from_numpy(keep)]
+    contaminated = _contaminate(data, abnormal_train, config)
+
+    _check_result(data, config)
+    data.info.update(
+        source=source,
+        spec=config.spec,
+        normal_class=config.normal_class,
+        image_size=data.image_size,
+        channels=data.channels,
+        contamination=config.contamination,
+        contaminated=len(contaminated),
+        contaminated_indices=contaminated,
+        counts=data.counts(),
+    )
+    return data
+
+
+def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
+    """(data at the source's size, abnormal training images, source name) for the spec."""
+    spec = config.spec.strip()
+    if spec == "synthetic":
+        _only_default_class(config, "synthetic")
+        size = config.image_size or SYNTHETIC_SIZE
+        data = make_synthetic(
+            config.synthetic_train,
+            config.synthetic_val,
+            config.synthetic_test,
+            image_size=size,
+            seed=config.split_seed,
+        )
+        # Generated on demand: exactly as many lesion images as contamination replaces.
+        n_train = min(config.synthetic_train, config.max_train or config.synthetic_train)
+        needed = round(config.contamination * n_train)
+        return data, make_synthetic_abnormal(needed, size, config.split_seed), "synthetic"
+
+    if spec.lower().startswith("medmnist:"):
+        name = spec.split(":", 1)[1]
+        data, abnormal = load_medmnist(name, config.normal_class, config.cache_dir)
+        return data, abnormal, "medmnist"
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise DataError(f"data spec {spec!r} is a file but not a .npz file; {SPEC_FORMS}")
+        data, abnormal = load_npz(path, config.normal_class)
+        return data, abnormal, "npz"
+    if path.is_dir():
+        _only_default_class(config, "folder")
+        size = config.image_size or DEFAULT_FOLDER_SIZE
+        data, abnormal = load_folder(path, size, config.split_seed, config.test_fraction)
+        return data, abnormal, "folder"
+    raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,C,H,W) to (N,C,size,size), bilinear with antialiasing when shrinking."""
+    if images.shape[-2:] == (size, size):
+        return images
+    if len(images) == 0:
+        return images.new_zeros((0, images.shape[1], size, size))
+    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return out.clamp_(0.0, 1.0)
+
+
+def _is_gray(images: torch.Tensor) -> bool:
+    """True if every image has one channel or three equal ones."""
+    if images.shape[1] == 1 or len(images) == 0:
+        return True
+    spread = images.amax(dim=1) - images.amin(dim=1)
+    return bool(spread.max() <= _GRAY_TOLERANCE)
+
+
+def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor(_LUMA, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True).clamp_(0.0, 1.0)
+
+
+def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> list[int]:
+    """Replace round(c*N) training images by abnormal ones; returns the replaced indices."""
+    needed = round(config.contamination * len(data.train))
+    if needed == 0:
+        return []
+    if len(abnormal) == 0:
+        raise DataError(
+            f"contamination={config.contamination} needs abnormal training images, but the "
+            f"source {config.spec!r} has none (npz: train images of other labels; folder: "
+            "train/1_abnormal)"
+        )
+    if len(abnormal) < needed:
+        raise DataError(
+            f"contamination={config.contamination} needs {needed} abnormal training images, "
+            f"but {config.spec!r} has only {len(abnormal)}"
+        )
+    # A stream apart from max_train's, so the two choices do not correlate.
+    rng = np.random.default_rng([config.split_seed, 1])
+    targets = np.sort(rng.choice(len(data.train), size=needed, replace=False))
+    picks = rng.choice(len(abnormal), size=needed, replace=False)
+    train = data.train.clone()
+    train[torch.from_numpy(targets)] = abnormal[torch.from_numpy(picks)]
+    data.train = train
+    return targets.tolist()
+
+
+def _check_config(config: DataConfig) -> None:
+    if config.image_size is not None and config.image_size < 8:
+        raise DataError(
+            f"image_size must be >= 8 (or None for the source's size), got {config.image_size}"
+        )
+    if config.channels not in (None, 1, 3):
+        raise DataError(f"channels must be None (automatic), 1 or 3, got {config.channels}")
+    if not 0 < config.test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
+    if not 0 <= config.contamination < 1:
+        raise DataError(f"contamination must be in [0, 1), got {config.contamination}")
+    if config.max_train is not None and config.max_train < 1:
+        raise DataError(f"max_train must be >= 1 (or None for all), got {config.max_train}")
+
+
+def _only_default_class(config: DataConfig, source: str) -> None:
+    # Folder and synthetic sources define normal by layout; a silently ignored class would
+    # make a run claim a setting it never used.
+    if config.normal_class != 0:
+        raise DataError(
+            f"normal_class={config.normal_class} applies only to npz and medmnist sources; the "
+            f"{source} source defines its normal images itself (leave normal_class at 0)"
+        )
+
+
+def _check_result(data: ImageData, config: DataConfig) -> None:
+    if len(data.train) == 0:
+        raise DataError(
+            f"no training images in {config.spec!r} (normal_class={config.normal_class})"
+        )
+    counts = data.counts()
+    if counts["test_normal"] == 0 or counts["test_abnormal"] == 0:
+        raise DataError(
+            f"one-class test set in {config.spec!r}: {counts['test_normal']} normal and "
+            f"{counts['test_abnormal']} abnormal test images; AUROC needs both classes"
+        )

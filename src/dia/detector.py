@@ -1,0 +1,239 @@
+"""The detector as an estimator: ``fit`` on normal images, then score, decide, save, load."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import DetectorConfig, DiffusionConfig, ScoreConfig, from_dict, to_dict
+from .device import resolve_device, resolve_precision
+from .diffusion import DiffusionModel, train_diffusion
+from .dissolve import build_dissolver
+from .io import read_json, save_dir_atomically, write_json
+from .scoring import FeatureBank, build_bank, csi_score, shifted_features
+from .training import DetectorTrainer, build_network
+
+FORMAT = "dia-detector"
+FORMAT_VERSION = 1
+
+
+def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
+    """Bring images to float32 (N, C, H, W) in [0, 1].
+
+    Accepts tensors or arrays shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3;
+    uint8 values are divided by 255. ``channels`` and ``size``, when given, must match.
+    """
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    x = x.float()
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise ValueError(
+            "images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3, "
+            f"N > 0; got shape {tuple(x.shape)}"
+        )
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("float images must hold finite values in [0, 1] (uint8 in [0, 255])")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"images have {x.shape[1]} channels; this detector was fit on {channels}")
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"images are {tuple(x.shape[-2:])}; this detector was fit on "
+            f"{size}x{size}: resize them first"
+        )
+    return x.contiguous()
+
+
+class DIADetector:
+    """DIA anomaly detector with the scikit-learn/PyOD contract.
+
+    ``fit(X)`` trains on normal images only: the diffusion model when dissolving needs one and
+    none is given, the amplifying network, the feature bank, and a decision threshold that lets
+    through ``1 - fpr`` of the normal training images (scored leave-one-out). Afterwards
+    ``score_samples`` (higher = more normal), ``decision_function`` (negative = abnormal) and
+    ``predict`` (1 = abnormal, 0 = normal).
+    """
+
+    def __init__(
+        self,
+        detector: DetectorConfig | None = None,
+        score: ScoreConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
+        fpr: float = 0.05,
+        device: str = "auto",
+        precision: str = "auto",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.detector = detector
+        self.score = score
+        self.diffusion = diffusion
+        self.fpr = fpr
+        self.device = device
+        self.precision = precision
+        self.seed = seed
+        self.progress = progress
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def detector_config(self) -> DetectorConfig:
+        return self.detector or DetectorConfig()
+
+    @property
+    def score_config(self) -> ScoreConfig:
+        return self.score or ScoreConfig()
+
+    def _runtime(self) -> tuple[torch.device, str]:
+        device = resolve_device(self.device)
+        return device, resolve_precision(self.precision, device)
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(
+        self,
+        X,
+        diffusion_model: DiffusionModel | None = None,
+        callback=None,
+        callback_every_s: float | None = None,
+    ) -> DIADetector:
+        """Train on normal images X; returns self. See :func:`as_images` for accepted X."""
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
+        images = as_images(X)
+        cfg = self.detector_config
+        device, precision = self._runtime()
+        self.timings_ = {}
+        if cfg.dissolve == "diffusion" and diffusion_model is None:
+            t0 = time.perf_counter()
+            diffusion_model = DiffusionModel(self.diffusion or DiffusionConfig(), images.shape[1])
+            self.diffusion_history_ = train_diffusion(
+                diffusion_model,
+                images,
+                diffusion_model.config,
+                device=device,
+                seed=self.seed,
+                progress=self.progress,
+            )
+            self.timings_["diffusion_s"] = time.perf_counter() - t0
+        self.diffusion_model_ = diffusion_model if cfg.dissolve == "diffusion" else None
+        dissolver = None
+        if cfg.dissolve != "none":
+            dissolver = build_dissolver(cfg.dissolve, self.diffusion_model_)
+            dissolver.to(device)
+        t0 = time.perf_counter()
+        trainer = DetectorTrainer(
+            cfg, images, dissolver=dissolver, device=device, precision=precision, seed=self.seed
+        )
+        self.net_, self.history_ = trainer.train(self.progress, callback, callback_every_s)
+        self.timings_["detector_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._fit_bank(images)
+        self.timings_["bank_s"] = time.perf_counter() - t0
+        return self
+
+    def _fit_bank(self, images: torch.Tensor) -> None:
+        device, precision = self._runtime()
+        feats = shifted_features(
+            self.net_, images, self.detector_config, self.score_config, device, precision
+        )
+        self.bank_ = build_bank(feats)
+        self.channels_, self.image_size_ = int(images.shape[1]), int(images.shape[-1])
+        train_scores = csi_score(feats, self.bank_, exclude_self=True).numpy()
+        self.train_scores_ = train_scores
+        self.threshold_ = float(np.quantile(train_scores, self.fpr))
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "bank_"):
+            raise RuntimeError("this DIADetector is not fitted; call fit() or from_pretrained()")
+
+    def score_samples(self, X) -> np.ndarray:
+        """Normality score of each image, (N,); higher = more normal (the CSI score)."""
+        self._check_fitted()
+        images = as_images(X, self.channels_, self.image_size_)
+        device, precision = self._runtime()
+        feats = shifted_features(
+            self.net_, images, self.detector_config, self.score_config, device, precision
+        )
+        return csi_score(feats, self.bank_).numpy()
+
+    def decision_function(self, X) -> np.ndarray:
+        """score_samples minus the threshold, (N,): negative means abnormal."""
+        return self.score_samples(X) - self.threshold_
+
+    def predict(self, X) -> np.ndarray:
+        """1 for images judged abnormal, 0 for normal, (N,)."""
+        return (self.decision_function(X) < 0).astype(np.int64)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (network + bank) into folder ``path``."""
+        self._check_fitted()
+        tensors = {
+            f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()
+        }
+        for field in dataclasses.fields(FeatureBank):
+            tensors[f"bank.{field.name}"] = getattr(self.bank_, field.name).contiguous()
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "detector": to_dict(self.detector_config),
+            "score": to_dict(self.score_config),
+            "channels": self.channels_,
+            "image_size": self.image_size_,
+            "fpr": self.fpr,
+            "threshold": self.threshold_,
+            "seed": self.seed,
+        }
+
+        def write(folder: Path) -> None:
+            save_file(tensors, str(folder / "model.safetensors"))
+            write_json(folder / "config.json", config)
+
+        return save_dir_atomically(path, write)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str = "auto", precision: str = "auto"
+    ) -> DIADetector:
+        """Load a detector saved by :meth:`save_pretrained`; no pickle is involved."""
+        path = Path(path)
+        config = read_json(path / "config.json")
+        if config.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} does not hold a dia detector (format={config.get('format')!r})"
+            )
+        if config.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} was saved by a newer dia (version {config['version']})")
+        try:
+            tensors = load_file(str(path / "model.safetensors"))
+        except (SafetensorError, FileNotFoundError, OSError) as err:
+            raise ValueError(f"cannot read {path / 'model.safetensors'}: {err}") from err
+        det = cls(
+            detector=from_dict(DetectorConfig, config["detector"]),
+            score=from_dict(ScoreConfig, config["score"]),
+            fpr=config["fpr"],
+            device=device,
+            precision=precision,
+            seed=config.get("seed", 0),
+            progress=False,
+        )
+        net = build_network(det.detector_config, config["channels"])
+        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        det.net_ = net.to(resolve_device(device)).eval()
+        det.bank_ = FeatureBank(
+            **{f.name: tensors[f"bank.{f.name}"] for f in dataclasses.fields(FeatureBank)}
+        )
+        det.channels_, det.image_size_ = config["channels"], config["image_size"]
+        det.threshold_ = config["threshold"]
+        return det

@@ -1,0 +1,54 @@
+"""Choosing the device and the numeric precision, at call time (never at import)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a device torch knows") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for CUDA, but torch sees no CUDA device")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX tiles, where bf16 convolutions beat fp32 (on AVX2 they are slower)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map ``auto`` to ``bf16`` where it is faster (CUDA with bf16, AMX CPUs), else ``fp32``."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}; expected 'auto', 'fp32' or 'bf16'")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for ``bf16``, a no-op for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """channels_last pays off with bf16 on CPU and on CUDA; plain layout otherwise."""
+    if precision == "bf16" or device.type == "cuda":
+        return torch.channels_last
+    return torch.contiguous_format

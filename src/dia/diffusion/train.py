@@ -1,0 +1,110 @@
+"""Training loop of the dissolving DDPM on the normal training images."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from ..config import DiffusionConfig
+from .model import DiffusionModel
+
+
+def train_diffusion(
+    model: DiffusionModel,
+    images: torch.Tensor,
+    config: DiffusionConfig,
+    *,
+    device: str | torch.device,
+    seed: int,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Fit ``model`` to normal images (N, C, H, W) in [0, 1]; returns the history dict.
+
+    Runs ``config.epochs`` epochs or until ``config.max_seconds`` have passed, whichever comes
+    first. History: ``steps``, ``epochs`` (float, partial epochs count), ``seconds``,
+    ``images_per_s`` and ``loss`` (mean per epoch, the last one possibly partial). ``log``
+    receives one line per epoch. The model is left in eval mode on ``device``.
+    """
+    _check_settings(config)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor (N, C, H, W), got {shape}")
+    device = torch.device(device)
+    start = time.perf_counter()
+    model.to(device)
+    with torch.no_grad():
+        # Converted once: padding/resizing every batch would cost as much as a small UNet step.
+        data = model.to_model_space(images.to(device=device, dtype=torch.float32))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=config.lr)
+    n = data.shape[0]
+    batch = min(config.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+
+    model.train()
+    history: dict = {"loss": []}
+    steps = seen = 0
+    out_of_time = False
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress)
+    for epoch in range(config.epochs):
+        perm = torch.randperm(n, generator=gen, device=device)
+        total, count = torch.zeros((), device=device), 0
+        for i in range(steps_per_epoch):
+            x0 = data[perm[i * batch : (i + 1) * batch]]
+            flip = torch.rand(x0.shape[0], generator=gen, device=device) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            loss = model.loss(x0, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Standard for DDPMs: the rare large-t batches otherwise cause loss spikes.
+            torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
+            optimizer.step()
+            total += loss.detach()
+            count += 1
+            steps += 1
+            seen += x0.shape[0]
+            bar.update(1)
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{(total / count).item():.4f}")
+            max_s = config.max_seconds
+            if max_s is not None and time.perf_counter() - start >= max_s:
+                out_of_time = True
+                break
+        history["loss"].append((total / count).item())
+        if not math.isfinite(history["loss"][-1]):
+            bar.close()
+            model.eval()
+            raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
+        if log is not None:
+            log(
+                f"diffusion epoch {epoch + 1}/{config.epochs} loss {history['loss'][-1]:.4f} "
+                f"{time.perf_counter() - start:.0f}s"
+            )
+        if out_of_time:
+            break
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - start
+    history.update(
+        steps=steps,
+        epochs=steps / steps_per_epoch,
+        seconds=seconds,
+        images_per_s=seen / max(seconds, 1e-9),
+    )
+    return history
+
+
+def _check_settings(config: DiffusionConfig) -> None:
+    if config.epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {config.epochs}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.max_seconds is not None and not config.max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0 or None, got {config.max_seconds}")

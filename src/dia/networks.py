@@ -1,0 +1,69 @@
+"""The amplifying network: a ResNet-18 encoder with projection and shift heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .shifts import NUM_SHIFTS
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.skip = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with the small-image (CIFAR) stem: a 3x3 stride-1 convolution, no max-pool.
+
+    ``width`` is the channel count of the first stage (64 in the standard network); the feature
+    dimension is 8 * width. Input (B, C, H, W), output (B, 8 * width).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        stages, c_in = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            c_out = width * 2**i
+            stages += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.out_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
+
+
+class AmplifierNet(nn.Module):
+    """Encoder f, 2-layer projection g (unnormalised z) and a linear K-way shift head.
+
+    ``forward`` takes (B, C, H, W) in [0, 1] and returns (z (B, proj_dim), shift logits (B, K)).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 64, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.encoder = ResNet18(channels, width)
+        d = self.encoder.out_dim
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
+        self.shift_head = nn.Linear(d, NUM_SHIFTS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x * 2.0 - 1.0)
+        return self.projection(h), self.shift_head(h)

@@ -1,0 +1,71 @@
+"""Optimisers and the learning-rate schedule of detector training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+OPTIMIZERS = ("adam", "sgd", "lars")
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017), as SimCLR and CSI use.
+
+    Parameters with one dimension (biases, norm scales) get neither weight decay nor the
+    trust ratio, the usual exclusion.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if p.ndim > 1:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = p.norm(), grad.norm()
+                    if p_norm > 0 and g_norm > 0:
+                        grad = grad.mul(group["trust_coefficient"] * p_norm / g_norm)
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = grad.clone()
+                else:
+                    state["momentum"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum"], alpha=-group["lr"])
+        return loss
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """'adam', 'sgd' (momentum 0.9) or 'lars' with learning rate ``lr``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r}; expected one of {OPTIMIZERS}")
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of training, then cosine decay to 0."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
+    return 0.5 * (1.0 + math.cos(math.pi * rest))

@@ -1,0 +1,194 @@
+"""The steps of a run and the run folder they share: config, models, scores, metrics."""
+
+from __future__ import annotations
+
+import csv
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import RunConfig, from_dict, to_dict
+from .data import ImageData, load_data
+from .detector import DIADetector
+from .device import resolve_device, resolve_precision
+from .diffusion import DiffusionModel, train_diffusion
+from .evaluation import anomaly_metrics
+from .io import read_json, write_json
+
+DIFFUSION_DIR = "diffusion"
+DETECTOR_DIR = "detector"
+
+
+def code_commit() -> str:
+    """The git commit of the installed code, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """runs/<data>-<dissolve>-seed<seed>, with -2, -3, ... so an earlier run is never reused."""
+    spec = config.data.spec.rstrip("/\\")
+    data_name = Path(spec).stem if spec not in ("synthetic",) else spec
+    data_name = data_name.replace("medmnist:", "")
+    base = Path(root) / f"{data_name}-{config.detector.dissolve}-seed{config.seed}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def save_config(config: RunConfig, out: Path) -> None:
+    write_json(out / "config.json", to_dict(config))
+
+
+def load_config(out: Path) -> RunConfig:
+    return from_dict(RunConfig, read_json(out / "config.json"))
+
+
+def load_run_data(config: RunConfig) -> ImageData:
+    return load_data(config.data)
+
+
+def train_diffusion_step(
+    config: RunConfig, data: ImageData, out: Path, progress: bool = True
+) -> DiffusionModel:
+    """Train the DDPM on the normal training images and save it to ``out/diffusion``."""
+    device = resolve_device(config.device)
+    model = DiffusionModel(config.diffusion, data.channels)
+    history = train_diffusion(
+        model, data.train, config.diffusion, device=device, seed=config.seed, progress=progress
+    )
+    model.save_pretrained(out / DIFFUSION_DIR)
+    write_json(out / DIFFUSION_DIR / "history.json", history)
+    return model
+
+
+def train_detector_step(
+    config: RunConfig,
+    data: ImageData,
+    out: Path,
+    diffusion_model: DiffusionModel | None,
+    progress: bool = True,
+) -> DIADetector:
+    """Train the amplifying network and its feature bank, save it to ``out/detector``."""
+    detector = DIADetector(
+        detector=config.detector,
+        score=config.score,
+        diffusion=config.diffusion,
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        progress=progress,
+    )
+    detector.fit(data.train, diffusion_model=diffusion_model)
+    detector.save_pretrained(out / DETECTOR_DIR)
+    write_json(
+        out / DETECTOR_DIR / "history.json",
+        {k: v for k, v in detector.history_.items()} | {"timings": detector.timings_},
+    )
+    return detector
+
+
+def evaluate_step(
+    config: RunConfig,
+    data: ImageData,
+    detector: DIADetector,
+    out: Path,
+    timings: dict | None = None,
+) -> dict:
+    """Score the test split, write ``scores.csv`` and ``metrics.json``; return the metrics."""
+    t0 = time.perf_counter()
+    scores = detector.score_samples(data.test)
+    score_s = time.perf_counter() - t0
+    labels = data.test_labels.numpy()
+    metrics = anomaly_metrics(labels, -scores)
+    predicted = scores < detector.threshold_
+    device = resolve_device(config.device)
+    history = getattr(detector, "history_", None) or {}
+    metrics.update(
+        threshold=detector.threshold_,
+        threshold_fpr_target=detector.fpr,
+        test_fpr_at_threshold=float(predicted[labels == 0].mean()),
+        test_tpr_at_threshold=float(predicted[labels == 1].mean()),
+        protocol="last-checkpoint; no choice uses test labels",
+        data={"name": data.name, **data.counts(), **data.info},
+        config=to_dict(config),
+        seed=config.seed,
+        commit=code_commit(),
+        version=__version__,
+        device=str(device),
+        precision=resolve_precision(config.precision, device),
+        machine=machine(),
+        training={
+            k: history[k] for k in ("steps", "epochs", "images_per_s", "train_s") if k in history
+        },
+        wall_s={**(timings or {}), "test_scoring_s": score_s},
+        test_images_per_s=len(labels) / max(score_s, 1e-9),
+    )
+    with open(out / "scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "label", "score", "predicted_abnormal"])
+        for i, (y, s, p) in enumerate(zip(labels, scores, predicted, strict=True)):
+            writer.writerow([i, int(y), f"{s:.6f}", int(p)])
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
+    """The diffusion model saved in a run folder, or None when there is none."""
+    folder = out / DIFFUSION_DIR
+    if not (folder / "config.json").exists():
+        return None
+    return DiffusionModel.from_pretrained(folder, device=str(resolve_device(device)))
+
+
+def run(config: RunConfig, out: Path, progress: bool = True) -> dict:
+    """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics."""
+    if (out / "metrics.json").exists():
+        raise FileExistsError(f"{out} already holds a finished run; choose another --out")
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+    timings: dict = {}
+    t0 = time.perf_counter()
+    data = load_run_data(config)
+    timings["data_s"] = time.perf_counter() - t0
+    diffusion_model = None
+    if config.detector.dissolve == "diffusion":
+        t0 = time.perf_counter()
+        diffusion_model = train_diffusion_step(config, data, out, progress)
+        timings["diffusion_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    detector = train_detector_step(config, data, out, diffusion_model, progress)
+    timings["detector_s"] = time.perf_counter() - t0
+    timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
+    timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
+    metrics = evaluate_step(config, data, detector, out, timings)
+    metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
+    write_json(out / "metrics.json", metrics)
+    return metrics

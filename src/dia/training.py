@@ -1,0 +1,167 @@
+"""Amplifying training (METHOD.md section 3): three views, shifts, augmentation, two losses."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .augment import SimCLRAugment
+from .config import DetectorConfig
+from .device import autocast, memory_format
+from .dissolve import DissolveCache, Dissolver, timestep_grid
+from .losses import contrastive_loss, shift_loss
+from .networks import AmplifierNet
+from .optim import lr_factor, make_optimizer
+from .shifts import all_shifts
+
+Callback = Callable[[AmplifierNet, float], None]
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each (B, C, H, W) image left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def build_network(config: DetectorConfig, channels: int) -> AmplifierNet:
+    """The network the config describes, untrained."""
+    return AmplifierNet(channels=channels, width=config.width, proj_dim=config.proj_dim)
+
+
+class DetectorTrainer:
+    """Trains an :class:`AmplifierNet` on normal (N, C, H, W) images in [0, 1].
+
+    ``dissolver`` makes the third view; it is required unless ``config.dissolve == 'none'``
+    (plain CSI). With ``config.dissolve_cache_steps > 0`` the dissolved images are computed
+    once on a grid of timesteps and looked up each step instead of calling the operator.
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        images: torch.Tensor,
+        *,
+        dissolver: Dissolver | None = None,
+        device: torch.device,
+        precision: str = "fp32",
+        seed: int = 0,
+    ) -> None:
+        if images.ndim != 4 or images.shape[0] < 2:
+            raise ValueError(f"images must be (N>=2, C, H, W); got shape {tuple(images.shape)}")
+        self.config, self.images = config, images
+        self.device, self.precision, self.seed = device, precision, seed
+        self.dissolver = None if config.dissolve == "none" else dissolver
+        if config.dissolve != "none" and dissolver is None:
+            raise ValueError(f"dissolve={config.dissolve!r} needs a dissolver")
+        if not 0 <= config.t_min <= config.t_max:
+            raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
+        self.cache: DissolveCache | None = None
+
+    def train(
+        self,
+        progress: bool = True,
+        callback: Callback | None = None,
+        callback_every_s: float | None = None,
+    ) -> tuple[AmplifierNet, dict]:
+        """Train; returns the last network and a history dict. ``callback(net, seconds)`` may
+        evaluate the net every ``callback_every_s`` training seconds (its own time not counted).
+        """
+        cfg, device = self.config, self.device
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        n, channels, size = self.images.shape[0], self.images.shape[1], self.images.shape[-1]
+        start = time.perf_counter()
+        if self.dissolver is not None and cfg.dissolve_cache_steps > 0:
+            grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
+            self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=device)
+        cache_s = time.perf_counter() - start
+
+        fmt = memory_format(device, self.precision)
+        net = build_network(cfg, channels).to(device=device, memory_format=fmt)
+        net.train()
+        optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
+        augment = SimCLRAugment(
+            size,
+            channels,
+            (cfg.crop_scale_min, 1.0),
+            cfg.jitter_strength,
+            cfg.jitter_prob,
+            cfg.gray_prob,
+        )
+        batch = min(cfg.batch_size, n)
+        steps_per_epoch = n // batch
+        total_steps = cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
+
+        history: dict = {"loss": [], "contrastive": [], "shift": [], "dissolve_cache_s": cache_s}
+        bar = tqdm(total=total_steps, disable=not progress, desc="detector", leave=False)
+        train_s, step, callback_s, next_callback = 0.0, 0, 0.0, callback_every_s
+        t0 = time.perf_counter()
+        done = False
+        while not done:
+            perm = torch.randperm(n, generator=gen)
+            for i in range(steps_per_epoch):
+                fraction = step / max(total_steps, 1)
+                if cfg.max_seconds:
+                    fraction = max(fraction, train_s / cfg.max_seconds)
+                if step >= total_steps or fraction >= 1.0:
+                    done = True
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(fraction, warmup)
+                idx = perm[i * batch : (i + 1) * batch]
+                losses = self._step(net, optimizer, augment, idx, gen, fmt)
+                step += 1
+                for key, value in losses.items():
+                    history[key].append(value)
+                train_s = time.perf_counter() - t0 - callback_s
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
+                if callback is not None and next_callback is not None and train_s >= next_callback:
+                    c0 = time.perf_counter()
+                    callback(net, train_s)
+                    net.train()
+                    callback_s += time.perf_counter() - c0
+                    next_callback += callback_every_s
+        bar.close()
+        net.eval()
+        views = 3 if self.dissolver is not None else 2
+        history.update(
+            steps=step,
+            epochs=step / max(steps_per_epoch, 1),
+            train_s=train_s,
+            images_per_s=step * batch * views * 4 / max(train_s, 1e-9),
+        )
+        return net, history
+
+    def _step(self, net, optimizer, augment, idx, gen, fmt) -> dict:
+        cfg = self.config
+        x = self.images[idx].to(self.device, non_blocking=True)
+        views = [random_hflip(x, gen), random_hflip(x, gen)]
+        if self.dissolver is not None:
+            views.append(self._dissolved(x, idx, gen))
+        shifted, labels = zip(*(all_shifts(v, cfg.shift) for v in views), strict=True)
+        group_size = shifted[0].shape[0]
+        inputs = augment(torch.cat(shifted)).contiguous(memory_format=fmt)
+        with autocast(self.device, self.precision):
+            z, logits = net(inputs)
+        l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask)
+        l_shift = shift_loss(logits, torch.cat(labels))
+        loss = l_con + l_shift
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError("detector loss is not finite; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item(), "contrastive": l_con.item(), "shift": l_shift.item()}
+
+    def _dissolved(self, x, idx, gen) -> torch.Tensor:
+        cfg = self.config
+        if self.cache is not None:
+            return random_hflip(self.cache.sample(idx, gen).to(self.device), gen)
+        t = torch.randint(cfg.t_min, cfg.t_max + 1, (x.shape[0],), generator=gen)
+        return self.dissolver(random_hflip(x, gen), t.to(self.device))

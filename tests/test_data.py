@@ -1,0 +1,404 @@
+"""Data sources: npz, medmnist, folder, synthetic, and the shared real data sets."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dia.config import DataConfig
+from dia.data import DataError, ImageData, load_data
+from dia.data import medmnist as medmnist_module
+from dia.data.synthetic import make_synthetic, render_images
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _check_image_data(data: ImageData, channels: int, size: int) -> None:
+    for images in (data.train, data.test) + (() if data.val is None else (data.val,)):
+        assert images.dtype == torch.float32
+        assert images.shape[1:] == (channels, size, size)
+        assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert data.test_labels.dtype == torch.int64
+    assert data.test_labels.shape == (len(data.test),)
+    assert set(data.test_labels.tolist()) == {0, 1}
+
+
+# ---------------------------------------------------------------- npz
+
+
+def _write_npz(
+    path: Path,
+    labels: dict[str, list[int]],
+    size: int = 12,
+    rgb: bool = False,
+    column: bool = False,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """Images whose every pixel is 10 * (label + 1), so tests can tell classes apart."""
+    arrays = {}
+    for split, values in labels.items():
+        lab = np.asarray(values, dtype=np.uint8)
+        shape = (len(lab), size, size, 3) if rgb else (len(lab), size, size)
+        value = (10 * (lab + 1)).reshape(-1, *[1] * (len(shape) - 1))
+        images = np.ones(shape, dtype=np.uint8) * value
+        if rgb:
+            images[..., 0] = 250  # a red tint, so the images really have colour
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = lab[:, None] if column else lab
+    for key in drop:
+        del arrays[key]
+    np.savez(path, **arrays)
+    return path
+
+
+BINARY = {"train": [0, 0, 0, 0, 1, 1], "val": [0, 1], "test": [0, 0, 1, 1, 1]}
+
+
+def test_npz_gray_flat_labels(tmp_path: Path) -> None:
+    data = load_data(DataConfig(spec=str(_write_npz(tmp_path / "a.npz", BINARY))))
+    _check_image_data(data, channels=1, size=12)
+    assert data.counts() == {
+        "train": 4,
+        "test_normal": 2,
+        "test_abnormal": 3,
+        "val_normal": 1,
+        "val_abnormal": 1,
+    }
+    assert torch.allclose(data.train, torch.full_like(data.train, 10 / 255))
+    assert data.test_labels.tolist() == [0, 0, 1, 1, 1]
+    assert data.info["source"] == "npz" and data.info["channels"] == 1
+    assert data.name == "a"
+
+
+def test_npz_rgb_column_labels_and_channels(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "rgb.npz", BINARY, rgb=True, column=True)
+    data = load_data(DataConfig(spec=str(path)))
+    _check_image_data(data, channels=3, size=12)
+    assert data.counts()["train"] == 4
+
+    gray = load_data(DataConfig(spec=str(path), channels=1))
+    _check_image_data(gray, channels=1, size=12)
+    expected = (0.299 * 250 + 0.587 * 10 + 0.114 * 10) / 255
+    assert gray.train[0, 0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_npz_normal_class(tmp_path: Path) -> None:
+    labels = {"train": [0, 1, 2, 2, 2], "val": [2, 0], "test": [0, 1, 2, 2]}
+    path = _write_npz(tmp_path / "multi.npz", labels)
+    data = load_data(DataConfig(spec=str(path), normal_class=2))
+    assert data.counts()["train"] == 3
+    assert torch.allclose(data.train, torch.full_like(data.train, 30 / 255))
+    assert data.test_labels.tolist() == [1, 1, 0, 0]
+    with pytest.raises(DataError, match="normal_class=7"):
+        load_data(DataConfig(spec=str(path), normal_class=7))
+
+
+def test_npz_missing_keys_and_corrupt_file(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "partial.npz", BINARY, drop=("val_images", "test_labels"))
+    with pytest.raises(DataError, match="partial.npz") as err:
+        load_data(DataConfig(spec=str(path)))
+    assert "val_images" in str(err.value) and "test_labels" in str(err.value)
+
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="broken.npz"):
+        load_data(DataConfig(spec=str(broken)))
+
+
+def test_one_class_test_set_and_empty_train(tmp_path: Path) -> None:
+    labels = {"train": [0, 0, 1], "val": [0], "test": [0, 0]}
+    path = _write_npz(tmp_path / "oneclass.npz", labels)
+    with pytest.raises(DataError, match="one-class test set.*2 normal and 0 abnormal"):
+        load_data(DataConfig(spec=str(path)))
+    path = _write_npz(tmp_path / "notrain.npz", {"train": [1, 1], "val": [0], "test": [0, 1]})
+    with pytest.raises(DataError, match="no training images"):
+        load_data(DataConfig(spec=str(path)))
+
+
+def test_resize_max_train_and_contamination(tmp_path: Path) -> None:
+    labels = {"train": [0] * 12 + [1] * 5, "val": [0, 1], "test": [0, 1]}
+    path = str(_write_npz(tmp_path / "c.npz", labels, size=28))
+
+    small = load_data(DataConfig(spec=path, image_size=16, channels=3))
+    _check_image_data(small, channels=3, size=16)
+    assert small.info["image_size"] == 16
+
+    subset = load_data(DataConfig(spec=path, max_train=5, split_seed=3))
+    assert subset.counts()["train"] == 5
+
+    dirty = load_data(DataConfig(spec=path, contamination=0.25, split_seed=1))
+    abnormal = (dirty.train.flatten(1).mean(1) - 20 / 255).abs() < 1e-6
+    assert int(abnormal.sum()) == 3 == dirty.info["contaminated"]
+    assert torch.nonzero(abnormal).flatten().tolist() == dirty.info["contaminated_indices"]
+    again = load_data(DataConfig(spec=path, contamination=0.25, split_seed=1))
+    assert torch.equal(dirty.train, again.train)
+
+    with pytest.raises(DataError, match="needs 6 abnormal training images, but .* has only 5"):
+        load_data(DataConfig(spec=path, contamination=0.5))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("image_size", 4), ("channels", 2), ("test_fraction", 0.0), ("test_fraction", 1.0)]
+    + [("contamination", 1.0), ("contamination", -0.1), ("max_train", 0)],
+)
+def test_bad_settings(setting: str, value: object) -> None:
+    with pytest.raises(DataError, match=setting):
+        load_data(DataConfig(spec="synthetic", **{setting: value}))
+
+
+def test_unknown_spec(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="accepted data specs") as err:
+        load_data(DataConfig(spec=str(tmp_path / "nothing-here")))
+    assert "medmnist:NAME" in str(err.value)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(DataError, match="not a .npz"):
+        load_data(DataConfig(spec=str(text)))
+
+
+# ---------------------------------------------------------------- folder
+
+
+def _save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path)
+
+
+def _gray(h: int, w: int, value: int) -> np.ndarray:
+    return np.full((h, w), value, dtype=np.uint8)
+
+
+def _split_folder(root: Path) -> Path:
+    """A split layout mixing formats, sizes, gray, RGB, palette, RGBA and 16-bit files."""
+    half = np.zeros((20, 40), dtype=np.uint8)
+    half[:, 20:] = 200  # left half dark, right half bright: the centre crop sees both
+    _save(root / "train/0_normal/a.png", half)
+    _save(root / "train/0_normal/b.JPG", np.stack([_gray(30, 30, 90)] * 3, axis=-1))
+    _save(root / "train/0_normal/c.bmp", _gray(17, 23, 60), mode="P")
+    _save(root / "train/0_normal/d.tif", _gray(50, 35, 120))
+    _save(root / "train/0_normal/e.png", np.full((16, 16), 32768, dtype=np.uint16))
+    (root / "train/0_normal/notes.txt").write_text("not an image")
+    (root / "train/0_normal/.hidden.png").write_bytes(b"junk")
+    _save(root / "train/1_abnormal/x.png", _gray(12, 12, 250))
+    _save(root / "test/0_normal/n.tiff", _gray(21, 21, 70))
+    colour = np.zeros((24, 24, 4), dtype=np.uint8)
+    colour[..., 0], colour[..., 3] = 220, 255
+    _save(root / "test/1_abnormal/y.png", colour)
+    _save(root / "test/1_abnormal/z.jpeg", np.stack([_gray(9, 9, 240)] * 3, axis=-1))
+    return root
+
+
+def test_folder_split_layout(tmp_path: Path) -> None:
+    root = _split_folder(tmp_path / "ct")
+    data = load_data(DataConfig(spec=str(root), image_size=16))
+    _check_image_data(data, channels=3, size=16)  # one red image makes the set colour
+    assert data.counts() == {"train": 5, "test_normal": 1, "test_abnormal": 2}
+    assert data.info["layout"] == "split" and data.info["files_skipped"] == 1
+    first = data.train[0, 0]
+    assert first[:, :4].mean() < 0.05 and first[:, -4:].mean() > 0.7  # centre crop kept both
+    assert data.train[4].mean().item() == pytest.approx(32768 / 65535, abs=1e-3)  # 16-bit
+    red = data.test[1]
+    assert red[0].mean() > 0.8 and red[1].mean() < 0.05
+
+    gray = load_data(DataConfig(spec=str(root), image_size=16, channels=1))
+    _check_image_data(gray, channels=1, size=16)
+    assert torch.allclose(gray.train, data.train[:, :1], atol=1e-6)  # gray images stay gray
+
+
+def test_folder_gray_default_size_val_and_contamination(tmp_path: Path) -> None:
+    root = tmp_path / "gray"
+    for i in range(4):
+        _save(root / f"train/0_normal/{i}.png", _gray(20, 20, 40))
+    _save(root / "train/1_abnormal/a.png", np.stack([_gray(20, 20, 230)] * 3, axis=-1))
+    _save(root / "val/0_normal/v.png", _gray(20, 20, 40))
+    _save(root / "val/1_abnormal/w.png", _gray(20, 20, 230))
+    _save(root / "test/0_normal/t.png", _gray(20, 20, 40))
+    _save(root / "test/1_abnormal/u.png", _gray(20, 20, 230))
+    data = load_data(DataConfig(spec=str(root)))
+    _check_image_data(data, channels=1, size=64)
+    assert data.counts()["val_abnormal"] == 1
+
+    dirty = load_data(DataConfig(spec=str(root), contamination=0.25))
+    assert dirty.info["contaminated"] == 1
+    assert dirty.train[dirty.info["contaminated_indices"][0]].mean() > 0.85
+
+
+def test_folder_flat_layout(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    for i in range(10):
+        _save(root / f"normal/{i:02d}.png", _gray(10, 10, 10 * i))
+    for i in range(3):
+        _save(root / f"abnormal/{i}.bmp", _gray(10, 10, 250))
+    config = DataConfig(spec=str(root), image_size=8, test_fraction=0.3, split_seed=0)
+    data = load_data(config)
+    assert data.counts() == {"train": 7, "test_normal": 3, "test_abnormal": 3}
+    assert data.info["layout"] == "flat"
+    assert torch.equal(data.train, load_data(config).train)
+    other = load_data(DataConfig(spec=str(root), image_size=8, test_fraction=0.3, split_seed=5))
+    assert not torch.equal(data.train, other.train)
+    with pytest.raises(DataError, match="none"):
+        load_data(DataConfig(spec=str(root), image_size=8, contamination=0.2))
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    _save(root / "normal/ok.png", _gray(10, 10, 5))
+    _save(root / "normal/ok2.png", _gray(10, 10, 5))
+    (root / "normal/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _save(root / "abnormal/a.png", _gray(10, 10, 5))
+    with pytest.raises(DataError, match="broken.png"):
+        load_data(DataConfig(spec=str(root)))
+
+    (root / "normal/broken.png").unlink()
+    shutil.rmtree(root / "abnormal")
+    (root / "abnormal").mkdir()
+    with pytest.raises(DataError, match="(?s)holds no image files.*split:.*flat:"):
+        load_data(DataConfig(spec=str(root)))
+
+    neither = tmp_path / "neither"
+    _save(neither / "images/a.png", _gray(10, 10, 5))
+    with pytest.raises(DataError, match="no known folder layout"):
+        load_data(DataConfig(spec=str(neither)))
+    with pytest.raises(DataError, match="normal_class"):
+        load_data(DataConfig(spec=str(root), normal_class=1))
+
+
+# ---------------------------------------------------------------- medmnist
+
+
+def _no_download(url: str, destination: Path) -> None:
+    raise urllib.error.URLError("network is unreachable")
+
+
+def test_medmnist_offline_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(medmnist_module, "_download", _no_download)
+    config = DataConfig(spec="medmnist:pneumoniamnist", cache_dir=str(tmp_path))
+    with pytest.raises(DataError) as err:
+        load_data(config)
+    message = str(err.value)
+    assert "https://zenodo.org/records/10519652/files/pneumoniamnist.npz" in message
+    assert str(tmp_path / "medmnist" / "pneumoniamnist.npz") in message
+    assert "--data /path/to/pneumoniamnist.npz" in message
+    assert list((tmp_path / "medmnist").iterdir()) == []  # no partial file left behind
+
+
+def test_medmnist_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(medmnist_module, "_download", lambda url, dest: dest.write_bytes(b"x"))
+    monkeypatch.setenv("DIA_CACHE", str(tmp_path))
+    with pytest.raises(DataError, match="md5"):
+        load_data(DataConfig(spec="medmnist:breastmnist"))
+    assert list((tmp_path / "medmnist").iterdir()) == []
+
+
+def test_medmnist_unknown_name() -> None:
+    with pytest.raises(DataError, match="pneumoniamnist"):
+        load_data(DataConfig(spec="medmnist:notamnist"))
+
+
+def test_medmnist_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = SHARED / "pneumoniamnist.npz"
+    if not source.is_file():
+        pytest.skip(f"shared data missing: {source}")
+    cached = tmp_path / "medmnist" / "pneumoniamnist.npz"
+    cached.parent.mkdir()
+    shutil.copy(source, cached)
+    monkeypatch.setattr(medmnist_module, "_download", _no_download)
+    config = DataConfig(spec="medmnist:PneumoniaMNIST", cache_dir=str(tmp_path))
+
+    # Trust the shared copy's own checksum: the test is about the cache logic, not the bytes.
+    digest = medmnist_module._md5(source)
+    monkeypatch.setitem(medmnist_module.KNOWN_MD5, "pneumoniamnist", digest)
+    data = load_data(config)
+    assert data.info["source"] == "medmnist" and data.info["md5_verified"] is True
+    assert data.info["downloaded"] is False and data.name == "pneumoniamnist"
+    assert data.counts()["train"] == 1214
+
+    # A cached file with the wrong checksum is fetched again, which fails offline.
+    monkeypatch.setitem(medmnist_module.KNOWN_MD5, "pneumoniamnist", "0" * 32)
+    with pytest.raises(DataError, match=f"cached file has md5 {digest}"):
+        load_data(config)
+    assert cached.is_file()  # the old file stays until a verified one replaces it
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_shapes_and_determinism() -> None:
+    data = make_synthetic(n_train=20, n_val=6, n_test=11, seed=3)
+    _check_image_data(data, channels=1, size=32)
+    assert data.counts() == {
+        "train": 20,
+        "test_normal": 6,
+        "test_abnormal": 5,
+        "val_normal": 3,
+        "val_abnormal": 3,
+    }
+    again = make_synthetic(n_train=20, n_val=6, n_test=11, seed=3)
+    assert torch.equal(data.train, again.train) and torch.equal(data.test, again.test)
+    other = make_synthetic(n_train=20, n_val=6, n_test=11, seed=4)
+    assert not torch.equal(data.train, other.train)
+    # Images vary globally, not only by noise.
+    assert data.train.flatten(1).mean(1).std() > 0.02
+
+
+def test_synthetic_lesion_is_small_and_local() -> None:
+    n = 24
+    plain = render_images(n, 32, 7, np.zeros(n, bool))
+    sick = render_images(n, 32, 7, np.ones(n, bool))
+    diff = np.abs(sick - plain)
+    changed = (diff > 0.02).sum(axis=(1, 2))
+    assert (changed > 0).all() and (changed < 60).all()  # a nodule, not a global change
+    assert abs(float(sick.mean()) - float(plain.mean())) < 0.01
+    assert sick.min() >= 0.0 and sick.max() <= 1.0
+    # The changed pixels sit together: within a few pixels of the strongest one.
+    for image in diff:
+        peak = np.unravel_index(image.argmax(), image.shape)
+        rows, cols = np.nonzero(image > 0.02)
+        assert np.hypot(rows - peak[0], cols - peak[1]).max() < 6
+
+
+def test_synthetic_through_load_data() -> None:
+    config = DataConfig(
+        spec="synthetic",
+        synthetic_train=16,
+        synthetic_val=0,
+        synthetic_test=8,
+        image_size=24,
+        contamination=0.25,
+    )
+    data = load_data(config)
+    _check_image_data(data, channels=1, size=24)
+    assert data.val is None and data.info["contaminated"] == 4
+    with pytest.raises(DataError, match="normal_class"):
+        load_data(DataConfig(spec="synthetic", normal_class=1))
+
+
+# ---------------------------------------------------------------- real shared data
+
+
+def test_shared_pneumoniamnist() -> None:
+    path = SHARED / "pneumoniamnist.npz"
+    if not path.is_file():
+        pytest.skip(f"shared data missing: {path}")
+    data = load_data(DataConfig(spec=str(path)))
+    _check_image_data(data, channels=1, size=28)
+    counts = data.counts()
+    assert (counts["train"], counts["test_normal"], counts["test_abnormal"]) == (1214, 234, 390)
+
+
+def test_shared_covid_ct() -> None:
+    root = SHARED / "covid-ct"
+    if not root.is_dir():
+        pytest.skip(f"shared data missing: {root}")
+    data = load_data(DataConfig(spec=str(root), image_size=32))
+    assert data.counts() == {"train": 318, "test_normal": 79, "test_abnormal": 70}
+    _check_image_data(data, channels=data.channels, size=32)
+    assert data.info["layout"] == "split"
