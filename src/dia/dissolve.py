@@ -18,9 +18,12 @@ from .diffusion.model import DiffusionModel
 DISSOLVERS = ("diffusion", "gaussian", "median", "none")
 BLUR_KERNEL = 7
 # Gaussian control: sigma = t / 50 (t = 30 -> 0.6, 100 -> 2), floored so t = 0 stays a
-# near-identity. Beyond sigma ~ 3 the 7x7 kernel truncates and tends to a box blur.
+# near-identity, capped at 2.5 (t = 125): beyond it the 7x7 kernel is so truncated that it
+# turns into a box blur whose side lobes pass *more* fine detail (measured total variation of
+# noise images rises again from sigma 3).
 SIGMA_PER_STEP = 1 / 50
 SIGMA_MIN = 0.1
+SIGMA_MAX = 2.5
 
 
 def diffusion_dissolve(
@@ -40,10 +43,10 @@ def diffusion_dissolve(
 
 
 def gaussian_dissolve(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    """Gaussian blur of x (B, C, H, W) in [0, 1], kernel 7, sigma = max(t / 50, 0.1) per item."""
+    """Gaussian blur of x (B, C, H, W) in [0, 1], kernel 7, sigma = t / 50 within [0.1, 2.5]."""
     _check_input(x)
     steps = _per_item(t, x.shape[0]).to(device=x.device, dtype=torch.float32)
-    sigma = (steps * SIGMA_PER_STEP).clamp(min=SIGMA_MIN)
+    sigma = (steps * SIGMA_PER_STEP).clamp(SIGMA_MIN, SIGMA_MAX)
     out = gaussian_blur2d(x.float(), BLUR_KERNEL, sigma[:, None].expand(-1, 2).contiguous())
     return out.clamp(0.0, 1.0).to(x.dtype)
 
@@ -58,7 +61,8 @@ def median_kernel(t: int) -> int:
 def median_dissolve(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
     """Median blur of x (B, C, H, W) in [0, 1], kernel size from :func:`median_kernel` per item."""
     _check_input(x)
-    kernels = torch.tensor([median_kernel(int(s)) for s in _per_item(t, x.shape[0])])
+    steps = _per_item(t, x.shape[0])
+    kernels = 3 + 2 * (steps >= 50).long() + 2 * (steps >= 100).long()  # as median_kernel
     out = torch.empty_like(x)
     # Items are grouped by kernel size: at most three filter calls per batch.
     for k in kernels.unique().tolist():
@@ -219,7 +223,7 @@ class DissolveCache:
         return DissolveCache(self.images.to(device), self.timesteps)
 
     def lookup(self, indices: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Dissolved images (B, C, H, W) float32 of images ``indices`` (B,) at the grid step nearest t."""
+        """Dissolved images (B, C, H, W) float32 of ``indices`` (B,) at the grid step nearest t."""
         indices = self._indices(indices)
         steps = _per_item(t, indices.shape[0]).to(self.device)
         k = (steps[:, None] - self._grid[None, :]).abs().argmin(dim=1)
