@@ -74,7 +74,7 @@ class DetectorConfig:
     jitter_strength: float = 0.4
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
-    dissolve_cache_steps: int = 8
+    dissolve_cache_steps: int = 4
 
 
 @dataclass

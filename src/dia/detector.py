@@ -229,11 +229,13 @@ class DIADetector:
         )
         net = build_network(det.detector_config, config["channels"])
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+            bank = {f.name: tensors[f"bank.{f.name}"] for f in dataclasses.fields(FeatureBank)}
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"{path} holds weights that do not match its config: {err}") from err
         det.net_ = net.to(resolve_device(device)).eval()
-        det.bank_ = FeatureBank(
-            **{f.name: tensors[f"bank.{f.name}"] for f in dataclasses.fields(FeatureBank)}
-        )
+        det.bank_ = FeatureBank(**bank)
         det.channels_, det.image_size_ = config["channels"], config["image_size"]
         det.threshold_ = config["threshold"]
         return det

@@ -29,9 +29,9 @@ KNOWN_MD5 = {
     "breastmnist": "750601b1f35ba3300ea97c75c52ff8f6",
     "bloodmnist": "7053d0359d879ad8a5505303e11de1dc",
     "tissuemnist": "ebe78ee8b05294063de985d821c1c34b",
-    "organamnist": "866b832ed4eeba67bfb9edee1d5544e6",
-    "organcmnist": "0afa5834fb105f7705a7d93372119a21",
-    "organsmnist": "e5c39f1af030238290b9557d9503af9d",
+    "organamnist": "68e3f8846a6bd62f0c9bf841c0d9eacc",
+    "organcmnist": "b9ceb9546e10131b32923c5bbeaea2b1",
+    "organsmnist": "9ab87b696fb54e2a387ebe992d6ed5f1",
 }
 # The 2D sets of MedMNIST v2; a name missing from KNOWN_MD5 would be loaded unverified.
 MEDMNIST_2D = (

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from dia.config import DetectorConfig, ScoreConfig
+from dia.detector import DIADetector, as_images
+
+TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
+SCORE = ScoreConfig(samples=2)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    images = torch.rand(24, 1, 16, 16)
+    det = DIADetector(TINY, SCORE, device="cpu", progress=False).fit(images)
+    return det, images
+
+
+def test_fit_sets_learned_state(fitted):
+    det, _ = fitted
+    assert det.channels_ == 1 and det.image_size_ == 16
+    assert det.bank_.bank.shape == (4, 24, 128)
+    # the threshold lets through 95% of the (leave-one-out) training scores
+    assert np.mean(det.train_scores_ >= det.threshold_) == pytest.approx(0.95, abs=0.05)
+
+
+def test_scores_are_deterministic_and_decisions_follow_the_threshold(fitted):
+    det, images = fitted
+    a, b = det.score_samples(images[:5]), det.score_samples(images[:5])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(det.decision_function(images[:5]), a - det.threshold_, rtol=1e-6)
+    assert set(det.predict(images[:5]).tolist()) <= {0, 1}
+
+
+def test_save_and_load_give_the_same_scores(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "det")
+    loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
+    np.testing.assert_allclose(loaded.score_samples(images[:6]), det.score_samples(images[:6]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert loaded.threshold_ == det.threshold_
+    assert loaded.detector_config == det.detector_config
+
+
+def test_a_failed_save_keeps_the_earlier_model(fitted, tmp_path, monkeypatch):
+    det, _ = fitted
+    det.save_pretrained(tmp_path / "det")
+    before = (tmp_path / "det" / "model.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("dia.detector.save_file", broken)
+    with pytest.raises(OSError):
+        det.save_pretrained(tmp_path / "det")
+    assert (tmp_path / "det" / "model.safetensors").read_bytes() == before
+
+
+def test_corrupt_or_foreign_folders_are_refused(fitted, tmp_path):
+    det, _ = fitted
+    det.save_pretrained(tmp_path / "det")
+    (tmp_path / "det" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        DIADetector.from_pretrained(tmp_path / "det")
+    with pytest.raises(FileNotFoundError):
+        DIADetector.from_pretrained(tmp_path / "nothing")
+
+
+def test_wrong_input_is_named(fitted):
+    det, _ = fitted
+    with pytest.raises(ValueError, match="3 channels"):
+        det.score_samples(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="16x16"):
+        det.score_samples(torch.rand(2, 1, 32, 32))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DIADetector().score_samples(torch.rand(2, 1, 16, 16))
+
+
+def test_as_images_accepts_common_layouts():
+    u8 = np.full((2, 8, 8), 255, dtype=np.uint8)
+    assert as_images(u8).shape == (2, 1, 8, 8) and as_images(u8).max() == 1.0
+    assert as_images(np.zeros((2, 8, 8, 3))).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        as_images(torch.full((1, 1, 8, 8), 2.0))
+    with pytest.raises(ValueError, match="shape"):
+        as_images(torch.zeros(8, 8))
