@@ -11,7 +11,6 @@ SCORE = ScoreConfig(samples=2)
 
 @pytest.fixture(scope="module")
 def fitted():
-    torch.set_num_threads(1)
     images = torch.rand(24, 1, 16, 16)
     det = DIADetector(TINY, SCORE, device="cpu", progress=False).fit(images)
     return det, images

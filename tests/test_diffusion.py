@@ -10,16 +10,6 @@ from dia.diffusion import DiffusionModel, train_diffusion
 from dia.diffusion.model import CONFIG_NAME, WEIGHTS_NAME, norm_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy shared CPU OpenMP spin-waiting made
-    # these tests about 100x slower with 2 threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**overrides) -> DiffusionConfig:
     values = dict(
         resolution=16,

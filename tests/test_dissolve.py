@@ -23,16 +23,6 @@ from dia.dissolve import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy shared CPU OpenMP spin-waiting made
-    # these tests about 100x slower with 2 threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**overrides) -> DiffusionConfig:
     values = dict(resolution=16, block_out_channels=(8, 16), max_seconds=None, lr=3e-3)
     values.update(overrides)

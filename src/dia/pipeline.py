@@ -109,7 +109,7 @@ def train_detector_step(
     detector.save_pretrained(out / DETECTOR_DIR)
     write_json(
         out / DETECTOR_DIR / "history.json",
-        {k: v for k, v in detector.history_.items()} | {"timings": detector.timings_},
+        {**detector.history_, "timings": detector.timings_},
     )
     return detector
 
