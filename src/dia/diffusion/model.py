@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config import DiffusionConfig, from_dict, to_dict
+from ..io import save_dir_atomically
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -158,16 +158,21 @@ class DiffusionModel(nn.Module):
         return F.mse_loss(self.predict_noise(x_t, t), noise)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write ``config.json`` and ``model.safetensors`` into folder ``directory``, atomically.
+
+        The folder is swapped in whole, so a failed save leaves an earlier model intact.
+        """
         config_text = json.dumps(self._config_dict(), indent=2, sort_keys=True)
         weights = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         # The weights carry a copy of the config, so a save interrupted between the two files
         # is detected on load instead of pairing new weights with an old architecture.
         metadata = {"format": "pt", _METADATA_KEY: config_text}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata=metadata))
-        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text + "\n"))
+
+        def write(folder: Path) -> None:
+            save_file(weights, str(folder / WEIGHTS_NAME), metadata=metadata)
+            (folder / CONFIG_NAME).write_text(config_text + "\n")
+
+        save_dir_atomically(directory, write)
 
     @classmethod
     def from_pretrained(
@@ -263,14 +268,3 @@ def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"size must be an int or (H, W), got {size!r}")
     return pair
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
