@@ -85,3 +85,22 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["run", "--dissolve", "sideways", "--out", str(tmp_path / "s"), *TINY]) == 2
     assert "sideways" in capsys.readouterr().err
+
+
+def test_presets_and_budget_flag_set_the_config():
+    from dia.cli import build_parser, config_from_args
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(["run", *argv]))
+
+    assert config().budget_s is None or config().budget_s > 0
+    cpu = config("--preset", "cpu")
+    assert cpu.preset == "cpu" and cpu.budget_s == 1800
+    assert config("--preset", "cpu", "--budget", "60").budget_s == 60
+    assert config("--preset", "cpu", "--width", "8").detector.width == 8
+
+
+def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "budget"
+    assert main(["run", "--out", str(out), "--budget", "0.001", *TINY]) == 2
+    assert "budget" in capsys.readouterr().err

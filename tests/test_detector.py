@@ -1,3 +1,6 @@
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,7 @@ from dia.config import DetectorConfig, ScoreConfig
 from dia.detector import DIADetector, as_images
 
 TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
-SCORE = ScoreConfig(samples=2)
+SCORE = ScoreConfig(samples=2, features="projection", shift_weight=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +87,31 @@ def test_as_images_accepts_common_layouts():
         as_images(torch.full((1, 1, 8, 8), 2.0))
     with pytest.raises(ValueError, match="shape"):
         as_images(torch.zeros(8, 8))
+
+
+def test_a_deadline_ends_training_in_time_for_the_bank():
+    images = torch.rand(24, 1, 16, 16)
+    long = dataclasses.replace(TINY, epochs=100_000, max_seconds=None)
+    det = DIADetector(long, SCORE, device="cpu", progress=False)
+    det.fit(images, deadline=time.perf_counter() + 2.0)
+    # 100k epochs would never end: the deadline stopped training, and time was kept for the bank
+    assert det.history_["epochs"] < 100_000
+    assert det.timings_["bank_estimate_s"] > 0
+    assert hasattr(det, "bank_")
+
+
+def test_a_spent_budget_is_a_clear_error():
+    det = DIADetector(TINY, SCORE, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="budget is spent"):
+        det.fit(torch.rand(24, 1, 16, 16), deadline=time.perf_counter() - 1.0)
+
+
+def test_the_score_config_shift_weight_is_used(fitted):
+    det, images = fitted
+    full = det.score_samples(images[:6])
+    try:
+        det.score = dataclasses.replace(SCORE, shift_weight=0.0)
+        sim_only = det.score_samples(images[:6])
+    finally:
+        det.score = SCORE
+    assert not np.allclose(full, sim_only)

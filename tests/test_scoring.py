@@ -1,6 +1,19 @@
+import dataclasses
+
+import pytest
 import torch
 
-from dia.scoring import FeatureBank, ShiftedFeatures, build_bank, csi_score, score_terms
+from dia.config import ScoreConfig
+from dia.scoring import (
+    FeatureBank,
+    ShiftedFeatures,
+    build_bank,
+    csi_score,
+    estimate_seconds,
+    score_terms,
+)
+
+CSI = ScoreConfig(features="projection", cosine=False, shift_weight=1.0)  # CSI's own score
 
 
 def make_feats(seed: int, n: int) -> ShiftedFeatures:
@@ -12,7 +25,7 @@ def make_feats(seed: int, n: int) -> ShiftedFeatures:
 
 def test_bank_weights_follow_the_formula():
     train = make_feats(0, 5)
-    bank = build_bank(train)
+    bank = build_bank(train, CSI)
     for k in range(4):
         assert torch.allclose(bank.w_sim[k], 1 / train.z[k].norm(dim=1).mean())
         assert torch.allclose(bank.w_shift[k], 1 / train.logits[k, :, k].mean())
@@ -21,8 +34,8 @@ def test_bank_weights_follow_the_formula():
 
 def test_score_matches_a_loop():
     train, test = make_feats(0, 5), make_feats(1, 3)
-    bank = build_bank(train)
-    got = csi_score(test, bank)
+    bank = build_bank(train, CSI)
+    got = csi_score(test, bank, CSI)
     for n in range(3):
         total = 0.0
         for k in range(4):
@@ -33,9 +46,9 @@ def test_score_matches_a_loop():
 
 def test_exclude_self_never_matches_own_entry():
     train = make_feats(0, 4)
-    bank = build_bank(train)
-    sim_all, _ = score_terms(train, bank)
-    sim_loo, _ = score_terms(train, bank, exclude_self=True)
+    bank = build_bank(train, CSI)
+    sim_all, _ = score_terms(train, bank, CSI)
+    sim_loo, _ = score_terms(train, bank, CSI, exclude_self=True)
     assert (sim_loo < sim_all).all()  # an item's best match is itself
 
 
@@ -44,5 +57,44 @@ def test_higher_for_images_like_the_bank():
     z[:, 0, 0] = 1.0  # like the bank
     z[:, 1, 1] = 1.0  # orthogonal to it
     bank = FeatureBank(torch.tensor([1.0, 0.0, 0.0]).repeat(4, 1, 1), torch.ones(4), torch.zeros(4))
-    scores = csi_score(ShiftedFeatures(z, torch.zeros(4, 2, 4)), bank)
+    scores = csi_score(ShiftedFeatures(z, torch.zeros(4, 2, 4)), bank, CSI)
     assert scores[0] > scores[1]
+
+
+def test_shift_weight_mixes_the_two_terms():
+    train, test = make_feats(0, 5), make_feats(1, 3)
+    bank = build_bank(train, CSI)
+    sim, shift = score_terms(test, bank, CSI)
+    mix = [dataclasses.replace(CSI, shift_weight=w) for w in (0.0, 0.5)]
+    assert torch.allclose(csi_score(test, bank, mix[0]), sim)
+    assert torch.allclose(csi_score(test, bank, mix[1]), sim + 0.5 * shift)
+    assert torch.allclose(csi_score(test, bank, CSI), sim + shift)
+
+
+def test_encoder_features_and_cosine_similarity():
+    train, test = make_feats(0, 5), make_feats(1, 3)
+    g = torch.Generator().manual_seed(2)
+    train.h, test.h = torch.randn(4, 5, 6, generator=g), torch.randn(4, 3, 6, generator=g)
+    score = ScoreConfig(features="encoder", cosine=True, shift_weight=0.0)
+    bank = build_bank(train, score)
+    assert bank.bank.shape == (4, 5, 6)
+    got = csi_score(test, bank, score)
+    for n in range(3):
+        cos = [
+            max(
+                float(torch.cosine_similarity(test.h[k, n], train.h[k, m], dim=0)) for m in range(5)
+            )
+            for k in range(4)
+        ]
+        assert abs(float(got[n]) - sum(cos) / 4) < 1e-5
+    with pytest.raises(ValueError, match="encoder"):
+        build_bank(make_feats(0, 5), score)  # computed without h
+
+
+def test_estimate_seconds_is_positive_and_keeps_the_mode():
+    from dia.networks import AmplifierNet
+
+    net, images = AmplifierNet(1, width=4), torch.rand(6, 1, 16, 16)
+    one = estimate_seconds(net, images, ScoreConfig(samples=1), torch.device("cpu"))
+    assert one > 0
+    assert net.training  # the network's mode is restored

@@ -31,11 +31,20 @@ HELP = {
 }
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def _parse_type(annotation: str):
     base = annotation.replace(" | None", "")
     if base.startswith("tuple"):
         return lambda s: tuple(int(v) for v in s.split(","))
-    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +67,14 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         help="named settings; explicit flags override them (default quick)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock seconds from start to a fitted detector; detector training ends in "
+        "time for it (default: the preset's)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -80,7 +97,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if given:
             sub = dataclasses.replace(getattr(config, section), **given)
             config = dataclasses.replace(config, **{section: sub})
-    return dataclasses.replace(config, seed=args.seed, device=args.device, precision=args.precision)
+    config = dataclasses.replace(
+        config, seed=args.seed, device=args.device, precision=args.precision
+    )
+    if args.budget is not None:
+        config = dataclasses.replace(config, budget_s=args.budget)
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +177,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         pipeline.train_diffusion_step(config, data, out, progress)
         print(f"diffusion model saved to {out / pipeline.DIFFUSION_DIR}")
     elif args.command == "train":
+        start = time.perf_counter()
+        deadline = None if config.budget_s is None else start + config.budget_s
         pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
         diffusion = None
@@ -162,7 +186,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             diffusion = pipeline.load_diffusion(out, config.device)
             if diffusion is None:
                 diffusion = pipeline.train_diffusion_step(config, data, out, progress)
-        pipeline.train_detector_step(config, data, out, diffusion, progress)
+        pipeline.train_detector_step(config, data, out, diffusion, progress, deadline)
         print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
         from .detector import DIADetector

@@ -79,22 +79,39 @@ class DetectorConfig:
 
 @dataclass
 class ScoreConfig:
-    """The CSI score (METHOD.md section 4)."""
+    """The CSI score (METHOD.md section 4) and the choices made in it.
+
+    ``features``: what the similarity term compares, ``projection`` (z, as in CSI) or
+    ``encoder`` (the ResNet features h before the projection). ``cosine``: compare by plain
+    cosine instead of CSI's norm-weighted dot product. ``shift_weight`` multiplies the shift
+    term (1 = CSI, 0 = similarity only). CSI's own score is projection, no cosine, weight 1
+    (the ``paper`` preset); the defaults were chosen on validation splits (``bench/budget.py``):
+    there the rotation head's term lowered AUROC and the encoder's features raised it.
+    """
 
     samples: int = 10
     crop_scale: float = 0.54
+    features: str = "encoder"
+    cosine: bool = False
+    shift_weight: float = 0.0
     batch_size: int = 256
 
 
 @dataclass
 class RunConfig:
-    """Everything ``dia run`` needs: one object, saved as ``config.json`` in the run folder."""
+    """Everything ``dia run`` needs: one object, saved as ``config.json`` in the run folder.
+
+    ``budget_s``, when set, is the wall-clock time from the start of the run to a fitted
+    detector (data, diffusion training, dissolve cache, detector training, feature bank):
+    detector training ends early enough to meet it, with its schedule fitted to the time left.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     seed: int = 0
+    budget_s: float | None = 420.0
     device: str = "auto"
     precision: str = "auto"
     preset: str = "quick"

@@ -16,7 +16,14 @@ from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .io import read_json, save_dir_atomically, write_json
-from .scoring import FeatureBank, build_bank, csi_score, shifted_features
+from .scoring import (
+    FEATURES,
+    FeatureBank,
+    build_bank,
+    csi_score,
+    estimate_seconds,
+    shifted_features,
+)
 from .training import DetectorTrainer, build_network
 
 FORMAT = "dia-detector"
@@ -104,10 +111,19 @@ class DIADetector:
         diffusion_model: DiffusionModel | None = None,
         callback=None,
         callback_every_s: float | None = None,
+        deadline: float | None = None,
     ) -> DIADetector:
-        """Train on normal images X; returns self. See :func:`as_images` for accepted X."""
+        """Train on normal images X; returns self. See :func:`as_images` for accepted X.
+
+        ``deadline`` (a ``time.perf_counter()`` value) is when fitting must be done: detector
+        training stops early enough for the feature bank to be built by then.
+        """
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
+        if self.score_config.features not in FEATURES:
+            raise ValueError(
+                f"score features={self.score_config.features!r}; expected one of {FEATURES}"
+            )
         images = as_images(X)
         cfg = self.detector_config
         device, precision = self._runtime()
@@ -133,7 +149,15 @@ class DIADetector:
         trainer = DetectorTrainer(
             cfg, images, dissolver=dissolver, device=device, precision=precision, seed=self.seed
         )
-        self.net_, self.history_ = trainer.train(self.progress, callback, callback_every_s)
+        train_deadline = None
+        if deadline is not None:
+            probe = build_network(cfg, images.shape[1]).to(device)
+            bank_s = estimate_seconds(probe, images, self.score_config, device, precision)
+            self.timings_["bank_estimate_s"] = bank_s
+            train_deadline = deadline - bank_s
+        self.net_, self.history_ = trainer.train(
+            self.progress, callback, callback_every_s, deadline=train_deadline
+        )
         self.timings_["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self._fit_bank(images)
@@ -145,9 +169,9 @@ class DIADetector:
         feats = shifted_features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
-        self.bank_ = build_bank(feats)
+        self.bank_ = build_bank(feats, self.score_config)
         self.channels_, self.image_size_ = int(images.shape[1]), int(images.shape[-1])
-        train_scores = csi_score(feats, self.bank_, exclude_self=True).numpy()
+        train_scores = csi_score(feats, self.bank_, self.score_config, exclude_self=True).numpy()
         self.train_scores_ = train_scores
         self.threshold_ = float(np.quantile(train_scores, self.fpr))
 
@@ -164,7 +188,7 @@ class DIADetector:
         feats = shifted_features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
-        return csi_score(feats, self.bank_).numpy()
+        return csi_score(feats, self.bank_, self.score_config).numpy()
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples minus the threshold, (N,): negative means abnormal."""

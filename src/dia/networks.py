@@ -59,11 +59,17 @@ class AmplifierNet(nn.Module):
 
     def __init__(self, channels: int = 1, width: int = 64, proj_dim: int = 128) -> None:
         super().__init__()
+        self.width = width
         self.encoder = ResNet18(channels, width)
         d = self.encoder.out_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
         self.shift_head = nn.Linear(d, NUM_SHIFTS)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, z, logits = self.forward_features(x)
+        return z, logits
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(encoder features h (B, 8 * width), projection z (B, proj_dim), shift logits (B, K))."""
         h = self.encoder(x * 2.0 - 1.0)
-        return self.projection(h), self.shift_head(h)
+        return h, self.projection(h), self.shift_head(h)

@@ -94,8 +94,12 @@ def train_detector_step(
     out: Path,
     diffusion_model: DiffusionModel | None,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> DIADetector:
-    """Train the amplifying network and its feature bank, save it to ``out/detector``."""
+    """Train the amplifying network and its feature bank, save it to ``out/detector``.
+
+    ``deadline`` (a ``time.perf_counter()`` value) is when the fitted detector must be ready.
+    """
     detector = DIADetector(
         detector=config.detector,
         score=config.score,
@@ -105,7 +109,7 @@ def train_detector_step(
         seed=config.seed,
         progress=progress,
     )
-    detector.fit(data.train, diffusion_model=diffusion_model)
+    detector.fit(data.train, diffusion_model=diffusion_model, deadline=deadline)
     detector.save_pretrained(out / DETECTOR_DIR)
     write_json(
         out / DETECTOR_DIR / "history.json",
@@ -172,6 +176,7 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict:
     if (out / "metrics.json").exists():
         raise FileExistsError(f"{out} already holds a finished run; choose another --out")
     t_start = time.perf_counter()
+    deadline = None if config.budget_s is None else t_start + config.budget_s
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     timings: dict = {}
@@ -184,7 +189,7 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict:
         diffusion_model = train_diffusion_step(config, data, out, progress)
         timings["diffusion_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    detector = train_detector_step(config, data, out, diffusion_model, progress)
+    detector = train_detector_step(config, data, out, diffusion_model, progress, deadline)
     timings["detector_s"] = time.perf_counter() - t0
     timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -9,8 +10,10 @@ import torch.nn.functional as F
 
 from .augment import SimCLRAugment
 from .config import DetectorConfig, ScoreConfig
-from .device import autocast
+from .device import autocast, memory_format
 from .shifts import NUM_SHIFTS, shift
+
+FEATURES = ("projection", "encoder")
 
 
 @dataclass
@@ -18,11 +21,23 @@ class ShiftedFeatures:
     """Test-time-augmented outputs of the network for every shift.
 
     ``z``: (K, N, d) projections averaged over the S augmentations (not normalised);
-    ``logits``: (K, N, K) shift-head logits averaged the same way.
+    ``logits``: (K, N, K) shift-head logits averaged the same way;
+    ``h``: (K, N, d_h) encoder features averaged the same way (None when not kept).
     """
 
     z: torch.Tensor
     logits: torch.Tensor
+    h: torch.Tensor | None = None
+
+    def select(self, features: str) -> torch.Tensor:
+        """The features the similarity term uses: ``projection`` (z) or ``encoder`` (h)."""
+        if features == "projection":
+            return self.z
+        if features == "encoder":
+            if self.h is None:
+                raise ValueError("these features were computed without the encoder's")
+            return self.h
+        raise ValueError(f"features={features!r}; expected one of {FEATURES}")
 
 
 @torch.no_grad()
@@ -43,6 +58,8 @@ def shifted_features(
         raise ValueError("images is empty; nothing to score")
     was_training = net.training
     net.eval()
+    fmt = memory_format(getattr(net, "width", 0))
+    net.to(memory_format=fmt)  # same values, faster layout
     augment = SimCLRAugment(
         images.shape[-1],
         images.shape[1],
@@ -52,32 +69,64 @@ def shifted_features(
         gray_prob=detector.gray_prob,
         flip=True,
     )
-    z_sum, logit_sum = None, None
+    total = None
     devices = [device] if device.type == "cuda" else []
     for s in range(score.samples):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(10_000 + s)
             if device.type == "cuda":
                 torch.cuda.manual_seed_all(10_000 + s)
-            zs, logits = _features_once(
-                net, images, detector.shift, augment, score, device, precision
-            )
-        z_sum = zs if z_sum is None else z_sum + zs
-        logit_sum = logits if logit_sum is None else logit_sum + logits
+            runtime = (device, precision, fmt)
+            outs = _features_once(net, images, detector.shift, augment, score, runtime)
+        total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
     net.train(was_training)
-    return ShiftedFeatures(z=z_sum / score.samples, logits=logit_sum / score.samples)
+    h, z, logits = (t / score.samples for t in total)
+    return ShiftedFeatures(z=z, logits=logits, h=h)
 
 
-def _features_once(net, images, shift_kind, augment, score, device, precision):
-    zs, logits = [], []
+def _features_once(net, images, shift_kind, augment, score, runtime):
+    """[h, z, logits], each (K, N, ...), for one augmentation sample."""
+    device, precision, fmt = runtime
+    outs: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, images.shape[0], score.batch_size):
         x = images[start : start + score.batch_size].to(device, non_blocking=True)
         batch = torch.cat([augment(shift(x, k, shift_kind)) for k in range(NUM_SHIFTS)])
+        batch = batch.contiguous(memory_format=fmt)
         with autocast(device, precision):
-            z, logit = net(batch)
-        zs.append(z.float().view(NUM_SHIFTS, x.shape[0], -1).cpu())
-        logits.append(logit.float().view(NUM_SHIFTS, x.shape[0], -1).cpu())
-    return torch.cat(zs, dim=1), torch.cat(logits, dim=1)
+            results = net.forward_features(batch)
+        for out, result in zip(outs, results, strict=True):
+            out.append(result.float().view(NUM_SHIFTS, x.shape[0], -1).cpu())
+    return [torch.cat(out, dim=1) for out in outs]
+
+
+@torch.no_grad()
+def estimate_seconds(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    score: ScoreConfig,
+    device: torch.device,
+    precision: str = "fp32",
+) -> float:
+    """Seconds :func:`shifted_features` will take on ``images``, timed on one batch.
+
+    Used to reserve time for the feature bank when training runs under a wall-clock budget.
+    """
+    was_training = net.training
+    net.eval()
+    batch = min(score.batch_size, images.shape[0])
+    x = images[:batch].to(device).repeat(NUM_SHIFTS, 1, 1, 1)
+    with autocast(device, precision):
+        net(x[:2])  # first call pays one-off setup costs
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        per_batch = time.perf_counter() - t0
+    net.train(was_training)
+    batches = -(-images.shape[0] // batch)
+    return per_batch * batches * score.samples
 
 
 @dataclass
@@ -92,35 +141,60 @@ class FeatureBank:
     w_shift: torch.Tensor
 
 
-def build_bank(train: ShiftedFeatures) -> FeatureBank:
-    """w_sim_k = 1 / mean ||z_k||, w_shift_k = 1 / mean logit of class k on shift k."""
+def build_bank(train: ShiftedFeatures, score: ScoreConfig | None = None) -> FeatureBank:
+    """w_sim_k = 1 / mean ||f_k||, w_shift_k = 1 / mean logit of class k on shift k.
+
+    f is the feature ``score.features`` names (default: the projection z, as in CSI).
+    """
+    score = score or ScoreConfig()
+    f = train.select(score.features)
     k = torch.arange(NUM_SHIFTS)
-    norms = train.z.norm(dim=2).mean(dim=1)
+    norms = f.norm(dim=2).mean(dim=1)
     own_logit = train.logits[k, :, k].mean(dim=1)
-    return FeatureBank(F.normalize(train.z, dim=2), 1.0 / norms, 1.0 / own_logit)
+    return FeatureBank(F.normalize(f, dim=2), 1.0 / norms, 1.0 / own_logit)
 
 
 def score_terms(
-    feats: ShiftedFeatures, bank: FeatureBank, exclude_self: bool = False
+    feats: ShiftedFeatures,
+    bank: FeatureBank,
+    score: ScoreConfig | None = None,
+    exclude_self: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two weighted score terms, each (N,), averaged over shifts: similarity and shift.
 
-    ``exclude_self`` scores the bank's own images leave-one-out (item n never matches bank
-    entry n), which makes their scores comparable to those of unseen images.
+    The similarity is CSI's w_sim_k * max_b f_k(x).b, or with ``score.cosine`` the plain
+    cosine max_b f_k(x).b / ||f_k(x)||. ``exclude_self`` scores the bank's own images
+    leave-one-out (item n never matches bank entry n), which makes their scores comparable to
+    those of unseen images.
     """
-    sim = torch.einsum("knd,kmd->knm", feats.z, bank.bank)
+    score = score or ScoreConfig()
+    f = feats.select(score.features)
+    if score.cosine:
+        f = F.normalize(f, dim=2)
+    sim = torch.einsum("knd,kmd->knm", f, bank.bank)
     if exclude_self:
         n = sim.shape[1]
         if n != sim.shape[2]:
             raise ValueError("exclude_self needs the features of exactly the bank's images")
         sim = sim.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
     k = torch.arange(NUM_SHIFTS)
-    sim_term = (sim.max(dim=2).values * bank.w_sim[:, None]).mean(dim=0)
+    w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
+    sim_term = (sim.max(dim=2).values * w_sim[:, None]).mean(dim=0)
     shift_term = (feats.logits[k, :, k] * bank.w_shift[:, None]).mean(dim=0)
     return sim_term, shift_term
 
 
-def csi_score(feats: ShiftedFeatures, bank: FeatureBank, exclude_self: bool = False):
-    """(N,) scores (1/K) sum_k [w_sim_k max_b z_k(x).b + w_shift_k logit_k(x)[k]]; high = normal."""
-    sim_term, shift_term = score_terms(feats, bank, exclude_self)
-    return sim_term + shift_term
+def csi_score(
+    feats: ShiftedFeatures,
+    bank: FeatureBank,
+    score: ScoreConfig | None = None,
+    exclude_self: bool = False,
+) -> torch.Tensor:
+    """(N,) scores (1/K) sum_k [w_sim_k max_b z_k(x).b + w_shift_k logit_k(x)[k]]; high = normal.
+
+    ``score`` (default: CSI's) picks the features and the similarity (:func:`score_terms`) and
+    ``shift_weight``, which scales the shift term: 1 is CSI, 0 keeps the similarity alone.
+    """
+    score = score or ScoreConfig()
+    sim_term, shift_term = score_terms(feats, bank, score, exclude_self)
+    return sim_term + score.shift_weight * shift_term

@@ -66,9 +66,12 @@ class DetectorTrainer:
         progress: bool = True,
         callback: Callback | None = None,
         callback_every_s: float | None = None,
+        deadline: float | None = None,
     ) -> tuple[AmplifierNet, dict]:
         """Train; returns the last network and a history dict. ``callback(net, seconds)`` may
         evaluate the net every ``callback_every_s`` training seconds (its own time not counted).
+        ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
+        the learning-rate schedule fitted to the time left once the dissolve cache is built.
         """
         cfg, device = self.config, self.device
         torch.manual_seed(self.seed)
@@ -79,8 +82,17 @@ class DetectorTrainer:
             grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
             self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=device)
         cache_s = time.perf_counter() - start
+        max_seconds = cfg.max_seconds
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise ValueError(
+                    "the time budget is spent before detector training starts; "
+                    "give a larger budget or a shorter diffusion training"
+                )
+            max_seconds = left if max_seconds is None else min(max_seconds, left)
 
-        fmt = memory_format(device, self.precision)
+        fmt = memory_format(cfg.width)
         net = build_network(cfg, channels).to(device=device, memory_format=fmt)
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
@@ -106,8 +118,8 @@ class DetectorTrainer:
             perm = torch.randperm(n, generator=gen)
             for i in range(steps_per_epoch):
                 fraction = step / max(total_steps, 1)
-                if cfg.max_seconds:
-                    fraction = max(fraction, train_s / cfg.max_seconds)
+                if max_seconds:
+                    fraction = max(fraction, train_s / max_seconds)
                 if step >= total_steps or fraction >= 1.0:
                     done = True
                     break

@@ -1,0 +1,400 @@
+"""Variants of DIA under one wall-clock budget and several seeds: a data set's accuracy table.
+
+Every variant trains from scratch under the same budget, which covers everything a user waits
+for (data, diffusion training, dissolve cache, detector training, feature bank); the detector's
+training ends in time for the bank (``RunConfig.budget_s``). Each run scores the validation
+split (when the data has one: settings are chosen there) and the test split (reported only),
+from the last checkpoint. Curve points, scored on both splits with fewer test-time samples
+while training, are for reporting; nothing is chosen from them.
+
+Runs go one after another (two torch processes on one small CPU slow each other down many
+times). Results are merged into bench/results/<name>.json after every run, so an interrupted
+table resumes where it stopped: a (variant, seed) already there with the same settings is
+skipped. A Markdown table is written beside the JSON.
+
+    python bench/budget.py --data ../shared/data/pneumoniamnist.npz --preset cpu \\
+        --seeds 0 1 2 --variants dia csi gaussian median dia-t0-30 dia-t100-300
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dia.baselines import knn_pixel_scores
+from dia.config import DataConfig, RunConfig, to_dict
+from dia.data import ImageData, load_data
+from dia.detector import DIADetector
+from dia.device import resolve_device, resolve_precision
+from dia.diffusion import DiffusionModel, train_diffusion
+from dia.evaluation import anomaly_metrics
+from dia.pipeline import code_commit, machine
+from dia.presets import apply_preset
+from dia.scoring import build_bank, csi_score, shifted_features
+
+# Named variants: settings applied on top of the preset. "csi" is the reference of every claim.
+VARIANTS: dict[str, dict[str, object]] = {
+    "dia": {},
+    "csi": {"detector.dissolve": "none"},
+    "gaussian": {"detector.dissolve": "gaussian"},
+    "median": {"detector.dissolve": "median"},
+    "dia-t0-30": {"detector.t_min": 0, "detector.t_max": 30},
+    "dia-t100-300": {"detector.t_min": 100, "detector.t_max": 300},
+    "dia-cutperm": {"detector.shift": "cutperm"},
+    "csi-cutperm": {"detector.dissolve": "none", "detector.shift": "cutperm"},
+}
+# Score settings measured post hoc on every run (one network, many scores).
+SCORE_GRID = {
+    "features": ("projection", "encoder"),
+    "cosine": (False, True),
+    "shift_weight": (0.0, 0.25, 0.5, 1.0),
+}
+LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """'detector.t_min=0' -> ('detector.t_min', 0); 'device=cpu' sets a top-level field.
+
+    Values are read as JSON when they parse (numbers, true/false, lists), else as strings.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SECTION.FIELD=VALUE or FIELD=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def variant_settings(spec: str) -> tuple[str, dict[str, object]]:
+    """A variant name from VARIANTS, or 'NAME:KEY=VALUE,KEY=VALUE' built on 'dia'."""
+    name, _, extra = spec.partition(":")
+    base = dict(VARIANTS.get(name, {}))
+    if not extra and name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; named ones: {', '.join(VARIANTS)}")
+    for item in filter(None, extra.split(",")):
+        key, value = parse_setting(item)
+        base[key] = value
+    return name, base
+
+
+def apply_settings(config: RunConfig, settings: dict[str, object]) -> RunConfig:
+    for key, value in settings.items():
+        section, _, field = key.partition(".")
+        if not field:
+            config = dataclasses.replace(config, **{section: value})
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        sub = dataclasses.replace(getattr(config, section), **{field: value})
+        config = dataclasses.replace(config, **{section: sub})
+    return config
+
+
+def splits(data: ImageData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    out = {"test": (data.test, data.test_labels)}
+    if data.val is not None and data.val_labels is not None:
+        out["val"] = (data.val, data.val_labels)
+    return out
+
+
+def auroc_of(net, data: ImageData, config: RunConfig, samples: int) -> dict[str, float]:
+    """AUROC of every labelled split, with a bank of the training images and S = samples."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    score = dataclasses.replace(config.score, samples=samples)
+    train = shifted_features(net, data.train, config.detector, score, device, precision)
+    bank = build_bank(train, score)
+    out = {}
+    for name, (images, labels) in splits(data).items():
+        feats = shifted_features(net, images, config.detector, score, device, precision)
+        scores = csi_score(feats, bank, score)
+        out[name] = anomaly_metrics(labels.numpy(), -scores.numpy())["auroc"]
+    return out
+
+
+def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve_samples: int):
+    """Train and evaluate one (variant, seed); returns the record stored in the JSON."""
+    device = resolve_device(config.device)
+    paused = 0.0  # seconds spent on curve points, not part of the run's wall time
+    curve: list[list[float]] = []
+    t_start = time.perf_counter()
+
+    def curve_point(net, _train_s):
+        nonlocal paused
+        c0 = time.perf_counter()
+        at = c0 - t_start - paused
+        scores = auroc_of(net, data, config, curve_samples)
+        curve.append([round(at, 1), *(round(scores.get(s, float("nan")), 4) for s in scores)])
+        paused += time.perf_counter() - c0
+
+    diffusion_model = None
+    if config.detector.dissolve == "diffusion":
+        diffusion_model = DiffusionModel(config.diffusion, data.channels)
+        train_diffusion(
+            diffusion_model,
+            data.train,
+            config.diffusion,
+            device=device,
+            seed=config.seed,
+            progress=False,
+        )
+    detector = DIADetector(
+        detector=config.detector,
+        score=config.score,
+        diffusion=config.diffusion,
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        progress=False,
+    )
+    deadline = None if config.budget_s is None else t_start + config.budget_s
+    detector.fit(
+        data.train,
+        diffusion_model=diffusion_model,
+        callback=curve_point if curve_every else None,
+        callback_every_s=curve_every,
+        deadline=None if deadline is None else deadline,
+    )
+    wall = time.perf_counter() - t_start - paused
+    record = {
+        "wall_s": round(wall, 1),
+        "train_images_per_s": round(detector.history_["images_per_s"], 1),
+        "steps": detector.history_["steps"],
+        "epochs": round(detector.history_["epochs"], 2),
+        "timings_s": {k: round(v, 1) for k, v in detector.timings_.items()},
+        "curve_columns": ["seconds", *splits(data)],
+        "curve": curve,
+    }
+    t0 = time.perf_counter()
+    for name, (images, labels) in splits(data).items():
+        anomaly = -detector.score_samples(images)
+        record[name] = {k: round(v, 4) for k, v in anomaly_metrics(labels.numpy(), anomaly).items()}
+    record["score_images_per_s"] = round(
+        sum(len(y) for _, y in splits(data).values()) / (time.perf_counter() - t0), 1
+    )
+    record["auroc_by_score"] = score_grid(detector.net_, data, config)
+    record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return record
+
+
+def score_grid(net, data: ImageData, config: RunConfig) -> dict[str, dict[str, float]]:
+    """AUROC of every split under every score setting of SCORE_GRID, from one set of features:
+    what the score settings are chosen from (on the validation split)."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    train = shifted_features(net, data.train, config.detector, config.score, device, precision)
+    feats = {
+        name: (shifted_features(net, images, config.detector, config.score, device, precision), y)
+        for name, (images, y) in splits(data).items()
+    }
+    grid: dict[str, dict[str, float]] = {}
+    for features, cosine, weight in itertools.product(*SCORE_GRID.values()):
+        score = dataclasses.replace(
+            config.score, features=features, cosine=cosine, shift_weight=weight
+        )
+        bank = build_bank(train, score)
+        key = f"{features}/{'cosine' if cosine else 'csi'}/shift{weight}"
+        grid[key] = {
+            name: round(anomaly_metrics(y.numpy(), -csi_score(f, bank, score).numpy())["auroc"], 4)
+            for name, (f, y) in feats.items()
+        }
+    return grid
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def by_score(runs: dict, seed: str, key: str, split: str) -> float:
+    return runs[seed]["auroc_by_score"][key][split]
+
+
+def summarise(results: dict) -> None:
+    """Per-variant lists over seeds (the schema of the issue), paired differences against csi."""
+    reference = results["variants"].get("csi", {}).get("runs", {})
+    for entry in results["variants"].values():
+        runs = entry["runs"]
+        seeds = sorted(runs, key=int)
+        entry["seeds"] = [int(s) for s in seeds]
+        entry["auroc"] = [runs[s]["test"]["auroc"] for s in seeds]
+        entry["auprc"] = [runs[s]["test"]["auprc"] for s in seeds]
+        entry["val_auroc"] = [runs[s]["val"]["auroc"] for s in seeds if "val" in runs[s]]
+        entry["wall_s"] = [runs[s]["wall_s"] for s in seeds]
+        entry["train_images_per_s"] = statistics.mean(runs[s]["train_images_per_s"] for s in seeds)
+        entry["peak_rss_mb"] = max(runs[s]["peak_rss_mb"] for s in seeds)
+        points = min(len(runs[s]["curve"]) for s in seeds)
+        entry["curve"] = [
+            [round(statistics.mean(runs[s]["curve"][i][j] for s in seeds), 4) for j in (0, -1)]
+            for i in range(points)
+        ]
+        keys = runs[seeds[0]].get("auroc_by_score", {})
+        entry["auroc_by_score"] = {
+            key: {
+                split: round(statistics.mean(by_score(runs, s, key, split) for s in seeds), 4)
+                for split in keys[key]
+            }
+            for key in keys
+        }
+        paired = [s for s in seeds if s in reference]
+        entry["minus_csi"] = [
+            round(runs[s]["test"]["auroc"] - reference[s]["test"]["auroc"], 4) for s in paired
+        ]
+        entry["val_minus_csi"] = [
+            round(runs[s]["val"]["auroc"] - reference[s]["val"]["auroc"], 4)
+            for s in paired
+            if "val" in runs[s]
+        ]
+
+
+def markdown(results: dict) -> str:
+    knn = results["baselines"]["knn_pixel_k5"]
+    lines = [
+        f"# {results['dataset']}: budget {results['budget_s']:.0f} s a run, "
+        f"preset {results['preset']}, last checkpoint",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} threads, "
+        f"torch {results['machine']['torch']}. Test AUROC reports only; settings were chosen "
+        "on the validation AUROC. Paired differences are per seed against `csi`.",
+        "",
+        "| variant | test AUROC per seed | test AUROC | minus csi (paired) | val AUROC | "
+        "val minus csi | AUPRC | wall s | train img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| raw-pixel kNN (k=5) | - | {knn['test']['auroc']:.3f} | - | "
+        f"{knn.get('val', {}).get('auroc', float('nan')):.3f} | - | "
+        f"{knn['test']['auprc']:.3f} | - | - |",
+    ]
+    for name, r in results["variants"].items():
+        per_seed = ", ".join(f"{a:.3f}" for a in r["auroc"])
+        lines.append(
+            f"| {LABELS.get(name, name)} | {per_seed} | {mean_sd(r['auroc'])} | "
+            f"{mean_sd(r['minus_csi']) if name != 'csi' else '-'} | {mean_sd(r['val_auroc'])} | "
+            f"{mean_sd(r['val_minus_csi']) if name != 'csi' else '-'} | {mean_sd(r['auprc'])} | "
+            f"{statistics.mean(r['wall_s']):.0f} | {r['train_images_per_s']:.0f} |"
+        )
+    names = list(results["variants"])
+    keys = results["variants"][names[0]]["auroc_by_score"] if names else {}
+    lines += [
+        "",
+        "Score settings (features / similarity / shift-term weight), measured on the same "
+        "networks after training: mean AUROC over seeds, validation / test.",
+        "",
+        "| score | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key in keys:
+        cells = []
+        for name in names:
+            cell = results["variants"][name]["auroc_by_score"].get(key, {})
+            cells.append(" / ".join(f"{cell[s]:.3f}" for s in ("val", "test") if s in cell))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/pneumoniamnist.npz")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--budget", type=float, default=None, help="seconds (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=["dia", "csi", "gaussian", "median"])
+    p.add_argument(
+        "--set",
+        type=parse_setting,
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="a setting applied to every variant, e.g. data.image_size=32",
+    )
+    p.add_argument("--curve-every", type=float, default=None, help="training seconds")
+    p.add_argument("--curve-samples", type=int, default=4, help="test-time samples of a point")
+    p.add_argument("--name", default=None, help="result name (default: the data name)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    name = args.name or Path(args.data.rstrip("/")).stem.replace("medmnist:", "")
+    base = apply_preset(RunConfig(data=DataConfig(spec=args.data)), args.preset)
+    base = apply_settings(base, dict(args.set))
+    if args.budget is not None:
+        base = dataclasses.replace(base, budget_s=args.budget)
+    if base.budget_s is None:
+        raise SystemExit("no budget: pass --budget SECONDS or a preset that sets one")
+    data = load_data(base.data)
+    path = args.out / f"{name}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if results and results.get("budget_s") != base.budget_s:
+        raise SystemExit(f"{path} holds budget {results.get('budget_s')}; use another --name")
+    knn = {
+        split: anomaly_metrics(labels.numpy(), knn_pixel_scores(data.train, images))
+        for split, (images, labels) in splits(data).items()
+    }
+    results.update(
+        dataset=name,
+        data_spec=args.data,
+        preset=args.preset,
+        budget_s=base.budget_s,
+        machine=machine(),
+        commit=code_commit(),
+        protocol="last-checkpoint",
+        chosen_on="validation split (val_images, val_labels); test split reports only",
+        counts=data.counts(),
+        baselines={"knn_pixel_k5": knn},
+    )
+    results.setdefault("variants", {})
+    results.setdefault("commands", [])
+    command = " ".join(["python", "bench/budget.py", *(argv or sys.argv[1:])])
+    if command not in results["commands"]:
+        results["commands"].append(command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for spec in args.variants:
+        vname, settings = variant_settings(spec)
+        config = apply_settings(base, settings)
+        entry = results["variants"].setdefault(vname, {"runs": {}})
+        config_dict = json.loads(
+            json.dumps({k: v for k, v in to_dict(config).items() if k != "seed"})
+        )
+        if entry.get("settings") not in (None, config_dict):
+            raise SystemExit(f"variant {vname} in {path} has other settings; use another --name")
+        entry["settings"] = config_dict
+        for seed in args.seeds:
+            if str(seed) in entry["runs"]:
+                continue
+            record = one_run(
+                dataclasses.replace(config, seed=seed), data, args.curve_every, args.curve_samples
+            )
+            entry["runs"][str(seed)] = record
+            val = record.get("val", {}).get("auroc", float("nan"))
+            print(
+                f"{vname} seed {seed}: test AUROC {record['test']['auroc']:.4f}, "
+                f"val {val:.4f}, {record['wall_s']:.0f} s",
+                flush=True,
+            )
+            summarise(results)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            (args.out / f"{name}.md").write_text(markdown(results))
+    summarise(results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

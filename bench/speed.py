@@ -1,0 +1,169 @@
+"""Speed of the detector's training step and of scoring, variants side by side in one process.
+
+Compared on the same images, the same network and the same number of steps:
+- numeric precision: fp32 against bf16 autocast + channels_last;
+- dissolving: looked up in a precomputed cache against calling the UNet every step
+  (the cache's one-off build time is reported beside it);
+- scoring (the feature bank and test images: every shift, S test-time samples).
+Variants run interleaved, ``--repeats`` rounds, and the median of each is kept; ratios between
+variants of the same run are what to read, since absolute times move with the machine's load.
+Writes bench/results/speed.json and speed.md.
+
+    python bench/speed.py --data ../shared/data/pneumoniamnist.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from dia.config import DataConfig, DetectorConfig, DiffusionConfig, ScoreConfig
+from dia.data import load_data
+from dia.device import cpu_has_fast_bf16, resolve_device
+from dia.diffusion import DiffusionModel
+from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
+from dia.pipeline import machine
+from dia.scoring import shifted_features
+from dia.training import DetectorTrainer, build_network
+
+
+def train_rate(config, images, dissolver, device, precision, seed=0) -> dict:
+    """Images/s of the training loop (cache build excluded, reported separately)."""
+    trainer = DetectorTrainer(
+        config, images, dissolver=dissolver, device=device, precision=precision, seed=seed
+    )
+    _, history = trainer.train(progress=False)
+    return {
+        "train_images_per_s": history["images_per_s"],
+        "steps": history["steps"],
+        "train_s": history["train_s"],
+        "cache_build_s": history["dissolve_cache_s"],
+    }
+
+
+def score_rate(config, score, images, device, precision) -> dict:
+    net = build_network(config, images.shape[1]).to(device)
+    shifted_features(net, images[:8], config, dataclasses.replace(score, samples=1), device)
+    t0 = time.perf_counter()
+    shifted_features(net, images, config, score, device, precision)
+    seconds = time.perf_counter() - t0
+    return {"score_images_per_s": images.shape[0] / seconds, "seconds": seconds}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/pneumoniamnist.npz")
+    p.add_argument("--images", type=int, default=320, help="training images used")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    data = load_data(DataConfig(spec=args.data))
+    images = data.train[: args.images]
+    base = DetectorConfig(
+        width=args.width, epochs=args.epochs, max_seconds=None, dissolve_cache_steps=4
+    )
+    # An untrained UNet costs the same per call as a trained one; speed is all we measure.
+    unet = DiffusionModel(DiffusionConfig(), images.shape[1]).to(device)
+    dissolver = build_dissolver("diffusion", unet).to(device)
+    variants = {
+        "fp32": (dataclasses.replace(base, dissolve="none"), None, "fp32"),
+        "bf16+channels_last": (dataclasses.replace(base, dissolve="none"), None, "bf16"),
+        "dia fp32, cached dissolving": (base, dissolver, "fp32"),
+        "dia fp32, UNet every step": (
+            dataclasses.replace(base, dissolve_cache_steps=0),
+            dissolver,
+            "fp32",
+        ),
+        "dia bf16, cached dissolving": (base, dissolver, "bf16"),
+    }
+    score = ScoreConfig()
+    measured: dict[str, list[dict]] = {name: [] for name in variants}
+    scoring: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    for r in range(args.repeats):
+        for name, (config, diss, precision) in variants.items():
+            measured[name].append(train_rate(config, images, diss, device, precision, seed=r))
+            print(f"round {r} {name}: {measured[name][-1]['train_images_per_s']:.0f} img/s")
+        for precision in scoring:
+            scoring[precision].append(score_rate(base, score, images, device, precision))
+    grid = timestep_grid(base.t_min, base.t_max, base.dissolve_cache_steps)
+    t0 = time.perf_counter()
+    DissolveCache.build(dissolver, data.train, grid, device=device)
+    cache_full_s = time.perf_counter() - t0
+
+    def median(rows, key):
+        return statistics.median(row[key] for row in rows)
+
+    train = {name: median(rows, "train_images_per_s") for name, rows in measured.items()}
+    score_rates = {p: median(rows, "score_images_per_s") for p, rows in scoring.items()}
+    results = {
+        "command": " ".join(["python", "bench/speed.py", *(argv or sys.argv[1:])]),
+        "machine": {**machine(), "amx": cpu_has_fast_bf16(), "device": str(device)},
+        "settings": {
+            "data": args.data,
+            "images": images.shape[0],
+            "image_size": images.shape[-1],
+            "width": args.width,
+            "batch_size": base.batch_size,
+            "epochs_per_measurement": args.epochs,
+            "repeats": args.repeats,
+            "score_samples": score.samples,
+        },
+        "train_images_per_s": train,
+        "train_runs": measured,
+        "ratios": {
+            "bf16_over_fp32": train["bf16+channels_last"] / train["fp32"],
+            "cache_over_unet_every_step": train["dia fp32, cached dissolving"]
+            / train["dia fp32, UNet every step"],
+            "dia_over_csi_fp32": train["dia fp32, cached dissolving"] / train["fp32"],
+            "score_bf16_over_fp32": score_rates["bf16"] / score_rates["fp32"],
+        },
+        "score_images_per_s": score_rates,
+        "dissolve_cache_build_s_all_train_images": cache_full_s,
+        "train_images": int(data.train.shape[0]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [
+        f"# Speed, {results['machine']['cpu']}, {results['machine']['cores']} threads, "
+        f"device {device}, AMX {results['machine']['amx']}",
+        "",
+        "Images/s count every augmented view the network sees (3 views x 4 shifts per image "
+        f"with dissolving, 2 x 4 without); ResNet-18 width {args.width}, batch "
+        f"{base.batch_size}, {images.shape[-1]} px; median of {args.repeats} interleaved rounds.",
+        "",
+        "| training variant | images/s | ratio to fp32 CSI |",
+        "|---|---|---|",
+    ]
+    for name, rate in train.items():
+        lines.append(f"| {name} | {rate:.0f} | {rate / train['fp32']:.2f} |")
+    lines += [
+        "",
+        "| scoring | images/s (each with 4 shifts x S samples) |",
+        "|---|---|",
+        *(f"| {p} | {rate:.1f} |" for p, rate in score_rates.items()),
+        "",
+        f"Dissolve cache for all {data.train.shape[0]} training images, "
+        f"{len(grid)} timesteps: {cache_full_s:.1f} s. Peak RSS {results['peak_rss_mb']:.0f} MB.",
+    ]
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The benchmark harness runs end to end on a tiny synthetic set and writes its table."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = [
+    "data.synthetic_train=32", "data.synthetic_val=8", "data.synthetic_test=16",
+    "data.image_size=16", "diffusion.resolution=16", "diffusion.block_out_channels=[8,16]",
+    "diffusion.max_seconds=1", "detector.width=8", "detector.batch_size=8",
+    "detector.dissolve_cache_steps=2", "score.samples=1", "device=cpu",
+]  # fmt: skip
+
+
+def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
+    budget = load("budget")
+    argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "0"]
+    argv += ["--variants", "csi", "dia", "--out", str(tmp_path), "--curve-every", "2"]
+    for setting in TINY:
+        argv += ["--set", setting]
+    assert budget.main(argv) == 0
+    results = json.loads((tmp_path / "synthetic.json").read_text())
+    assert results["budget_s"] == 6 and results["protocol"] == "last-checkpoint"
+    for key in ("cpu", "cores", "torch"):
+        assert key in results["machine"]
+    for name in ("csi", "dia"):
+        entry = results["variants"][name]
+        assert entry["seeds"] == [0] and len(entry["auroc"]) == 1
+        assert 0 <= entry["auroc"][0] <= 1 and entry["wall_s"][0] > 0
+        assert entry["curve"] and all(len(point) == 2 for point in entry["curve"])
+        assert "encoder/cosine/shift0.0" in entry["auroc_by_score"]
+    assert results["variants"]["dia"]["minus_csi"] == [
+        round(results["variants"]["dia"]["auroc"][0] - results["variants"]["csi"]["auroc"][0], 4)
+    ]
+    assert "| DIA (diffusion) |" in (tmp_path / "synthetic.md").read_text()
+    # a second call with the same settings finds every run done and trains nothing
+    capsys.readouterr()
+    assert budget.main(argv) == 0
+    assert "seed 0:" not in capsys.readouterr().out
