@@ -1,7 +1,8 @@
 """Speed of the detector's training step and of scoring, variants side by side in one process.
 
 Compared on the same images, the same network and the same number of steps:
-- numeric precision: fp32 against bf16 autocast + channels_last;
+- numeric precision: fp32 against bf16 autocast (both channels_last), and the memory layout:
+  channels_last against the plain one;
 - dissolving: looked up in a precomputed cache against calling the UNet every step
   (the cache's one-off build time is reported beside it);
 - scoring (the feature bank and test images: every shift, S test-time samples).
@@ -15,6 +16,7 @@ Writes bench/results/speed.json and speed.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import resource
@@ -23,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from dia import training
 from dia.config import DataConfig, DetectorConfig, DiffusionConfig, ScoreConfig
 from dia.data import load_data
 from dia.device import cpu_has_fast_bf16, resolve_device
@@ -30,15 +35,30 @@ from dia.diffusion import DiffusionModel
 from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
 from dia.pipeline import machine
 from dia.scoring import shifted_features
-from dia.training import DetectorTrainer, build_network
+from dia.training import build_network
 
 
-def train_rate(config, images, dissolver, device, precision, seed=0) -> dict:
+@contextlib.contextmanager
+def plain_layout(active: bool):
+    """Train with the plain (contiguous) memory layout instead of channels_last."""
+    if not active:
+        yield
+        return
+    original = training.memory_format
+    training.memory_format = lambda width: torch.contiguous_format
+    try:
+        yield
+    finally:
+        training.memory_format = original
+
+
+def train_rate(config, images, dissolver, device, precision, seed=0, contiguous=False) -> dict:
     """Images/s of the training loop (cache build excluded, reported separately)."""
-    trainer = DetectorTrainer(
+    trainer = training.DetectorTrainer(
         config, images, dissolver=dissolver, device=device, precision=precision, seed=seed
     )
-    _, history = trainer.train(progress=False)
+    with plain_layout(contiguous):
+        _, history = trainer.train(progress=False)
     return {
         "train_images_per_s": history["images_per_s"],
         "steps": history["steps"],
@@ -63,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--cache-images", type=int, default=None, help="images in the cache timing (default all)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -79,29 +102,34 @@ def main(argv=None) -> int:
     # An untrained UNet costs the same per call as a trained one; speed is all we measure.
     unet = DiffusionModel(DiffusionConfig(), images.shape[1]).to(device)
     dissolver = build_dissolver("diffusion", unet).to(device)
-    variants = {
-        "fp32": (dataclasses.replace(base, dissolve="none"), None, "fp32"),
-        "bf16+channels_last": (dataclasses.replace(base, dissolve="none"), None, "bf16"),
-        "dia fp32, cached dissolving": (base, dissolver, "fp32"),
+    csi = dataclasses.replace(base, dissolve="none")
+    variants = {  # name: (config, dissolver, precision, plain layout)
+        "csi fp32": (csi, None, "fp32", False),
+        "csi fp32, plain layout": (csi, None, "fp32", True),
+        "csi bf16": (csi, None, "bf16", False),
+        "dia fp32, cached dissolving": (base, dissolver, "fp32", False),
         "dia fp32, UNet every step": (
             dataclasses.replace(base, dissolve_cache_steps=0),
             dissolver,
             "fp32",
+            False,
         ),
-        "dia bf16, cached dissolving": (base, dissolver, "bf16"),
+        "dia bf16, cached dissolving": (base, dissolver, "bf16", False),
     }
     score = ScoreConfig()
     measured: dict[str, list[dict]] = {name: [] for name in variants}
     scoring: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     for r in range(args.repeats):
-        for name, (config, diss, precision) in variants.items():
-            measured[name].append(train_rate(config, images, diss, device, precision, seed=r))
+        for name, (config, diss, precision, plain) in variants.items():
+            rate = train_rate(config, images, diss, device, precision, seed=r, contiguous=plain)
+            measured[name].append(rate)
             print(f"round {r} {name}: {measured[name][-1]['train_images_per_s']:.0f} img/s")
         for precision in scoring:
             scoring[precision].append(score_rate(base, score, images, device, precision))
     grid = timestep_grid(base.t_min, base.t_max, base.dissolve_cache_steps)
+    cache_images = data.train[: args.cache_images]
     t0 = time.perf_counter()
-    DissolveCache.build(dissolver, data.train, grid, device=device)
+    DissolveCache.build(dissolver, cache_images, grid, device=device)
     cache_full_s = time.perf_counter() - t0
 
     def median(rows, key):
@@ -125,15 +153,16 @@ def main(argv=None) -> int:
         "train_images_per_s": train,
         "train_runs": measured,
         "ratios": {
-            "bf16_over_fp32": train["bf16+channels_last"] / train["fp32"],
+            "bf16_over_fp32": train["csi bf16"] / train["csi fp32"],
+            "channels_last_over_plain_fp32": train["csi fp32"] / train["csi fp32, plain layout"],
             "cache_over_unet_every_step": train["dia fp32, cached dissolving"]
             / train["dia fp32, UNet every step"],
-            "dia_over_csi_fp32": train["dia fp32, cached dissolving"] / train["fp32"],
+            "dia_over_csi_fp32": train["dia fp32, cached dissolving"] / train["csi fp32"],
             "score_bf16_over_fp32": score_rates["bf16"] / score_rates["fp32"],
         },
         "score_images_per_s": score_rates,
-        "dissolve_cache_build_s_all_train_images": cache_full_s,
-        "train_images": int(data.train.shape[0]),
+        "dissolve_cache_build_s": cache_full_s,
+        "dissolve_cache_images": int(cache_images.shape[0]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,21 +172,22 @@ def main(argv=None) -> int:
         f"device {device}, AMX {results['machine']['amx']}",
         "",
         "Images/s count every augmented view the network sees (3 views x 4 shifts per image "
-        f"with dissolving, 2 x 4 without); ResNet-18 width {args.width}, batch "
+        "with dissolving, 2 x 4 without); channels_last layout unless 'plain layout'; bf16 is "
+        f"autocast; ResNet-18 width {args.width}, batch "
         f"{base.batch_size}, {images.shape[-1]} px; median of {args.repeats} interleaved rounds.",
         "",
-        "| training variant | images/s | ratio to fp32 CSI |",
+        "| training variant | images/s | ratio to csi fp32 |",
         "|---|---|---|",
     ]
     for name, rate in train.items():
-        lines.append(f"| {name} | {rate:.0f} | {rate / train['fp32']:.2f} |")
+        lines.append(f"| {name} | {rate:.0f} | {rate / train['csi fp32']:.2f} |")
     lines += [
         "",
         "| scoring | images/s (each with 4 shifts x S samples) |",
         "|---|---|",
         *(f"| {p} | {rate:.1f} |" for p, rate in score_rates.items()),
         "",
-        f"Dissolve cache for all {data.train.shape[0]} training images, "
+        f"Dissolve cache for {cache_images.shape[0]} training images, "
         f"{len(grid)} timesteps: {cache_full_s:.1f} s. Peak RSS {results['peak_rss_mb']:.0f} MB.",
     ]
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")

@@ -47,3 +47,15 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert budget.main(argv) == 0
     assert "seed 0:" not in capsys.readouterr().out
+
+
+def test_speed_bench_compares_variants_side_by_side(tmp_path):
+    speed = load("speed")
+    argv = ["--data", "synthetic", "--images", "16", "--epochs", "1", "--repeats", "1"]
+    argv += ["--width", "8", "--cache-images", "8", "--device", "cpu", "--out", str(tmp_path)]
+    assert speed.main(argv) == 0
+    results = json.loads((tmp_path / "speed.json").read_text())
+    for name in ("csi fp32", "csi fp32, plain layout", "csi bf16", "dia fp32, UNet every step"):
+        assert results["train_images_per_s"][name] > 0
+    assert results["ratios"]["cache_over_unet_every_step"] > 0
+    assert (tmp_path / "speed.md").exists()

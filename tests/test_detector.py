@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -115,3 +116,18 @@ def test_the_score_config_shift_weight_is_used(fitted):
     finally:
         det.score = SCORE
     assert not np.allclose(full, sim_only)
+
+
+def test_a_version_1_detector_keeps_the_csi_score(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "v1")
+    config = json.loads((tmp_path / "v1" / "config.json").read_text())
+    config["version"] = 1
+    for key in ("features", "cosine", "shift_weight"):
+        del config["score"][key]
+    (tmp_path / "v1" / "config.json").write_text(json.dumps(config))
+    loaded = DIADetector.from_pretrained(tmp_path / "v1", device="cpu")
+    assert loaded.score_config.features == "projection"
+    assert loaded.score_config.shift_weight == 1.0
+    np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

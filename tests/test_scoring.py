@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from dia.config import ScoreConfig
+from dia.config import DetectorConfig, ScoreConfig
 from dia.scoring import (
     FeatureBank,
     ShiftedFeatures,
@@ -95,6 +95,8 @@ def test_estimate_seconds_is_positive_and_keeps_the_mode():
     from dia.networks import AmplifierNet
 
     net, images = AmplifierNet(1, width=4), torch.rand(6, 1, 16, 16)
-    one = estimate_seconds(net, images, ScoreConfig(samples=1), torch.device("cpu"))
+    one = estimate_seconds(
+        net, images, DetectorConfig(), ScoreConfig(samples=1), torch.device("cpu")
+    )
     assert one > 0
     assert net.training  # the network's mode is restored

@@ -26,8 +26,13 @@ from .scoring import (
 )
 from .training import DetectorTrainer, build_network
 
+# The feature bank took up to 1.33 times its one-batch estimate (bench/results/*.json:
+# timings_s), so that much is kept free of training under a deadline.
+BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 predates the score settings and always scored with CSI's own score.
+V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
 
 
 def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
@@ -152,9 +157,9 @@ class DIADetector:
         train_deadline = None
         if deadline is not None:
             probe = build_network(cfg, images.shape[1]).to(device)
-            bank_s = estimate_seconds(probe, images, self.score_config, device, precision)
+            bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
             self.timings_["bank_estimate_s"] = bank_s
-            train_deadline = deadline - bank_s
+            train_deadline = deadline - BANK_SAFETY * bank_s
         self.net_, self.history_ = trainer.train(
             self.progress, callback, callback_every_s, deadline=train_deadline
         )
@@ -238,13 +243,16 @@ class DIADetector:
             )
         if config.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was saved by a newer dia (version {config['version']})")
+        score_settings = config["score"]
+        if config.get("version", 0) < 2:
+            score_settings = {**V1_SCORE, **score_settings}
         try:
             tensors = load_file(str(path / "model.safetensors"))
         except (SafetensorError, FileNotFoundError, OSError) as err:
             raise ValueError(f"cannot read {path / 'model.safetensors'}: {err}") from err
         det = cls(
             detector=from_dict(DetectorConfig, config["detector"]),
-            score=from_dict(ScoreConfig, config["score"]),
+            score=from_dict(ScoreConfig, score_settings),
             fpr=config["fpr"],
             device=device,
             precision=precision,

@@ -23,19 +23,24 @@ DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 
 
-def code_commit() -> str:
-    """The git commit of the installed code, or 'unknown' outside a checkout."""
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_commit() -> str:
+    """The git commit of the installed code, '+dirty' when the package's files differ from it,
+    or 'unknown' outside a checkout."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    changed = _git("status", "--porcelain", "--", str(Path(__file__).parent))
+    return commit + ("+dirty" if changed else "")
 
 
 def machine() -> dict:

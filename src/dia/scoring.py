@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -103,30 +104,27 @@ def _features_once(net, images, shift_kind, augment, score, runtime):
 def estimate_seconds(
     net: torch.nn.Module,
     images: torch.Tensor,
+    detector: DetectorConfig,
     score: ScoreConfig,
     device: torch.device,
     precision: str = "fp32",
 ) -> float:
     """Seconds :func:`shifted_features` will take on ``images``, timed on one batch.
 
-    Used to reserve time for the feature bank when training runs under a wall-clock budget.
+    Shifts, augmentation and the network are all timed. Used to reserve time for the feature
+    bank when training runs under a wall-clock budget.
     """
-    was_training = net.training
-    net.eval()
     batch = min(score.batch_size, images.shape[0])
-    x = images[:batch].to(device).repeat(NUM_SHIFTS, 1, 1, 1)
-    with autocast(device, precision):
-        net(x[:2])  # first call pays one-off setup costs
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        net(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        per_batch = time.perf_counter() - t0
-    net.train(was_training)
+    once = dataclasses.replace(score, samples=1)
+    shifted_features(net, images[:2], detector, once, device, precision)  # one-off setup costs
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    shifted_features(net, images[:batch], detector, once, device, precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     batches = -(-images.shape[0] // batch)
-    return per_batch * batches * score.samples
+    return (time.perf_counter() - t0) * batches * score.samples
 
 
 @dataclass
