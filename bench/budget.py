@@ -1,11 +1,11 @@
 """Variants of DIA under one wall-clock budget and several seeds: a data set's accuracy table.
 
 Every variant trains from scratch under the same budget, which covers everything a user waits
-for (data, diffusion training, dissolve cache, detector training, feature bank); the detector's
-training ends in time for the bank (``RunConfig.budget_s``). Each run scores the validation
-split (when the data has one: settings are chosen there) and the test split (reported only),
-from the last checkpoint. Curve points, scored on both splits with fewer test-time samples
-while training, are for reporting; nothing is chosen from them.
+for (diffusion training, dissolve cache, detector training, feature bank; the data is loaded
+once, beforehand); the detector's training ends in time for the bank (``RunConfig.budget_s``).
+Each run scores the validation split (when the data has one: settings are chosen there) and the
+test split (reported only), from the last checkpoint. Curve points, scored on both splits with
+fewer test-time samples while training, are for reporting; nothing is chosen from them.
 
 Runs go one after another (two torch processes on one small CPU slow each other down many
 times). Results are merged into bench/results/<name>.json after every run, so an interrupted
@@ -164,10 +164,11 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         diffusion_model=diffusion_model,
         callback=curve_point if curve_every else None,
         callback_every_s=curve_every,
-        deadline=None if deadline is None else deadline,
+        deadline=deadline,
     )
     wall = time.perf_counter() - t_start - paused
     record = {
+        "commit": code_commit(),
         "wall_s": round(wall, 1),
         "train_images_per_s": round(detector.history_["images_per_s"], 1),
         "steps": detector.history_["steps"],
@@ -237,9 +238,11 @@ def summarise(results: dict) -> None:
         entry["wall_s"] = [runs[s]["wall_s"] for s in seeds]
         entry["train_images_per_s"] = statistics.mean(runs[s]["train_images_per_s"] for s in seeds)
         entry["peak_rss_mb"] = max(runs[s]["peak_rss_mb"] for s in seeds)
+        # [seconds, test AUROC], averaged over seeds point by point
+        test = runs[seeds[0]]["curve_columns"].index("test")
         points = min(len(runs[s]["curve"]) for s in seeds)
         entry["curve"] = [
-            [round(statistics.mean(runs[s]["curve"][i][j] for s in seeds), 4) for j in (0, -1)]
+            [round(statistics.mean(runs[s]["curve"][i][j] for s in seeds), 4) for j in (0, test)]
             for i in range(points)
         ]
         keys = runs[seeds[0]].get("auroc_by_score", {})
@@ -351,7 +354,7 @@ def main(argv=None) -> int:
         preset=args.preset,
         budget_s=base.budget_s,
         machine=machine(),
-        commit=code_commit(),
+        commit=code_commit(),  # of the latest invocation; each run records its own
         protocol="last-checkpoint",
         chosen_on="validation split (val_images, val_labels); test split reports only",
         counts=data.counts(),

@@ -51,7 +51,7 @@ def memory_format(width: int) -> torch.memory_format:
     """channels_last for networks whose first stage has ``width`` >= 8 channels, else plain.
 
     channels_last pays off with bf16 on CPU and on CUDA, and measured on a 2-core AVX2 CPU it
-    also made fp32 ResNet training 5-27% faster (``bench/speed.py``). Below 8 channels the
+    also made fp32 ResNet training 3-27% faster (``bench/speed.py``). Below 8 channels the
     CPU's channels_last backward pass crashed (torch 2.13, ResNet-18 at width 4), and such tiny
     networks gain nothing from it.
     """

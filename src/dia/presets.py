@@ -1,5 +1,5 @@
-"""Named settings: ``quick`` (minutes on a laptop CPU), ``cpu`` (the best in 30 minutes on a
-2-core CPU) and ``paper`` (the authors' recipe, for a GPU)."""
+"""Named settings: ``quick`` (minutes on a laptop CPU), ``cpu`` (30 minutes on a 2-core CPU)
+and ``paper`` (the authors' recipe, for a GPU)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ PRESETS: dict[str, dict] = {
     # The dataclass defaults (a 420 s budget, width-16 ResNet-18, 32 px) with detector
     # training given whatever the budget leaves: a first result in minutes on a 2-core CPU.
     "quick": {"detector": {"max_seconds": None}},
-    # The best found for a 2-core CPU and a 30-minute budget, chosen on PneumoniaMNIST's
-    # validation split (bench/budget.py): the budget covers diffusion training, dissolve cache,
-    # detector training and feature bank, and detector training takes whatever is left.
+    # A 30-minute budget on a 2-core CPU: diffusion training, dissolve cache, detector training
+    # and feature bank, with detector training taking whatever is left. The score settings were
+    # chosen on PneumoniaMNIST's validation split (bench/budget.py); the width and the diffusion
+    # time are first choices, not yet compared against others at this budget.
     "cpu": {
         "budget_s": 1800.0,
         "diffusion": {"max_seconds": 180.0},
