@@ -26,8 +26,8 @@ from .scoring import (
 )
 from .training import DetectorTrainer, build_network
 
-# The feature bank took up to 1.33 times its one-batch estimate (bench/results/*.json:
-# timings_s), so that much is kept free of training under a deadline.
+# On a busy 2-core CPU the feature bank took up to a third more than its one-batch estimate
+# (bench/results/*.json: timings_s), so 1.35 times the estimate is kept free of training.
 BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
 FORMAT_VERSION = 2

@@ -109,22 +109,22 @@ def estimate_seconds(
     device: torch.device,
     precision: str = "fp32",
 ) -> float:
-    """Seconds :func:`shifted_features` will take on ``images``, timed on one batch.
+    """Seconds :func:`shifted_features` will take on ``images``, timed on one warm batch.
 
     Shifts, augmentation and the network are all timed. Used to reserve time for the feature
     bank when training runs under a wall-clock budget.
     """
-    batch = min(score.batch_size, images.shape[0])
+    batch = images[: min(score.batch_size, images.shape[0])]
     once = dataclasses.replace(score, samples=1)
-    shifted_features(net, images[:2], detector, once, device, precision)  # one-off setup costs
+    shifted_features(net, batch, detector, once, device, precision)  # pays one-off setup costs
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    shifted_features(net, images[:batch], detector, once, device, precision)
+    shifted_features(net, batch, detector, once, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    batches = -(-images.shape[0] // batch)
-    return (time.perf_counter() - t0) * batches * score.samples
+    per_image = (time.perf_counter() - t0) / batch.shape[0]
+    return per_image * images.shape[0] * score.samples
 
 
 @dataclass
