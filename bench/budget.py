@@ -33,11 +33,10 @@ import torch
 from dia.baselines import knn_pixel_scores
 from dia.config import DataConfig, RunConfig, to_dict
 from dia.data import ImageData, load_data
-from dia.detector import DIADetector
 from dia.device import resolve_device, resolve_precision
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.evaluation import anomaly_metrics
-from dia.pipeline import code_commit, machine
+from dia.pipeline import code_commit, machine, make_detector
 from dia.presets import apply_preset
 from dia.scoring import build_bank, csi_score, shifted_features
 
@@ -108,19 +107,28 @@ def splits(data: ImageData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def auroc_of(net, data: ImageData, config: RunConfig, samples: int) -> dict[str, float]:
-    """AUROC of every labelled split, with a bank of the training images and S = samples."""
+def split_features(net, data: ImageData, config: RunConfig, samples: int):
+    """Test-time-augmented features of the training images and of every labelled split."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     score = dataclasses.replace(config.score, samples=samples)
     train = shifted_features(net, data.train, config.detector, score, device, precision)
-    bank = build_bank(train, score)
-    out = {}
-    for name, (images, labels) in splits(data).items():
-        feats = shifted_features(net, images, config.detector, score, device, precision)
-        scores = csi_score(feats, bank, score)
-        out[name] = anomaly_metrics(labels.numpy(), -scores.numpy())["auroc"]
-    return out
+    feats = {
+        name: (shifted_features(net, images, config.detector, score, device, precision), y)
+        for name, (images, y) in splits(data).items()
+    }
+    return train, feats
+
+
+def auroc(feats, labels, bank, score) -> float:
+    return anomaly_metrics(labels.numpy(), -csi_score(feats, bank, score).numpy())["auroc"]
+
+
+def auroc_of(net, data: ImageData, config: RunConfig, samples: int) -> dict[str, float]:
+    """AUROC of every labelled split, with a bank of the training images and S = samples."""
+    train, feats = split_features(net, data, config, samples)
+    bank = build_bank(train, config.score)
+    return {name: auroc(f, y, bank, config.score) for name, (f, y) in feats.items()}
 
 
 def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve_samples: int):
@@ -149,15 +157,7 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
             seed=config.seed,
             progress=False,
         )
-    detector = DIADetector(
-        detector=config.detector,
-        score=config.score,
-        diffusion=config.diffusion,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-        progress=False,
-    )
+    detector = make_detector(config, progress=False)
     deadline = None if config.budget_s is None else t_start + config.budget_s
     detector.fit(
         data.train,
@@ -173,32 +173,31 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         "train_images_per_s": round(detector.history_["images_per_s"], 1),
         "steps": detector.history_["steps"],
         "epochs": round(detector.history_["epochs"], 2),
-        "timings_s": {k: round(v, 1) for k, v in detector.timings_.items()},
+        "timings_s": {
+            **{k: round(v, 1) for k, v in detector.timings_.items()},
+            "dissolve_cache_s": round(detector.history_["dissolve_cache_s"], 1),
+        },
         "curve_columns": ["seconds", *splits(data)],
         "curve": curve,
     }
+    # One pass of features serves the detector's own score (its bank, its threshold's score)
+    # and the table of other score settings.
     t0 = time.perf_counter()
-    for name, (images, labels) in splits(data).items():
-        anomaly = -detector.score_samples(images)
-        record[name] = {k: round(v, 4) for k, v in anomaly_metrics(labels.numpy(), anomaly).items()}
-    record["score_images_per_s"] = round(
-        sum(len(y) for _, y in splits(data).values()) / (time.perf_counter() - t0), 1
+    train, feats = split_features(detector.net_, data, config, config.score.samples)
+    record["features_images_per_s"] = round(
+        (len(data.train) + sum(len(y) for _, y in feats.values())) / (time.perf_counter() - t0), 1
     )
-    record["auroc_by_score"] = score_grid(detector.net_, data, config)
+    for name, (f, labels) in feats.items():
+        anomaly = -csi_score(f, detector.bank_, config.score).numpy()
+        record[name] = {k: round(v, 4) for k, v in anomaly_metrics(labels.numpy(), anomaly).items()}
+    record["auroc_by_score"] = score_grid(train, feats, config)
     record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return record
 
 
-def score_grid(net, data: ImageData, config: RunConfig) -> dict[str, dict[str, float]]:
+def score_grid(train, feats, config: RunConfig) -> dict[str, dict[str, float]]:
     """AUROC of every split under every score setting of SCORE_GRID, from one set of features:
     what the score settings are chosen from (on the validation split)."""
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    train = shifted_features(net, data.train, config.detector, config.score, device, precision)
-    feats = {
-        name: (shifted_features(net, images, config.detector, config.score, device, precision), y)
-        for name, (images, y) in splits(data).items()
-    }
     grid: dict[str, dict[str, float]] = {}
     for features, cosine, weight in itertools.product(*SCORE_GRID.values()):
         score = dataclasses.replace(
@@ -206,10 +205,7 @@ def score_grid(net, data: ImageData, config: RunConfig) -> dict[str, dict[str, f
         )
         bank = build_bank(train, score)
         key = f"{features}/{'cosine' if cosine else 'csi'}/shift{weight}"
-        grid[key] = {
-            name: round(anomaly_metrics(y.numpy(), -csi_score(f, bank, score).numpy())["auroc"], 4)
-            for name, (f, y) in feats.items()
-        }
+        grid[key] = {name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()}
     return grid
 
 

@@ -50,8 +50,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def memory_format(width: int) -> torch.memory_format:
     """channels_last for networks whose first stage has ``width`` >= 8 channels, else plain.
 
-    channels_last pays off with bf16 on CPU and on CUDA, and measured on a 2-core AVX2 CPU it
-    also made fp32 ResNet training 3-27% faster (``bench/speed.py``). Below 8 channels the
+    channels_last pays off with bf16 on CPU and on CUDA, and on a 2-core AVX2 CPU it made fp32
+    training slightly faster too (``bench/results/speed.md``). Below 8 channels the
     CPU's channels_last backward pass crashed (torch 2.13, ResNet-18 at width 4), and such tiny
     networks gain nothing from it.
     """

@@ -93,6 +93,19 @@ def train_diffusion_step(
     return model
 
 
+def make_detector(config: RunConfig, progress: bool = True) -> DIADetector:
+    """An unfitted detector with the run's settings."""
+    return DIADetector(
+        detector=config.detector,
+        score=config.score,
+        diffusion=config.diffusion,
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        progress=progress,
+    )
+
+
 def train_detector_step(
     config: RunConfig,
     data: ImageData,
@@ -105,15 +118,7 @@ def train_detector_step(
 
     ``deadline`` (a ``time.perf_counter()`` value) is when the fitted detector must be ready.
     """
-    detector = DIADetector(
-        detector=config.detector,
-        score=config.score,
-        diffusion=config.diffusion,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-        progress=progress,
-    )
+    detector = make_detector(config, progress)
     detector.fit(data.train, diffusion_model=diffusion_model, deadline=deadline)
     detector.save_pretrained(out / DETECTOR_DIR)
     write_json(

@@ -142,7 +142,8 @@ class FeatureBank:
 def build_bank(train: ShiftedFeatures, score: ScoreConfig | None = None) -> FeatureBank:
     """w_sim_k = 1 / mean ||f_k||, w_shift_k = 1 / mean logit of class k on shift k.
 
-    f is the feature ``score.features`` names (default: the projection z, as in CSI).
+    f is the feature ``score.features`` names (z for ``projection``, as in CSI; h for
+    ``encoder``); ``score`` defaults to ``ScoreConfig()``.
     """
     score = score or ScoreConfig()
     f = train.select(score.features)
@@ -190,8 +191,10 @@ def csi_score(
 ) -> torch.Tensor:
     """(N,) scores (1/K) sum_k [w_sim_k max_b z_k(x).b + w_shift_k logit_k(x)[k]]; high = normal.
 
-    ``score`` (default: CSI's) picks the features and the similarity (:func:`score_terms`) and
-    ``shift_weight``, which scales the shift term: 1 is CSI, 0 keeps the similarity alone.
+    ``score`` (default ``ScoreConfig()``) picks the features and the similarity
+    (:func:`score_terms`) and ``shift_weight``, which scales the shift term: 1 is CSI, 0 keeps
+    the similarity alone. CSI's own score is ``features="projection"``, ``cosine=False``,
+    ``shift_weight=1``.
     """
     score = score or ScoreConfig()
     sim_term, shift_term = score_terms(feats, bank, score, exclude_self)
