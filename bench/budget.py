@@ -260,6 +260,10 @@ def summarise(results: dict) -> None:
         ]
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(results: dict) -> str:
     knn = results["baselines"]["knn_pixel_k5"]
     lines = [
@@ -267,14 +271,14 @@ def markdown(results: dict) -> str:
         f"preset {results['preset']}, last checkpoint",
         "",
         f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} threads, "
-        f"torch {results['machine']['torch']}. Test AUROC reports only; settings were chosen "
-        "on the validation AUROC. Paired differences are per seed against `csi`.",
+        f"torch {results['machine']['torch']}. Settings chosen on: {results['chosen_on']}. "
+        "Paired differences are per seed against `csi`.",
         "",
         "| variant | test AUROC per seed | test AUROC | minus csi (paired) | val AUROC | "
         "val minus csi | AUPRC | wall s | train img/s |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| raw-pixel kNN (k=5) | - | {knn['test']['auroc']:.3f} | - | "
-        f"{knn.get('val', {}).get('auroc', float('nan')):.3f} | - | "
+        f"{_fmt(knn.get('val', {}).get('auroc'))} | - | "
         f"{knn['test']['auprc']:.3f} | - | - |",
     ]
     for name, r in results["variants"].items():
@@ -352,7 +356,12 @@ def main(argv=None) -> int:
         machine=machine(),
         commit=code_commit(),  # of the latest invocation; each run records its own
         protocol="last-checkpoint",
-        chosen_on="validation split (val_images, val_labels); test split reports only",
+        chosen_on=(
+            "the validation split; the test split reports only"
+            if data.val is not None
+            else "no validation split here, so the preset's settings as they are; "
+            "the test split reports only"
+        ),
         counts=data.counts(),
         baselines={"knn_pixel_k5": knn},
     )
@@ -379,10 +388,10 @@ def main(argv=None) -> int:
                 dataclasses.replace(config, seed=seed), data, args.curve_every, args.curve_samples
             )
             entry["runs"][str(seed)] = record
-            val = record.get("val", {}).get("auroc", float("nan"))
+            val = record.get("val", {}).get("auroc")
             print(
                 f"{vname} seed {seed}: test AUROC {record['test']['auroc']:.4f}, "
-                f"val {val:.4f}, {record['wall_s']:.0f} s",
+                f"val {_fmt(val)}, {record['wall_s']:.0f} s",
                 flush=True,
             )
             summarise(results)

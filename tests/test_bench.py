@@ -31,6 +31,7 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     assert budget.main(argv) == 0
     results = json.loads((tmp_path / "synthetic.json").read_text())
     assert results["budget_s"] == 6 and results["protocol"] == "last-checkpoint"
+    assert results["chosen_on"].startswith("the validation split")
     for key in ("cpu", "cores", "torch"):
         assert key in results["machine"]
     for name in ("csi", "dia"):
