@@ -291,10 +291,11 @@ def markdown(results: dict) -> str:
         )
     names = list(results["variants"])
     keys = results["variants"][names[0]]["auroc_by_score"] if names else {}
+    splits_shown = "validation / test" if "val" in knn else "test (no validation split)"
     lines += [
         "",
         "Score settings (features / similarity / shift-term weight), measured on the same "
-        "networks after training: mean AUROC over seeds, validation / test.",
+        f"networks after training: mean AUROC over seeds, {splits_shown}.",
         "",
         "| score | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

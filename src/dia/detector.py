@@ -26,8 +26,9 @@ from .scoring import (
 )
 from .training import DetectorTrainer, build_network
 
-# The one-batch estimate of the feature bank's time is noisy on a busy CPU (0.7 to 1.1 times
-# the real time in bench/results/synthetic.json, timings_s), so a margin is kept on top of it.
+# The one-batch estimate of the feature bank's time is noisy: the real bank took 0.69 to 1.15
+# times its estimate in the 30-minute runs (bench/results/pneumoniamnist.json and covid-ct.json,
+# timings_s), so a margin is kept on top of it.
 BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
 FORMAT_VERSION = 2
