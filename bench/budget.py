@@ -58,6 +58,10 @@ SCORE_GRID = {
     "shift_weight": (0.0, 0.25, 0.5, 1.0),
 }
 LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
+BASELINES = {
+    "knn_pixel_k5": "raw-pixel kNN (k=5)",
+    "knn_standardized_k5": "standardised-pixel kNN (k=5)",
+}
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -107,17 +111,20 @@ def splits(data: ImageData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def split_features(net, data: ImageData, config: RunConfig, samples: int):
-    """Test-time-augmented features of the training images and of every labelled split."""
+def features_of(net, images: torch.Tensor, config: RunConfig, samples: int):
+    """Test-time-augmented features of ``images`` with S = samples."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     score = dataclasses.replace(config.score, samples=samples)
-    train = shifted_features(net, data.train, config.detector, score, device, precision)
-    feats = {
-        name: (shifted_features(net, images, config.detector, score, device, precision), y)
+    return shifted_features(net, images, config.detector, score, device, precision)
+
+
+def labelled_features(net, data: ImageData, config: RunConfig, samples: int):
+    """{split: (features, labels)} for every labelled split."""
+    return {
+        name: (features_of(net, images, config, samples), y)
         for name, (images, y) in splits(data).items()
     }
-    return train, feats
 
 
 def auroc(feats, labels, bank, score) -> float:
@@ -126,8 +133,8 @@ def auroc(feats, labels, bank, score) -> float:
 
 def auroc_of(net, data: ImageData, config: RunConfig, samples: int) -> dict[str, float]:
     """AUROC of every labelled split, with a bank of the training images and S = samples."""
-    train, feats = split_features(net, data, config, samples)
-    bank = build_bank(train, config.score)
+    bank = build_bank(features_of(net, data.train, config, samples), config.score)
+    feats = labelled_features(net, data, config, samples)
     return {name: auroc(f, y, bank, config.score) for name, (f, y) in feats.items()}
 
 
@@ -165,6 +172,7 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         callback=curve_point if curve_every else None,
         callback_every_s=curve_every,
         deadline=deadline,
+        keep_features=True,
     )
     wall = time.perf_counter() - t_start - paused
     record = {
@@ -181,11 +189,12 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         "curve": curve,
     }
     # One pass of features serves the detector's own score (its bank, its threshold's score)
-    # and the table of other score settings.
+    # and the table of other score settings; the training images' are the ones fit computed.
     t0 = time.perf_counter()
-    train, feats = split_features(detector.net_, data, config, config.score.samples)
+    train = detector.train_features_
+    feats = labelled_features(detector.net_, data, config, config.score.samples)
     record["features_images_per_s"] = round(
-        (len(data.train) + sum(len(y) for _, y in feats.values())) / (time.perf_counter() - t0), 1
+        sum(len(y) for _, y in feats.values()) / (time.perf_counter() - t0), 1
     )
     for name, (f, labels) in feats.items():
         anomaly = -csi_score(f, detector.bank_, config.score).numpy()
@@ -265,7 +274,6 @@ def _fmt(value: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    knn = results["baselines"]["knn_pixel_k5"]
     lines = [
         f"# {results['dataset']}: budget {results['budget_s']:.0f} s a run, "
         f"preset {results['preset']}, last checkpoint",
@@ -277,10 +285,14 @@ def markdown(results: dict) -> str:
         "| variant | test AUROC per seed | test AUROC | minus csi (paired) | val AUROC | "
         "val minus csi | AUPRC | wall s | train img/s |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| raw-pixel kNN (k=5) | - | {knn['test']['auroc']:.3f} | - | "
-        f"{_fmt(knn.get('val', {}).get('auroc'))} | - | "
-        f"{knn['test']['auprc']:.3f} | - | - |",
     ]
+    for key, label in BASELINES.items():
+        if key in results["baselines"]:
+            b = results["baselines"][key]
+            lines.append(
+                f"| {label} | - | {b['test']['auroc']:.3f} | - | "
+                f"{_fmt(b.get('val', {}).get('auroc'))} | - | {b['test']['auprc']:.3f} | - | - |"
+            )
     for name, r in results["variants"].items():
         per_seed = ", ".join(f"{a:.3f}" for a in r["auroc"])
         lines.append(
@@ -291,7 +303,8 @@ def markdown(results: dict) -> str:
         )
     names = list(results["variants"])
     keys = results["variants"][names[0]]["auroc_by_score"] if names else {}
-    splits_shown = "validation / test" if "val" in knn else "test (no validation split)"
+    has_val = "val" in results["baselines"]["knn_pixel_k5"]
+    splits_shown = "validation / test" if has_val else "test (no validation split)"
     lines += [
         "",
         "Score settings (features / similarity / shift-term weight), measured on the same "
@@ -331,6 +344,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def same_settings(stored: dict, current: dict) -> bool:
+    """True if a stored variant was run with the current settings. A setting the stored
+    record lacks (one added to the code since) matches when it is at its default value."""
+    defaults = json.loads(json.dumps(to_dict(RunConfig())))
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    old, new, default = flat(stored), flat(current), flat(defaults)
+    if set(old) - set(new):
+        return False
+    return all(old[k] == v if k in old else default.get(k, object()) == v for k, v in new.items())
+
+
+def chosen_on(data: ImageData) -> str:
+    if data.val is None:
+        return (
+            "no validation split here, so the preset's settings as they are; "
+            "the test split reports only"
+        )
+    held = data.info.get("val_held_out")
+    where = (
+        f"the validation split held out of the training folders ({held['normal']} normal, "
+        f"{held['abnormal']} abnormal images)"
+        if held
+        else "the validation split"
+    )
+    return f"{where}; the test split reports only"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     name = args.name or Path(args.data.rstrip("/")).stem.replace("medmnist:", "")
@@ -345,9 +394,14 @@ def main(argv=None) -> int:
     results = json.loads(path.read_text()) if path.exists() else {}
     if results and results.get("budget_s") != base.budget_s:
         raise SystemExit(f"{path} holds budget {results.get('budget_s')}; use another --name")
-    knn = {
-        split: anomaly_metrics(labels.numpy(), knn_pixel_scores(data.train, images))
-        for split, (images, labels) in splits(data).items()
+    baselines = {
+        f"knn_{kind}_k5": {
+            split: anomaly_metrics(
+                labels.numpy(), knn_pixel_scores(data.train, images, 5, kind == "standardized")
+            )
+            for split, (images, labels) in splits(data).items()
+        }
+        for kind in ("pixel", "standardized")
     }
     results.update(
         dataset=name,
@@ -357,14 +411,9 @@ def main(argv=None) -> int:
         machine=machine(),
         commit=code_commit(),  # of the latest invocation; each run records its own
         protocol="last-checkpoint",
-        chosen_on=(
-            "the validation split; the test split reports only"
-            if data.val is not None
-            else "no validation split here, so the preset's settings as they are; "
-            "the test split reports only"
-        ),
+        chosen_on=chosen_on(data),
         counts=data.counts(),
-        baselines={"knn_pixel_k5": knn},
+        baselines=baselines,
     )
     results.setdefault("variants", {})
     results.setdefault("commands", [])
@@ -379,7 +428,7 @@ def main(argv=None) -> int:
         config_dict = json.loads(
             json.dumps({k: v for k, v in to_dict(config).items() if k != "seed"})
         )
-        if entry.get("settings") not in (None, config_dict):
+        if entry.get("settings") is not None and not same_settings(entry["settings"], config_dict):
             raise SystemExit(f"variant {vname} in {path} has other settings; use another --name")
         entry["settings"] = config_dict
         for seed in args.seeds:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -14,3 +15,17 @@ def test_knn_scores_far_images_higher():
 def test_knn_bad_k():
     with pytest.raises(ValueError, match="k=20"):
         knn_pixel_scores(torch.rand(5, 1, 4, 4), torch.rand(2, 1, 4, 4), k=20)
+
+
+def test_standardized_knn_ignores_exposure_and_contrast():
+    pattern = torch.rand(1, 1, 6, 6)
+    train = torch.cat([pattern * 0.5, torch.rand(4, 1, 6, 6)])
+    brighter = (pattern * 0.8 + 0.1).clamp(0, 1)  # same image, other exposure and contrast
+    other = torch.rand(1, 1, 6, 6)
+    test = torch.cat([brighter, other])
+    plain = knn_pixel_scores(train, test, k=1)
+    scaled = knn_pixel_scores(train, test, k=1, standardize=True)
+    assert scaled[0] < 1e-6 < plain[0]
+    assert scaled[1] > 1.0
+    flat = knn_pixel_scores(train, torch.full((1, 1, 6, 6), 0.3), k=1, standardize=True)
+    assert np.isfinite(flat).all()

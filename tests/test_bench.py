@@ -1,5 +1,6 @@
 """The benchmark harness runs end to end on a tiny synthetic set and writes its table."""
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -43,7 +44,9 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     assert results["variants"]["dia"]["minus_csi"] == [
         round(results["variants"]["dia"]["auroc"][0] - results["variants"]["csi"]["auroc"][0], 4)
     ]
-    assert "| DIA (diffusion) |" in (tmp_path / "synthetic.md").read_text()
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "| DIA (diffusion) |" in table and "| standardised-pixel kNN (k=5) |" in table
+    assert set(results["baselines"]) == {"knn_pixel_k5", "knn_standardized_k5"}
     # a second call with the same settings finds every run done and trains nothing
     capsys.readouterr()
     assert budget.main(argv) == 0
@@ -60,3 +63,18 @@ def test_speed_bench_compares_variants_side_by_side(tmp_path):
         assert results["train_images_per_s"][name] > 0
     assert results["ratios"]["cache_over_unet_every_step"] > 0
     assert (tmp_path / "speed.md").exists()
+
+
+def test_stored_settings_match_only_when_a_new_setting_is_at_its_default():
+    budget = load("budget")
+    current = json.loads(json.dumps(budget.to_dict(budget.RunConfig())))
+    stored = copy.deepcopy(current)
+    del stored["data"]["val_fraction"]  # a record made before the setting existed
+    assert budget.same_settings(stored, current) and budget.same_settings(current, current)
+    changed = copy.deepcopy(current)
+    changed["data"]["val_fraction"] = 0.2
+    assert not budget.same_settings(stored, changed)
+    assert not budget.same_settings(current, changed)
+    removed = copy.deepcopy(current)
+    removed["data"]["retired_setting"] = 1
+    assert not budget.same_settings(removed, current)

@@ -146,7 +146,8 @@ def test_resize_max_train_and_contamination(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "value"),
     [("image_size", 4), ("channels", 2), ("test_fraction", 0.0), ("test_fraction", 1.0)]
-    + [("contamination", 1.0), ("contamination", -0.1), ("max_train", 0)],
+    + [("contamination", 1.0), ("contamination", -0.1), ("max_train", 0)]
+    + [("val_fraction", 1.0), ("val_fraction", -0.1)],
 )
 def test_bad_settings(setting: str, value: object) -> None:
     with pytest.raises(DataError, match=setting):
@@ -229,6 +230,54 @@ def test_folder_gray_default_size_val_and_contamination(tmp_path: Path) -> None:
     dirty = load_data(DataConfig(spec=str(root), contamination=0.25))
     assert dirty.info["contaminated"] == 1
     assert dirty.train[dirty.info["contaminated_indices"][0]].mean() > 0.85
+
+
+def test_folder_val_fraction_holds_out_train_images(tmp_path: Path) -> None:
+    root = tmp_path / "noval"
+    for i in range(10):
+        _save(root / f"train/0_normal/{i}.png", _gray(8, 8, 10 + i))
+    for i in range(5):
+        _save(root / f"train/1_abnormal/{i}.png", _gray(8, 8, 200 + i))
+    _save(root / "test/0_normal/t.png", _gray(8, 8, 50))
+    _save(root / "test/1_abnormal/u.png", _gray(8, 8, 250))
+    whole = load_data(DataConfig(spec=str(root), image_size=8))
+    assert whole.val is None
+
+    config = DataConfig(spec=str(root), image_size=8, val_fraction=0.2, split_seed=4)
+    data = load_data(config)
+    assert data.counts() == {
+        "train": 8,
+        "test_normal": 1,
+        "test_abnormal": 1,
+        "val_normal": 2,
+        "val_abnormal": 1,
+    }
+    assert data.info["val_held_out"] == {"normal": 2, "abnormal": 1}
+    levels = lambda images: sorted(round(v * 255) for v in images.flatten(1).mean(1).tolist())  # noqa: E731
+    # every normal image lands in exactly one of train and val; the val abnormal is from train/
+    assert sorted(levels(data.train) + levels(data.val[:2])) == list(range(10, 20))
+    assert 200 <= levels(data.val[2:])[0] <= 204
+    assert data.val_labels.tolist() == [0, 0, 1]
+    assert torch.equal(data.test, whole.test)
+    assert torch.equal(load_data(config).val, data.val)  # seeded
+    other = load_data(DataConfig(spec=str(root), image_size=8, val_fraction=0.2, split_seed=5))
+    assert not torch.equal(other.train, data.train)
+
+    # contamination draws from the abnormal images the validation split left over
+    dirty = load_data(
+        DataConfig(spec=str(root), image_size=8, val_fraction=0.2, split_seed=4, contamination=0.5)
+    )
+    assert torch.equal(dirty.val, data.val) and dirty.info["contaminated"] == 4
+    with pytest.raises(DataError, match="needs 5 abnormal training images, but .* only 4"):
+        load_data(DataConfig(spec=str(root), image_size=8, val_fraction=0.2, contamination=0.6))
+
+    with pytest.raises(DataError, match="has its own validation split"):
+        load_data(DataConfig(spec="synthetic", val_fraction=0.2))
+    for i in range(5):
+        (root / f"train/1_abnormal/{i}.png").unlink()
+    (root / "train/1_abnormal").rmdir()
+    with pytest.raises(DataError, match="train/1_abnormal"):
+        load_data(DataConfig(spec=str(root), image_size=8, val_fraction=0.2))
 
 
 def test_folder_flat_layout(tmp_path: Path) -> None:

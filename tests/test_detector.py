@@ -8,6 +8,7 @@ import torch
 
 from dia.config import DetectorConfig, ScoreConfig
 from dia.detector import DIADetector, as_images
+from dia.scoring import build_bank, shifted_features
 
 TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
 SCORE = ScoreConfig(samples=2, features="projection", shift_weight=1.0)
@@ -99,6 +100,21 @@ def test_a_deadline_ends_training_in_time_for_the_bank():
     assert det.history_["epochs"] < 100_000
     assert det.timings_["bank_estimate_s"] > 0
     assert hasattr(det, "bank_")
+
+
+def test_kept_training_features_are_the_banks_own(fitted):
+    det, images = fitted
+    assert not hasattr(det, "train_features_")  # kept only when asked for
+    kept = DIADetector(TINY, SCORE, device="cpu", progress=False, seed=det.seed)
+    kept.fit(images, keep_features=True)
+    feats = kept.train_features_
+    assert feats.h.shape[:2] == feats.z.shape[:2] == (4, 24)
+    again = shifted_features(
+        kept.net_, images, TINY, SCORE, torch.device("cpu"), kept._runtime()[1]
+    )
+    for name in ("h", "z", "logits"):
+        torch.testing.assert_close(getattr(feats, name), getattr(again, name))
+    torch.testing.assert_close(build_bank(feats, SCORE).bank, kept.bank_.bank)
 
 
 def test_a_spent_budget_is_a_clear_error():

@@ -7,13 +7,26 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 
-def knn_pixel_scores(train: torch.Tensor, test: torch.Tensor, k: int = 5) -> np.ndarray:
-    """Raw-pixel kNN: mean Euclidean distance to the k nearest training images, (M,).
+def knn_pixel_scores(
+    train: torch.Tensor, test: torch.Tensor, k: int = 5, standardize: bool = False
+) -> np.ndarray:
+    """Pixel kNN: mean Euclidean distance to the k nearest training images, (M,).
 
     ``train`` (N, C, H, W) and ``test`` (M, C, H, W) in [0, 1]; higher = more abnormal.
+    ``standardize`` first shifts and scales every image to zero mean and unit standard
+    deviation, so that exposure and contrast differences between scans do not dominate.
     """
     if k < 1 or k > train.shape[0]:
         raise ValueError(f"k={k}; expected 1 <= k <= {train.shape[0]} (the training images)")
-    nn = NearestNeighbors(n_neighbors=k).fit(train.flatten(1).numpy())
-    distances, _ = nn.kneighbors(test.flatten(1).numpy())
+    a, b = train.flatten(1).double(), test.flatten(1).double()
+    if standardize:
+        a, b = _standardized(a), _standardized(b)
+    nn = NearestNeighbors(n_neighbors=k).fit(a.numpy())
+    distances, _ = nn.kneighbors(b.numpy())
     return distances.mean(axis=1)
+
+
+def _standardized(rows: torch.Tensor) -> torch.Tensor:
+    centred = rows - rows.mean(dim=1, keepdim=True)
+    # A flat image has nothing to scale; it stays all zeros.
+    return centred / centred.std(dim=1, keepdim=True).clamp_min(1e-8)

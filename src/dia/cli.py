@@ -28,6 +28,8 @@ HELP = {
     ): "dissolving operator: diffusion, gaussian, median or none (CSI)",
     ("detector", "shift"): "shifting transformation: rotation or cutperm",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
+    ("data", "val_fraction"): "hold out this fraction of the normal training images and of "
+    "train/1_abnormal as a validation split, for a folder without val/ (default 0: none)",
 }
 
 

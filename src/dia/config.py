@@ -27,6 +27,7 @@ class DataConfig:
     channels: int | None = None
     split_seed: int = 0
     test_fraction: float = 0.2
+    val_fraction: float = 0.0
     contamination: float = 0.0
     max_train: int | None = None
     cache_dir: str | None = None

@@ -19,6 +19,7 @@ from .io import read_json, save_dir_atomically, write_json
 from .scoring import (
     FEATURES,
     FeatureBank,
+    ShiftedFeatures,
     build_bank,
     csi_score,
     estimate_seconds,
@@ -118,11 +119,15 @@ class DIADetector:
         callback=None,
         callback_every_s: float | None = None,
         deadline: float | None = None,
+        keep_features: bool = False,
     ) -> DIADetector:
         """Train on normal images X; returns self. See :func:`as_images` for accepted X.
 
         ``deadline`` (a ``time.perf_counter()`` value) is when fitting must be done: detector
         training stops early enough for the feature bank to be built by then.
+        ``keep_features`` keeps the training images' features (every shift, projection and
+        encoder, before normalising) as ``train_features_``, for comparing score settings
+        without running the network again; they are not saved with the model.
         """
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
@@ -166,11 +171,13 @@ class DIADetector:
         )
         self.timings_["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self._fit_bank(images)
+        feats = self._fit_bank(images)
         self.timings_["bank_s"] = time.perf_counter() - t0
+        if keep_features:
+            self.train_features_ = feats
         return self
 
-    def _fit_bank(self, images: torch.Tensor) -> None:
+    def _fit_bank(self, images: torch.Tensor) -> ShiftedFeatures:
         device, precision = self._runtime()
         feats = shifted_features(
             self.net_, images, self.detector_config, self.score_config, device, precision
@@ -180,6 +187,7 @@ class DIADetector:
         train_scores = csi_score(feats, self.bank_, self.score_config, exclude_self=True).numpy()
         self.train_scores_ = train_scores
         self.threshold_ = float(np.quantile(train_scores, self.fpr))
+        return feats
 
     # -- scoring ----------------------------------------------------------------------------
     def _check_fitted(self) -> None:

@@ -20,8 +20,8 @@ GRAY_TOLERANCE = 2
 LAYOUTS = (
     "Expected one of two layouts:\n"
     "  1. split:  ROOT/train/0_normal, ROOT/test/0_normal, ROOT/test/1_abnormal\n"
-    "             (optional ROOT/train/1_abnormal, used only for contamination;\n"
-    "              optional ROOT/val/0_normal + ROOT/val/1_abnormal)\n"
+    "             (optional ROOT/train/1_abnormal, used only by contamination and\n"
+    "              val_fraction; optional ROOT/val/0_normal + ROOT/val/1_abnormal)\n"
     "  2. flat:   ROOT/normal, ROOT/abnormal (a seeded test_fraction of the normal images\n"
     "             plus all abnormal images form the test set)\n"
     "Each class folder must hold image files (.png .jpg .jpeg .bmp .tif .tiff)."

@@ -47,6 +47,7 @@ def load_data(config: DataConfig) -> ImageData:
     data.val = None if data.val is None else _to_channels(data.val, channels)
     abnormal_train = _to_channels(abnormal_train, channels)
 
+    abnormal_train = _hold_out_val(data, abnormal_train, config)
     if config.max_train is not None and config.max_train < len(data.train):
         rng = np.random.default_rng(config.split_seed)
         keep = np.sort(rng.choice(len(data.train), size=config.max_train, replace=False))
@@ -132,6 +133,44 @@ def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True).clamp_(0.0, 1.0)
 
 
+def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """Move a seeded ``val_fraction`` of the normal training images and of the abnormal
+    training images into a validation split; returns the abnormal images left over.
+
+    This gives a source without a validation split one to choose settings on, without
+    touching its test split. The abnormal images that stay remain available to contamination.
+    """
+    fraction = config.val_fraction
+    if fraction == 0:
+        return abnormal
+    if data.val is not None:
+        raise DataError(
+            f"val_fraction={fraction}: {config.spec!r} has its own validation split "
+            f"({len(data.val)} images); leave val_fraction at 0 to use it"
+        )
+    if len(abnormal) == 0:
+        raise DataError(
+            f"val_fraction={fraction} needs abnormal images outside the test set, but the "
+            f"source {config.spec!r} has none (folder: put them in train/1_abnormal, or give "
+            "the folder a val/0_normal + val/1_abnormal split)"
+        )
+    n_normal = min(len(data.train) - 1, max(1, round(fraction * len(data.train))))
+    n_abnormal = max(1, round(fraction * len(abnormal)))
+    if n_normal < 1:
+        raise DataError(f"val_fraction={fraction} needs at least 2 normal training images")
+    # A stream apart from contamination's and max_train's.
+    rng = np.random.default_rng([config.split_seed, 2])
+    normal_order = torch.from_numpy(rng.permutation(len(data.train)))
+    abnormal_order = torch.from_numpy(rng.permutation(len(abnormal)))
+    val_normal = data.train[normal_order[:n_normal].sort().values]
+    val_abnormal = abnormal[abnormal_order[:n_abnormal].sort().values]
+    data.train = data.train[normal_order[n_normal:].sort().values]
+    data.val = torch.cat([val_normal, val_abnormal])
+    data.val_labels = torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)]).long()
+    data.info["val_held_out"] = {"normal": n_normal, "abnormal": n_abnormal}
+    return abnormal[abnormal_order[n_abnormal:].sort().values]
+
+
 def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> list[int]:
     """Replace round(c*N) training images by abnormal ones; returns the replaced indices."""
     needed = round(config.contamination * len(data.train))
@@ -167,6 +206,8 @@ def _check_config(config: DataConfig) -> None:
         raise DataError(f"channels must be None (automatic), 1 or 3, got {config.channels}")
     if not 0 < config.test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
+    if not 0 <= config.val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if not 0 <= config.contamination < 1:
         raise DataError(f"contamination must be in [0, 1), got {config.contamination}")
     if config.max_train is not None and config.max_train < 1:
