@@ -27,9 +27,10 @@ from .scoring import (
 )
 from .training import DetectorTrainer, build_network
 
-# The one-batch estimate of the feature bank's time is noisy: the real bank took 0.69 to 1.15
-# times its estimate in the 30-minute runs (bench/results/pneumoniamnist.json and covid-ct.json,
-# timings_s), so a margin is kept on top of it.
+# The estimate of the feature bank's time is noisy: with one timed batch the real bank took
+# 0.69 to 1.15 times its estimate in the 30-minute runs (bench/results/pneumoniamnist-1800s.json
+# and covid-ct.json, timings_s), and another process running during that one timing once made
+# it twice too long. It is now the median of three timings; a margin is kept on top of it.
 BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
 FORMAT_VERSION = 2

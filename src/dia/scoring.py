@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -109,7 +110,8 @@ def estimate_seconds(
     device: torch.device,
     precision: str = "fp32",
 ) -> float:
-    """Seconds :func:`shifted_features` will take on ``images``, timed on one warm batch.
+    """Seconds :func:`shifted_features` will take on ``images``: the median of three timings
+    of one warm batch, so that one timing slowed by another process does not count.
 
     Shifts, augmentation and the network are all timed. Used to reserve time for the feature
     bank when training runs under a wall-clock budget.
@@ -117,13 +119,16 @@ def estimate_seconds(
     batch = images[: min(score.batch_size, images.shape[0])]
     once = dataclasses.replace(score, samples=1)
     shifted_features(net, batch, detector, once, device, precision)  # pays one-off setup costs
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    shifted_features(net, batch, detector, once, device, precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    per_image = (time.perf_counter() - t0) / batch.shape[0]
+    timings = []
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        shifted_features(net, batch, detector, once, device, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - t0)
+    per_image = statistics.median(timings) / batch.shape[0]
     return per_image * images.shape[0] * score.samples
 
 
