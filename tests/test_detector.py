@@ -115,6 +115,8 @@ def test_kept_training_features_are_the_banks_own(fitted):
     for name in ("h", "z", "logits"):
         torch.testing.assert_close(getattr(feats, name), getattr(again, name))
     torch.testing.assert_close(build_bank(feats, SCORE).bank, kept.bank_.bank)
+    kept.fit(images[:12])
+    assert not hasattr(kept, "train_features_")  # a refit without keeping drops the old ones
 
 
 def test_a_spent_budget_is_a_clear_error():

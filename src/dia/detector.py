@@ -176,6 +176,8 @@ class DIADetector:
         self.timings_["bank_s"] = time.perf_counter() - t0
         if keep_features:
             self.train_features_ = feats
+        elif hasattr(self, "train_features_"):
+            del self.train_features_  # from an earlier fit: not these images' features
         return self
 
     def _fit_bank(self, images: torch.Tensor) -> ShiftedFeatures:
