@@ -149,3 +149,26 @@ def test_a_version_1_detector_keeps_the_csi_score(fitted, tmp_path):
     assert loaded.score_config.shift_weight == 1.0
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_an_image_normalised_detector_round_trips(tmp_path):
+    images = torch.rand(16, 1, 16, 16)
+    config = dataclasses.replace(TINY, input_norm="image")
+    det = DIADetector(config, SCORE, device="cpu", progress=False).fit(images)
+    det.save_pretrained(tmp_path / "det")
+    loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
+    assert loaded.detector_config.input_norm == "image"
+    np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_detector_saved_before_input_norm_loads_with_the_fixed_input(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["detector"]["input_norm"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = DIADetector.from_pretrained(tmp_path / "old", device="cpu")
+    assert loaded.detector_config.input_norm == "fixed"
+    np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

@@ -27,6 +27,8 @@ HELP = {
         "dissolve",
     ): "dissolving operator: diffusion, gaussian, median or none (CSI)",
     ("detector", "shift"): "shifting transformation: rotation or cutperm",
+    ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
+    "(each image standardised on its own)",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
     ("data", "val_fraction"): "hold out this fraction of the normal training images and of "
     "train/1_abnormal as a validation split, for a folder without val/ (default 0: none)",

@@ -62,6 +62,7 @@ class DetectorConfig:
     shift: str = "rotation"
     mask: str = "shifted_removed"
     width: int = 16
+    input_norm: str = "fixed"
     proj_dim: int = 128
     temperature: float = 0.5
     batch_size: int = 32

@@ -51,15 +51,42 @@ class ResNet18(nn.Module):
         return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
 
 
+INPUT_NORMS = ("fixed", "image")
+
+
+def normalize_input(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The encoder's input from (B, C, H, W) images in [0, 1].
+
+    ``fixed`` maps [0, 1] to [-1, 1]. ``image`` standardises each image on its own (zero mean,
+    unit standard deviation over all its pixels and channels), so that the network sees
+    structure rather than overall brightness and contrast, which vary between scanners and
+    exposures. A flat image stays flat (its deviation is floored at 1e-3).
+    """
+    if mode == "fixed":
+        return x * 2.0 - 1.0
+    if mode == "image":
+        flat = x.float().flatten(1)
+        mean = flat.mean(1)[:, None, None, None]
+        std = flat.std(1).clamp_min(1e-3)[:, None, None, None]
+        return ((x.float() - mean) / std).to(x.dtype)
+    raise ValueError(f"input_norm={mode!r}; expected one of {INPUT_NORMS}")
+
+
 class AmplifierNet(nn.Module):
     """Encoder f, 2-layer projection g (unnormalised z) and a linear K-way shift head.
 
-    ``forward`` takes (B, C, H, W) in [0, 1] and returns (z (B, proj_dim), shift logits (B, K)).
+    ``forward`` takes (B, C, H, W) in [0, 1] and returns (z (B, proj_dim), shift logits (B, K));
+    ``input_norm`` says how images become the encoder's input (:func:`normalize_input`).
     """
 
-    def __init__(self, channels: int = 1, width: int = 64, proj_dim: int = 128) -> None:
+    def __init__(
+        self, channels: int = 1, width: int = 64, proj_dim: int = 128, input_norm: str = "fixed"
+    ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm={input_norm!r}; expected one of {INPUT_NORMS}")
         self.width = width
+        self.input_norm = input_norm
         self.encoder = ResNet18(channels, width)
         d = self.encoder.out_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
@@ -71,5 +98,5 @@ class AmplifierNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(encoder features h (B, 8 * width), projection z (B, proj_dim), shift logits (B, K))."""
-        h = self.encoder(x * 2.0 - 1.0)
+        h = self.encoder(normalize_input(x, self.input_norm))
         return h, self.projection(h), self.shift_head(h)

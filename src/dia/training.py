@@ -29,7 +29,12 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 def build_network(config: DetectorConfig, channels: int) -> AmplifierNet:
     """The network the config describes, untrained."""
-    return AmplifierNet(channels=channels, width=config.width, proj_dim=config.proj_dim)
+    return AmplifierNet(
+        channels=channels,
+        width=config.width,
+        proj_dim=config.proj_dim,
+        input_norm=config.input_norm,
+    )
 
 
 class DetectorTrainer:
