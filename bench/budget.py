@@ -41,14 +41,15 @@ from dia.presets import apply_preset
 from dia.scoring import build_bank, csi_score, shifted_features
 
 # Named variants: settings applied on top of the preset. "csi" is the reference of every claim.
+DIA = {"detector.dissolve": "diffusion"}
 VARIANTS: dict[str, dict[str, object]] = {
-    "dia": {},
+    "dia": DIA,
     "csi": {"detector.dissolve": "none"},
     "gaussian": {"detector.dissolve": "gaussian"},
     "median": {"detector.dissolve": "median"},
-    "dia-t0-30": {"detector.t_min": 0, "detector.t_max": 30},
-    "dia-t100-300": {"detector.t_min": 100, "detector.t_max": 300},
-    "dia-cutperm": {"detector.shift": "cutperm"},
+    "dia-t0-30": {**DIA, "detector.t_min": 0, "detector.t_max": 30},
+    "dia-t100-300": {**DIA, "detector.t_min": 100, "detector.t_max": 300},
+    "dia-cutperm": {**DIA, "detector.shift": "cutperm"},
     "csi-cutperm": {"detector.dissolve": "none", "detector.shift": "cutperm"},
 }
 # Score settings measured post hoc on every run (one network, many scores).
@@ -82,7 +83,7 @@ def parse_setting(text: str) -> tuple[str, object]:
 def variant_settings(spec: str) -> tuple[str, dict[str, object]]:
     """A variant name from VARIANTS, or 'NAME:KEY=VALUE,KEY=VALUE' built on 'dia'."""
     name, _, extra = spec.partition(":")
-    base = dict(VARIANTS.get(name, {}))
+    base = dict(VARIANTS.get(name, DIA))
     if not extra and name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; named ones: {', '.join(VARIANTS)}")
     for item in filter(None, extra.split(",")):
@@ -241,6 +242,7 @@ def summarise(results: dict) -> None:
         entry["auprc"] = [runs[s]["test"]["auprc"] for s in seeds]
         entry["val_auroc"] = [runs[s]["val"]["auroc"] for s in seeds if "val" in runs[s]]
         entry["wall_s"] = [runs[s]["wall_s"] for s in seeds]
+        entry["steps"] = [runs[s]["steps"] for s in seeds]
         entry["train_images_per_s"] = statistics.mean(runs[s]["train_images_per_s"] for s in seeds)
         entry["peak_rss_mb"] = max(runs[s]["peak_rss_mb"] for s in seeds)
         # [seconds, test AUROC], averaged over seeds point by point
@@ -283,15 +285,16 @@ def markdown(results: dict) -> str:
         "Paired differences are per seed against `csi`.",
         "",
         "| variant | test AUROC per seed | test AUROC | minus csi (paired) | val AUROC | "
-        "val minus csi | AUPRC | wall s | train img/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "val minus csi | AUPRC | wall s | train steps | train img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in BASELINES.items():
         if key in results["baselines"]:
             b = results["baselines"][key]
             lines.append(
                 f"| {label} | - | {b['test']['auroc']:.3f} | - | "
-                f"{_fmt(b.get('val', {}).get('auroc'))} | - | {b['test']['auprc']:.3f} | - | - |"
+                f"{_fmt(b.get('val', {}).get('auroc'))} | - | {b['test']['auprc']:.3f} | "
+                "- | - | - |"
             )
     for name, r in results["variants"].items():
         per_seed = ", ".join(f"{a:.3f}" for a in r["auroc"])
@@ -299,7 +302,8 @@ def markdown(results: dict) -> str:
             f"| {LABELS.get(name, name)} | {per_seed} | {mean_sd(r['auroc'])} | "
             f"{mean_sd(r['minus_csi']) if name != 'csi' else '-'} | {mean_sd(r['val_auroc'])} | "
             f"{mean_sd(r['val_minus_csi']) if name != 'csi' else '-'} | {mean_sd(r['auprc'])} | "
-            f"{statistics.mean(r['wall_s']):.0f} | {r['train_images_per_s']:.0f} |"
+            f"{statistics.mean(r['wall_s']):.0f} | {statistics.mean(r['steps']):.0f} | "
+            f"{r['train_images_per_s']:.0f} |"
         )
     names = list(results["variants"])
     keys = results["variants"][names[0]]["auroc_by_score"] if names else {}

@@ -39,6 +39,7 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
         entry = results["variants"][name]
         assert entry["seeds"] == [0] and len(entry["auroc"]) == 1
         assert 0 <= entry["auroc"][0] <= 1 and entry["wall_s"][0] > 0
+        assert entry["steps"] == [entry["runs"]["0"]["steps"]]
         assert entry["curve"] and all(len(point) == 2 for point in entry["curve"])
         assert "encoder/cosine/shift0.0" in entry["auroc_by_score"]
     assert results["variants"]["dia"]["minus_csi"] == [
@@ -46,6 +47,7 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     ]
     table = (tmp_path / "synthetic.md").read_text()
     assert "| DIA (diffusion) |" in table and "| standardised-pixel kNN (k=5) |" in table
+    assert "| train steps |" in table
     assert set(results["baselines"]) == {"knn_pixel_k5", "knn_standardized_k5"}
     # a second call with the same settings finds every run done and trains nothing
     capsys.readouterr()
@@ -78,3 +80,15 @@ def test_stored_settings_match_only_when_a_new_setting_is_at_its_default():
     removed = copy.deepcopy(current)
     removed["data"]["retired_setting"] = 1
     assert not budget.same_settings(removed, current)
+
+
+def test_dia_variants_dissolve_with_diffusion_whatever_the_preset_says():
+    budget = load("budget")
+    base = budget.apply_preset(budget.RunConfig(), "cpu")
+    for spec in ("dia", "dia-t0-30", "dia-mask-none:detector.mask=none"):
+        _, settings = budget.variant_settings(spec)
+        assert budget.apply_settings(base, settings).detector.dissolve == "diffusion", spec
+    _, settings = budget.variant_settings("csi")
+    assert budget.apply_settings(base, settings).detector.dissolve == "none"
+    _, settings = budget.variant_settings("x:detector.dissolve=gaussian")
+    assert budget.apply_settings(base, settings).detector.dissolve == "gaussian"

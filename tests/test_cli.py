@@ -71,6 +71,13 @@ def test_dissolve_grid(finished_run, tmp_path):
         assert img.width > 4 * 16 * 4 and img.height > 3 * 16 * 4
 
 
+def test_a_dissolving_grid_without_dissolving_is_a_clear_error(tmp_path, capsys):
+    args = ["dissolve", "--out", str(tmp_path / "none"), "--dissolve", "none", *TINY]
+    assert main(args) == 2
+    assert "--dissolve diffusion" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_plain_csi_and_blur_controls_run(tmp_path):
     for dissolve in ("none", "median"):
         out = tmp_path / dissolve
@@ -98,6 +105,9 @@ def test_presets_and_budget_flag_set_the_config():
     assert cpu.preset == "cpu" and cpu.budget_s == 600
     assert config("--preset", "cpu", "--budget", "60").budget_s == 60
     assert config("--preset", "cpu", "--width", "8").detector.width == 8
+    # cpu trains plain CSI (what measured best); --dissolve still picks DIA's diffusion
+    assert cpu.detector.dissolve == "none"
+    assert config("--preset", "cpu", "--dissolve", "diffusion").detector.dissolve == "diffusion"
 
 
 def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):

@@ -216,6 +216,11 @@ def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
     from .dissolve import build_dissolver
     from .reports import dissolve_grid
 
+    if config.detector.dissolve == "none":
+        raise ValueError(
+            "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
+            "pass --dissolve diffusion, gaussian or median"
+        )
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
     if not timesteps or min(timesteps) < 0:
         raise ValueError(f"--timesteps={args.timesteps!r}; expected non-negative integers")

@@ -11,16 +11,19 @@ PRESETS: dict[str, dict] = {
     # The dataclass defaults (a 420 s budget, width-16 ResNet-18, 32 px) with detector
     # training given whatever the budget leaves: a first result in minutes on a 2-core CPU.
     "quick": {"detector": {"max_seconds": None}},
-    # A 10-minute budget on a 2-core CPU: diffusion training, dissolve cache, detector training
-    # and feature bank, with detector training taking whatever is left. Chosen on
-    # PneumoniaMNIST's validation split (bench/results/pneumoniamnist*.json): 30 minutes gave no
-    # higher validation AUROC than 10 for CSI or DIA, the encoder features with cosine and no
-    # shift term scored best, and colour jitter 0.4 beat 0, 0.2 and 0.6. The width and the
-    # diffusion time are first choices, not yet compared against others.
+    # A 10-minute budget on a 2-core CPU for data loading, detector training and feature bank
+    # (and diffusion training and dissolve cache with --dissolve diffusion), with detector
+    # training taking whatever is left. Chosen on PneumoniaMNIST's validation split
+    # (bench/results/pneumoniamnist*.json): no dissolving, since plain CSI scored at least as
+    # well as every dissolving variant tried (diffusion at three timestep ranges, with 60, 180
+    # and 360 s of diffusion training and without the loss mask; Gaussian and median blur);
+    # 30 minutes gave no higher validation AUROC than 10; the encoder features with cosine and
+    # no shift term scored best; colour jitter 0.4 beat 0, 0.2 and 0.6; the fixed input beat
+    # per-image standardisation. The width is a first choice, not yet compared against others.
     "cpu": {
         "budget_s": 600.0,
         "diffusion": {"max_seconds": 180.0},
-        "detector": {"width": 32, "epochs": 1000, "max_seconds": None},
+        "detector": {"dissolve": "none", "width": 32, "epochs": 1000, "max_seconds": None},
         "score": {"features": "encoder", "cosine": True, "shift_weight": 0.0},
     },
     # The authors' settings (METHOD.md section 3): ResNet-18 at full width, 32 images a step,
