@@ -170,6 +170,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         metrics = pipeline.run(config, out, progress)
         _print_metrics(metrics, out)
         return 0
+    if args.command == "dissolve" and config.detector.dissolve == "none":
+        raise ValueError(
+            "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
+            "pass --dissolve diffusion, gaussian or median"
+        )
     if out is None:
         if args.command != "dissolve":
             raise ValueError(f"dia {args.command} needs --out, the run folder")
@@ -216,11 +221,6 @@ def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
     from .dissolve import build_dissolver
     from .reports import dissolve_grid
 
-    if config.detector.dissolve == "none":
-        raise ValueError(
-            "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
-            "pass --dissolve diffusion, gaussian or median"
-        )
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
     if not timesteps or min(timesteps) < 0:
         raise ValueError(f"--timesteps={args.timesteps!r}; expected non-negative integers")
