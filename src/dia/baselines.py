@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from .networks import normalize_input
+
 
 def knn_pixel_scores(
     train: torch.Tensor, test: torch.Tensor, k: int = 5, standardize: bool = False
@@ -18,15 +20,10 @@ def knn_pixel_scores(
     """
     if k < 1 or k > train.shape[0]:
         raise ValueError(f"k={k}; expected 1 <= k <= {train.shape[0]} (the training images)")
-    a, b = train.flatten(1).double(), test.flatten(1).double()
-    if standardize:
-        a, b = _standardized(a), _standardized(b)
+    a, b = train.double(), test.double()
+    if standardize:  # the same per-image standardisation as the network's `image` input
+        a, b = normalize_input(a, "image"), normalize_input(b, "image")
+    a, b = a.flatten(1), b.flatten(1)
     nn = NearestNeighbors(n_neighbors=k).fit(a.numpy())
     distances, _ = nn.kneighbors(b.numpy())
     return distances.mean(axis=1)
-
-
-def _standardized(rows: torch.Tensor) -> torch.Tensor:
-    centred = rows - rows.mean(dim=1, keepdim=True)
-    # A flat image has nothing to scale; it stays all zeros.
-    return centred / centred.std(dim=1, keepdim=True).clamp_min(1e-8)

@@ -60,15 +60,17 @@ def normalize_input(x: torch.Tensor, mode: str) -> torch.Tensor:
     ``fixed`` maps [0, 1] to [-1, 1]. ``image`` standardises each image on its own (zero mean,
     unit standard deviation over all its pixels and channels), so that the network sees
     structure rather than overall brightness and contrast, which vary between scanners and
-    exposures. A flat image stays flat (its deviation is floored at 1e-3).
+    exposures. A flat image stays flat (its deviation is floored at 1e-3). The statistics are
+    computed in at least float32 (in float64 for float64 input).
     """
     if mode == "fixed":
         return x * 2.0 - 1.0
     if mode == "image":
-        flat = x.float().flatten(1)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        flat = wide.flatten(1)
         mean = flat.mean(1)[:, None, None, None]
         std = flat.std(1).clamp_min(1e-3)[:, None, None, None]
-        return ((x.float() - mean) / std).to(x.dtype)
+        return ((wide - mean) / std).to(x.dtype)
     raise ValueError(f"input_norm={mode!r}; expected one of {INPUT_NORMS}")
 
 
