@@ -58,6 +58,8 @@ SCORE_GRID = {
     "cosine": (False, True),
     "shift_weight": (0.0, 0.25, 0.5, 1.0),
 }
+# Similarity averaged over more than the nearest bank feature: measured with no shift term.
+GRID_NEIGHBOURS = (5, 20)
 LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
 BASELINES = {
     "knn_pixel_k5": "raw-pixel kNN (k=5)",
@@ -216,6 +218,11 @@ def score_grid(train, feats, config: RunConfig) -> dict[str, dict[str, float]]:
         bank = build_bank(train, score)
         key = f"{features}/{'cosine' if cosine else 'csi'}/shift{weight}"
         grid[key] = {name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()}
+        for neighbours in GRID_NEIGHBOURS if weight == 0 else ():
+            more = dataclasses.replace(score, neighbours=neighbours)
+            grid[f"{key}/k{neighbours}"] = {
+                name: round(auroc(f, y, bank, more), 4) for name, (f, y) in feats.items()
+            }
     return grid
 
 
@@ -311,7 +318,8 @@ def markdown(results: dict) -> str:
     splits_shown = "validation / test" if has_val else "test (no validation split)"
     lines += [
         "",
-        "Score settings (features / similarity / shift-term weight), measured on the same "
+        "Score settings (features / similarity / shift-term weight / bank neighbours averaged, "
+        "1 when not shown), measured on the same "
         f"networks after training: mean AUROC over seeds, {splits_shown}.",
         "",
         "| score | " + " | ".join(names) + " |",

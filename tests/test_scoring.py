@@ -91,6 +91,30 @@ def test_encoder_features_and_cosine_similarity():
         build_bank(make_feats(0, 5), score)  # computed without h
 
 
+def test_neighbours_average_the_most_similar_bank_features():
+    train, test = make_feats(0, 5), make_feats(1, 3)
+    score = ScoreConfig(features="projection", cosine=True, neighbours=3)
+    bank = build_bank(train, score)
+    sim, _ = score_terms(test, bank, score)
+    for n in range(3):
+        per_shift = []
+        for k in range(4):
+            cos = [
+                float(torch.cosine_similarity(test.z[k, n], train.z[k, m], dim=0)) for m in range(5)
+            ]
+            cos.sort(reverse=True)
+            per_shift.append(sum(cos[:3]) / 3)
+        assert abs(float(sim[n]) - sum(per_shift) / 4) < 1e-5
+    # more neighbours than the bank holds: all of it; leave-one-out never counts the item itself
+    whole = dataclasses.replace(score, neighbours=50)
+    mean_all = torch.einsum("knd,kmd->knm", torch.nn.functional.normalize(test.z, dim=2), bank.bank)
+    assert torch.allclose(score_terms(test, bank, whole)[0], mean_all.mean(dim=2).mean(dim=0))
+    loo, _ = score_terms(train, bank, whole, exclude_self=True)
+    assert torch.isfinite(loo).all()
+    with pytest.raises(ValueError, match="neighbours"):
+        score_terms(test, bank, dataclasses.replace(score, neighbours=0))
+
+
 def test_estimate_seconds_is_positive_and_keeps_the_mode():
     from dia.networks import AmplifierNet
 

@@ -72,6 +72,7 @@ class DetectorConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     warmup_epochs: int = 0
+    schedule: str = "cosine"
     crop_scale_min: float = 0.08
     jitter_strength: float = 0.4
     jitter_prob: float = 0.8
@@ -86,7 +87,9 @@ class ScoreConfig:
     ``features``: what the similarity term compares, ``projection`` (z, as in CSI) or
     ``encoder`` (the ResNet features h before the projection). ``cosine``: compare by plain
     cosine instead of CSI's norm-weighted dot product. ``shift_weight`` multiplies the shift
-    term (1 = CSI, 0 = similarity only). CSI's own score is projection, no cosine, weight 1
+    term (1 = CSI, 0 = similarity only). ``neighbours``: how many of the most similar bank
+    features the similarity averages (1 = CSI's nearest). CSI's own score is projection, no
+    cosine, weight 1, one neighbour
     (the ``paper`` preset); the defaults were chosen on validation splits (``bench/budget.py``):
     there the rotation head's term lowered AUROC and the encoder's features raised it.
     """
@@ -96,6 +99,7 @@ class ScoreConfig:
     features: str = "encoder"
     cosine: bool = False
     shift_weight: float = 0.0
+    neighbours: int = 1
     batch_size: int = 256
 
 

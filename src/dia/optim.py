@@ -7,6 +7,7 @@ import math
 import torch
 
 OPTIMIZERS = ("adam", "sgd", "lars")
+SCHEDULES = ("cosine", "constant")
 
 
 class LARS(torch.optim.Optimizer):
@@ -62,10 +63,15 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"optimizer={name!r}; expected one of {OPTIMIZERS}")
 
 
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up over the first ``warmup`` fraction of training, then cosine decay to 0."""
+def lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float:
+    """Linear warm-up over the first ``warmup`` fraction of training, then ``cosine`` decay to
+    0 or a ``constant`` rate."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
     progress = min(max(progress, 0.0), 1.0)
     if warmup > 0 and progress < warmup:
         return progress / warmup
+    if schedule == "constant":
+        return 1.0
     rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
     return 0.5 * (1.0 + math.cos(math.pi * rest))

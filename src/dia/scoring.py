@@ -167,11 +167,14 @@ def score_terms(
     """The two weighted score terms, each (N,), averaged over shifts: similarity and shift.
 
     The similarity is CSI's w_sim_k * max_b f_k(x).b, or with ``score.cosine`` the plain
-    cosine max_b f_k(x).b / ||f_k(x)||. ``exclude_self`` scores the bank's own images
-    leave-one-out (item n never matches bank entry n), which makes their scores comparable to
-    those of unseen images.
+    cosine max_b f_k(x).b / ||f_k(x)||; with ``score.neighbours`` = n > 1 the max becomes the
+    mean of the n largest (all of the bank's when it has fewer). ``exclude_self`` scores the
+    bank's own images leave-one-out (item n never matches bank entry n), which makes their
+    scores comparable to those of unseen images.
     """
     score = score or ScoreConfig()
+    if score.neighbours < 1:
+        raise ValueError(f"neighbours={score.neighbours}; expected at least 1")
     f = feats.select(score.features)
     if score.cosine:
         f = F.normalize(f, dim=2)
@@ -181,9 +184,11 @@ def score_terms(
         if n != sim.shape[2]:
             raise ValueError("exclude_self needs the features of exactly the bank's images")
         sim = sim.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
+    available = sim.shape[2] - 1 if exclude_self else sim.shape[2]
+    nearest = sim.topk(max(min(score.neighbours, available), 1), dim=2).values.mean(dim=2)
     k = torch.arange(NUM_SHIFTS)
     w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
-    sim_term = (sim.max(dim=2).values * w_sim[:, None]).mean(dim=0)
+    sim_term = (nearest * w_sim[:, None]).mean(dim=0)
     shift_term = (feats.logits[k, :, k] * bank.w_shift[:, None]).mean(dim=0)
     return sim_term, shift_term
 

@@ -62,6 +62,7 @@ class DetectorTrainer:
         self.dissolver = None if config.dissolve == "none" else dissolver
         if config.dissolve != "none" and dissolver is None:
             raise ValueError(f"dissolve={config.dissolve!r} needs a dissolver")
+        lr_factor(0.0, 0.0, config.schedule)  # an unknown schedule fails here, not mid-run
         if not 0 <= config.t_min <= config.t_max:
             raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
         self.cache: DissolveCache | None = None
@@ -129,7 +130,7 @@ class DetectorTrainer:
                     done = True
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(fraction, warmup)
+                    group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
                 idx = perm[i * batch : (i + 1) * batch]
                 losses = self._step(net, optimizer, augment, idx, gen, fmt)
                 step += 1
