@@ -31,3 +31,12 @@ def test_every_optimizer_lowers_a_quadratic(name):
         (w**2).sum().backward()
         opt.step()
     assert float((w.detach() ** 2).sum()) < before
+
+
+def test_trainer_names_an_unknown_schedule_before_training():
+    from dia.config import DetectorConfig
+    from dia.training import DetectorTrainer
+
+    config = DetectorConfig(dissolve="none", schedule="linear")
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        DetectorTrainer(config, torch.rand(4, 1, 8, 8), device=torch.device("cpu"))

@@ -19,7 +19,9 @@ PRESETS: dict[str, dict] = {
     # and 360 s of diffusion training and without the loss mask; Gaussian and median blur);
     # 30 minutes gave no higher validation AUROC than 10; the encoder features with cosine and
     # no shift term scored best; colour jitter 0.4 beat 0, 0.2 and 0.6; the fixed input beat
-    # per-image standardisation; width 32 beat 16 and 64.
+    # per-image standardisation; width 32 beat 16 and 64; a constant learning rate, a warm-up
+    # and averaging the score over 5 or 20 neighbours did not beat the cosine schedule and the
+    # nearest neighbour (bench/results/pneumoniamnist-search.json).
     "cpu": {
         "budget_s": 600.0,
         "diffusion": {"max_seconds": 180.0},
