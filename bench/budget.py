@@ -60,6 +60,9 @@ SCORE_GRID = {
 }
 # Similarity averaged over more than the nearest bank feature: measured with no shift term.
 GRID_NEIGHBOURS = (5, 20)
+# Test-time crop areas other than the preset's, measured with no shift term (one more pass of
+# features each: the crop changes what the network sees, not only how its outputs combine).
+GRID_CROPS = (1.0,)
 LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
 BASELINES = {
     "knn_pixel_k5": "raw-pixel kNN (k=5)",
@@ -203,6 +206,8 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         anomaly = -csi_score(f, detector.bank_, config.score).numpy()
         record[name] = {k: round(v, 4) for k, v in anomaly_metrics(labels.numpy(), anomaly).items()}
     record["auroc_by_score"] = score_grid(train, feats, config)
+    for crop in GRID_CROPS:
+        record["auroc_by_score"].update(crop_grid(detector.net_, data, config, crop))
     record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return record
 
@@ -223,6 +228,23 @@ def score_grid(train, feats, config: RunConfig) -> dict[str, dict[str, float]]:
             grid[f"{key}/k{neighbours}"] = {
                 name: round(auroc(f, y, bank, more), 4) for name, (f, y) in feats.items()
             }
+    return grid
+
+
+def crop_grid(net, data: ImageData, config: RunConfig, crop: float) -> dict[str, dict]:
+    """AUROC of every split, no shift term, with the test-time crop area fixed at ``crop``
+    for the bank and the scored images alike."""
+    config = dataclasses.replace(config, score=dataclasses.replace(config.score, crop_scale=crop))
+    train = features_of(net, data.train, config, config.score.samples)
+    feats = labelled_features(net, data, config, config.score.samples)
+    grid: dict[str, dict[str, float]] = {}
+    for features, cosine in itertools.product(SCORE_GRID["features"], SCORE_GRID["cosine"]):
+        score = dataclasses.replace(
+            config.score, features=features, cosine=cosine, shift_weight=0.0
+        )
+        bank = build_bank(train, score)
+        key = f"{features}/{'cosine' if cosine else 'csi'}/shift0.0/crop{crop}"
+        grid[key] = {name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()}
     return grid
 
 
@@ -259,7 +281,9 @@ def summarise(results: dict) -> None:
             [round(statistics.mean(runs[s]["curve"][i][j] for s in seeds), 4) for j in (0, test)]
             for i in range(points)
         ]
+        # the score settings every seed measured (a grid row added later is missing in older runs)
         keys = runs[seeds[0]].get("auroc_by_score", {})
+        keys = {k: v for k, v in keys.items() if all(k in runs[s]["auroc_by_score"] for s in seeds)}
         entry["auroc_by_score"] = {
             key: {
                 split: round(statistics.mean(by_score(runs, s, key, split) for s in seeds), 4)
@@ -313,14 +337,14 @@ def markdown(results: dict) -> str:
             f"{r['train_images_per_s']:.0f} |"
         )
     names = list(results["variants"])
-    keys = results["variants"][names[0]]["auroc_by_score"] if names else {}
+    keys = list(dict.fromkeys(k for n in names for k in results["variants"][n]["auroc_by_score"]))
     has_val = "val" in results["baselines"]["knn_pixel_k5"]
     splits_shown = "validation / test" if has_val else "test (no validation split)"
     lines += [
         "",
         "Score settings (features / similarity / shift-term weight / bank neighbours averaged, "
-        "1 when not shown), measured on the same "
-        f"networks after training: mean AUROC over seeds, {splits_shown}.",
+        "1 when not shown / test-time crop area, the preset's when not shown), measured on "
+        f"the same networks after training: mean AUROC over seeds, {splits_shown}.",
         "",
         "| score | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -329,7 +353,7 @@ def markdown(results: dict) -> str:
         cells = []
         for name in names:
             cell = results["variants"][name]["auroc_by_score"].get(key, {})
-            cells.append(" / ".join(f"{cell[s]:.3f}" for s in ("val", "test") if s in cell))
+            cells.append(" / ".join(f"{cell[s]:.3f}" for s in ("val", "test") if s in cell) or "-")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -435,6 +459,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.variants:
         vname, settings = variant_settings(spec)
+        if any(key.startswith("data.") for key in settings):
+            # the data are loaded once for all variants, so a variant cannot change them
+            raise SystemExit(f"{spec}: data settings apply to every variant; pass them with --set")
         config = apply_settings(base, settings)
         entry = results["variants"].setdefault(vname, {"runs": {}})
         config_dict = json.loads(

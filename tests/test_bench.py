@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parents[1] / "bench"
 
 
@@ -42,6 +44,7 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
         assert entry["steps"] == [entry["runs"]["0"]["steps"]]
         assert entry["curve"] and all(len(point) == 2 for point in entry["curve"])
         assert "encoder/cosine/shift0.0" in entry["auroc_by_score"]
+        assert "encoder/cosine/shift0.0/crop1.0" in entry["auroc_by_score"]
     assert results["variants"]["dia"]["minus_csi"] == [
         round(results["variants"]["dia"]["auroc"][0] - results["variants"]["csi"]["auroc"][0], 4)
     ]
@@ -92,3 +95,23 @@ def test_dia_variants_dissolve_with_diffusion_whatever_the_preset_says():
     assert budget.apply_settings(base, settings).detector.dissolve == "none"
     _, settings = budget.variant_settings("x:detector.dissolve=gaussian")
     assert budget.apply_settings(base, settings).detector.dissolve == "gaussian"
+
+
+def test_a_variant_cannot_change_the_data_that_every_variant_shares(tmp_path):
+    budget = load("budget")
+    argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "0"]
+    argv += ["--variants", "csi32:data.image_size=32", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="data settings apply to every variant"):
+        budget.main(argv)
+    assert not (tmp_path / "synthetic.json").exists()
+
+
+def test_summary_shows_only_the_scores_every_seed_measured():
+    budget = load("budget")
+    run = {"test": {"auroc": 0.8, "auprc": 0.9}, "wall_s": 1.0, "steps": 2}
+    run |= {"train_images_per_s": 3.0, "peak_rss_mb": 4, "curve_columns": ["seconds", "test"]}
+    old = run | {"curve": [], "auroc_by_score": {"a": {"test": 0.7}}}
+    new = run | {"curve": [], "auroc_by_score": {"a": {"test": 0.9}, "b": {"test": 0.6}}}
+    results = {"variants": {"csi": {"runs": {"0": old, "1": new}}}}
+    budget.summarise(results)
+    assert results["variants"]["csi"]["auroc_by_score"] == {"a": {"test": 0.8}}
