@@ -62,7 +62,7 @@ SCORE_GRID = {
 GRID_NEIGHBOURS = (5, 20)
 # Test-time crop areas other than the preset's, measured with no shift term (one more pass of
 # features each: the crop changes what the network sees, not only how its outputs combine).
-GRID_CROPS = (1.0,)
+GRID_CROPS = (0.3, 1.0)
 LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
 BASELINES = {
     "knn_pixel_k5": "raw-pixel kNN (k=5)",

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+from dia.data.types import ImageData
 
 BENCH = Path(__file__).parents[1] / "bench"
 
@@ -115,3 +118,27 @@ def test_summary_shows_only_the_scores_every_seed_measured():
     results = {"variants": {"csi": {"runs": {"0": old, "1": new}}}}
     budget.summarise(results)
     assert results["variants"]["csi"]["auroc_by_score"] == {"a": {"test": 0.8}}
+
+
+def test_split_comparison_tells_a_near_copy_validation_split_from_a_fresh_test_split(tmp_path):
+    splits = load("splits")
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(60, 1, 8, 8, generator=g)
+    near = (train[:20] + 0.01 * torch.rand(20, 1, 8, 8, generator=g)).clamp(0, 1)
+    fresh = torch.rand(20, 1, 8, 8, generator=g)
+    abnormal = torch.rand(20, 1, 8, 8, generator=g) * 0.2  # low contrast
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    data = ImageData(
+        "toy", train, torch.cat([fresh, abnormal]), labels, torch.cat([near, abnormal]), labels
+    )
+    results = splits.measure(data)
+    close = results["closeness"]
+    assert close["val normal"]["below_train_q10"] == 0.0
+    assert close["val normal"]["quantiles"][0] > 0.99 > close["test normal"]["quantiles"][-1]
+    assert close["test normal"]["below_train_q10"] > 0.5
+    assert 0.05 <= close["train (leave-one-out)"]["below_train_q10"] <= 0.15
+    for row in results["auroc"].values():
+        assert set(row) == {"val", "test"} and all(0 <= v <= 1 for v in row.values())
+    assert results["auroc"]["standardised-pixel kNN, k=1, 8 px"]["val"] == 1.0
+    assert results["auroc"]["low contrast (minus the pixels' standard deviation)"]["test"] == 1.0
+    assert "| val normal | 20 |" in splits.markdown({"dataset": "toy", **results})
