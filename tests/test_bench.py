@@ -123,9 +123,10 @@ def test_summary_shows_only_the_scores_every_seed_measured():
 def test_split_comparison_tells_a_near_copy_validation_split_from_a_fresh_test_split(tmp_path):
     splits = load("splits")
     g = torch.Generator().manual_seed(0)
-    train = torch.rand(60, 1, 8, 8, generator=g)
-    near = (train[:20] + 0.01 * torch.rand(20, 1, 8, 8, generator=g)).clamp(0, 1)
-    fresh = torch.rand(20, 1, 8, 8, generator=g)
+    base = torch.rand(1, 1, 8, 8, generator=g)  # what every normal image shares
+    train = (base + 0.1 * torch.rand(60, 1, 8, 8, generator=g)).clamp(0, 1)
+    near = (train[:20] + 0.005 * torch.rand(20, 1, 8, 8, generator=g)).clamp(0, 1)
+    fresh = (base + 0.4 * torch.rand(20, 1, 8, 8, generator=g)).clamp(0, 1)  # new variation
     abnormal = torch.rand(20, 1, 8, 8, generator=g) * 0.2  # low contrast
     labels = torch.tensor([0] * 20 + [1] * 20)
     data = ImageData(
