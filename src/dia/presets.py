@@ -21,7 +21,10 @@ PRESETS: dict[str, dict] = {
     # no shift term scored best; colour jitter 0.4 beat 0, 0.2 and 0.6; the fixed input beat
     # per-image standardisation; width 32 beat 16 and 64; a constant learning rate, a warm-up
     # and averaging the score over 5 or 20 neighbours did not beat the cosine schedule and the
-    # nearest neighbour (bench/results/pneumoniamnist-search.json).
+    # nearest neighbour, nor did 64 images a step, Adam at 3e-4 or 3e-3, or 32 px
+    # (bench/results/pneumoniamnist-search.json, -s32.json). A 1800 s budget at a constant
+    # learning rate scored higher on one seed (bench/results/pneumoniamnist-1800s.json); it
+    # becomes the preset only if more seeds confirm it on validation.
     "cpu": {
         "budget_s": 600.0,
         "diffusion": {"max_seconds": 180.0},
