@@ -120,7 +120,7 @@ def test_summary_shows_only_the_scores_every_seed_measured():
     assert results["variants"]["csi"]["auroc_by_score"] == {"a": {"test": 0.8}}
 
 
-def test_split_comparison_tells_a_near_copy_validation_split_from_a_fresh_test_split(tmp_path):
+def test_split_comparison_tells_a_near_copy_validation_split_from_a_fresh_test_split():
     splits = load("splits")
     g = torch.Generator().manual_seed(0)
     base = torch.rand(1, 1, 8, 8, generator=g)  # what every normal image shares
