@@ -212,18 +212,25 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
     return record
 
 
-def score_grid(train, feats, config: RunConfig) -> dict[str, dict[str, float]]:
-    """AUROC of every split under every score setting of SCORE_GRID, from one set of features:
-    what the score settings are chosen from (on the validation split)."""
+def score_grid(
+    train, feats, config: RunConfig, shift_weights=SCORE_GRID["shift_weight"], suffix: str = ""
+) -> dict[str, dict[str, float]]:
+    """AUROC of every split under every score setting of SCORE_GRID (shift weights as given),
+    from one set of features: what the score settings are chosen from (on the validation
+    split). ``suffix`` ends every key, e.g. '/crop0.3' for features made with that crop."""
     grid: dict[str, dict[str, float]] = {}
-    for features, cosine, weight in itertools.product(*SCORE_GRID.values()):
+    for features, cosine, weight in itertools.product(
+        SCORE_GRID["features"], SCORE_GRID["cosine"], shift_weights
+    ):
         score = dataclasses.replace(
             config.score, features=features, cosine=cosine, shift_weight=weight
         )
         bank = build_bank(train, score)
         key = f"{features}/{'cosine' if cosine else 'csi'}/shift{weight}"
-        grid[key] = {name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()}
-        for neighbours in GRID_NEIGHBOURS if weight == 0 else ():
+        grid[key + suffix] = {
+            name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()
+        }
+        for neighbours in GRID_NEIGHBOURS if weight == 0 and not suffix else ():
             more = dataclasses.replace(score, neighbours=neighbours)
             grid[f"{key}/k{neighbours}"] = {
                 name: round(auroc(f, y, bank, more), 4) for name, (f, y) in feats.items()
@@ -232,20 +239,12 @@ def score_grid(train, feats, config: RunConfig) -> dict[str, dict[str, float]]:
 
 
 def crop_grid(net, data: ImageData, config: RunConfig, crop: float) -> dict[str, dict]:
-    """AUROC of every split, no shift term, with the test-time crop area fixed at ``crop``
-    for the bank and the scored images alike."""
+    """The no-shift rows of :func:`score_grid` with the test-time crop area fixed at ``crop``
+    for the bank and the scored images alike (one more pass of features)."""
     config = dataclasses.replace(config, score=dataclasses.replace(config.score, crop_scale=crop))
     train = features_of(net, data.train, config, config.score.samples)
     feats = labelled_features(net, data, config, config.score.samples)
-    grid: dict[str, dict[str, float]] = {}
-    for features, cosine in itertools.product(SCORE_GRID["features"], SCORE_GRID["cosine"]):
-        score = dataclasses.replace(
-            config.score, features=features, cosine=cosine, shift_weight=0.0
-        )
-        bank = build_bank(train, score)
-        key = f"{features}/{'cosine' if cosine else 'csi'}/shift0.0/crop{crop}"
-        grid[key] = {name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()}
-    return grid
+    return score_grid(train, feats, config, shift_weights=(0.0,), suffix=f"/crop{crop}")
 
 
 def mean_sd(values: list[float]) -> str:

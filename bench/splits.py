@@ -8,8 +8,9 @@ Two measurements, no training, a few seconds:
   quantiles, and as the share of normal images less similar than the 10% quantile of the
   training images (0.10 when a split's normals are as close to the training images as the
   training images are to each other).
-- *Simple detectors on each split.* AUROC (abnormal positive) of the standardised-pixel kNN at
-  several neighbour counts and resolutions, and of single image statistics.
+- *Simple detectors on each split.* AUROC (abnormal positive) of the standardised-pixel kNN
+  (the baseline of ``bench/budget.py``) at several neighbour counts and resolutions, and of
+  single image statistics.
 
 A validation split drawn from the same pool as the training images (as MedMNIST's is) can
 hold normal images closer to the training images than the test split's; then it overrates
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dia.baselines import knn_pixel_scores
 from dia.config import DataConfig
 from dia.data import load_data
 from dia.evaluation import anomaly_metrics
@@ -45,27 +47,22 @@ STATISTICS = {
 }
 
 
-def unit_pixels(images: torch.Tensor, shrink: int = 1) -> torch.Tensor:
-    """(N, D) per-image standardised pixels scaled to unit length, optionally area-downsampled."""
-    x = images.double()
-    if shrink > 1:
-        x = F.interpolate(x, scale_factor=1 / shrink, mode="area")
-    return F.normalize(normalize_input(x, "image").flatten(1), dim=1)
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """(N, D) per-image standardised pixels scaled to unit length."""
+    return F.normalize(normalize_input(images.double(), "image").flatten(1), dim=1)
 
 
-def top_similarities(query: torch.Tensor, bank: torch.Tensor, k: int, self_bank: bool = False):
-    """(N, k) cosine similarities of each query row to its k most similar bank rows.
-
-    ``self_bank``: the query is the bank; each row's own entry is left out.
-    """
+def nearest_similarity(query: torch.Tensor, bank: torch.Tensor, self_bank: bool = False):
+    """(N,) cosine similarity of each query row to its most similar bank row; with
+    ``self_bank`` the query is the bank and each row's own entry is left out."""
     sim = query @ bank.T
     if self_bank:
         sim.fill_diagonal_(float("-inf"))
-    return sim.topk(k, dim=1).values
+    return sim.amax(dim=1)
 
 
-def auroc(labels: torch.Tensor, anomaly: torch.Tensor) -> float:
-    return round(anomaly_metrics(labels.numpy(), anomaly.numpy())["auroc"], 4)
+def auroc(labels: torch.Tensor, anomaly) -> float:
+    return round(anomaly_metrics(labels.numpy(), anomaly)["auroc"], 4)
 
 
 def measure(data) -> dict:
@@ -73,27 +70,34 @@ def measure(data) -> dict:
     if data.val is not None and data.val_labels is not None:
         splits = {"val": (data.val, data.val_labels), **splits}
     bank = unit_pixels(data.train)
-    own = top_similarities(bank, bank, 1, self_bank=True)[:, 0]
+    own = nearest_similarity(bank, bank, self_bank=True)
     low = torch.quantile(own, 0.1)
     closeness = {"train (leave-one-out)": summary(own, low)}
     for split, (images, labels) in splits.items():
-        nearest = top_similarities(unit_pixels(images), bank, 1)[:, 0]
+        nearest = nearest_similarity(unit_pixels(images), bank)
         for cls, name in ((0, "normal"), (1, "abnormal")):
             closeness[f"{split} {name}"] = summary(nearest[labels == cls], low)
     detectors: dict[str, dict[str, float]] = {}
     for shrink in SHRINK:
-        bank = unit_pixels(data.train, shrink)
-        size = -(-data.image_size // shrink)
-        queries = {split: unit_pixels(images, shrink) for split, (images, _) in splits.items()}
+        train = F.interpolate(data.train, scale_factor=1 / shrink, mode="area")
         for k in NEIGHBOURS:
-            key = f"standardised-pixel kNN, k={k}, {size} px"
+            key = f"standardised-pixel kNN, k={k}, {train.shape[-1]} px"
             detectors[key] = {
-                split: auroc(labels, -top_similarities(queries[split], bank, k).mean(1))
-                for split, (_, labels) in splits.items()
+                split: auroc(
+                    labels,
+                    knn_pixel_scores(
+                        train,
+                        F.interpolate(images, scale_factor=1 / shrink, mode="area"),
+                        k,
+                        standardize=True,
+                    ),
+                )
+                for split, (images, labels) in splits.items()
             }
     for key, statistic in STATISTICS.items():
         detectors[key] = {
-            split: auroc(labels, statistic(images)) for split, (images, labels) in splits.items()
+            split: auroc(labels, statistic(images).numpy())
+            for split, (images, labels) in splits.items()
         }
     return {"closeness": closeness, "auroc": detectors}
 
