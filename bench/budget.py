@@ -144,8 +144,15 @@ def auroc_of(net, data: ImageData, config: RunConfig, samples: int) -> dict[str,
     return {name: auroc(f, y, bank, config.score) for name, (f, y) in feats.items()}
 
 
-def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve_samples: int):
-    """Train and evaluate one (variant, seed); returns the record stored in the JSON."""
+def one_run(
+    config: RunConfig,
+    data: ImageData,
+    curve_every: float | None,
+    curve_samples: int,
+    crops: tuple[float, ...] = GRID_CROPS,
+):
+    """Train and evaluate one (variant, seed); returns the record stored in the JSON.
+    ``crops``: the test-time crop areas of the score grid's extra rows (a pass each)."""
     device = resolve_device(config.device)
     paused = 0.0  # seconds spent on curve points, not part of the run's wall time
     curve: list[list[float]] = []
@@ -206,7 +213,7 @@ def one_run(config: RunConfig, data: ImageData, curve_every: float | None, curve
         anomaly = -csi_score(f, detector.bank_, config.score).numpy()
         record[name] = {k: round(v, 4) for k, v in anomaly_metrics(labels.numpy(), anomaly).items()}
     record["auroc_by_score"] = score_grid(train, feats, config)
-    for crop in GRID_CROPS:
+    for crop in crops:
         record["auroc_by_score"].update(crop_grid(detector.net_, data, config, crop))
     record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return record
@@ -374,6 +381,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--curve-every", type=float, default=None, help="training seconds")
     p.add_argument("--curve-samples", type=int, default=4, help="test-time samples of a point")
+    p.add_argument(
+        "--crops",
+        type=float,
+        nargs="*",
+        default=list(GRID_CROPS),
+        help="test-time crop areas measured besides the preset's (none: skip those passes)",
+    )
     p.add_argument("--name", default=None, help="result name (default: the data name)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -473,7 +487,11 @@ def main(argv=None) -> int:
             if str(seed) in entry["runs"]:
                 continue
             record = one_run(
-                dataclasses.replace(config, seed=seed), data, args.curve_every, args.curve_samples
+                dataclasses.replace(config, seed=seed),
+                data,
+                args.curve_every,
+                args.curve_samples,
+                tuple(args.crops),
             )
             entry["runs"][str(seed)] = record
             val = record.get("val", {}).get("auroc")

@@ -109,6 +109,18 @@ def test_a_variant_cannot_change_the_data_that_every_variant_shares(tmp_path):
     assert not (tmp_path / "synthetic.json").exists()
 
 
+def test_an_empty_crops_list_skips_the_extra_crop_passes(tmp_path):
+    budget = load("budget")
+    argv = ["--data", "synthetic", "--preset", "quick", "--budget", "3", "--seeds", "0"]
+    argv += ["--variants", "csi", "--out", str(tmp_path), "--crops"]
+    for setting in TINY:
+        argv += ["--set", setting]
+    assert budget.main(argv) == 0
+    rows = json.loads((tmp_path / "synthetic.json").read_text())["variants"]["csi"]
+    assert "encoder/cosine/shift0.0" in rows["auroc_by_score"]
+    assert not any("/crop" in key for key in rows["auroc_by_score"])
+
+
 def test_summary_shows_only_the_scores_every_seed_measured():
     budget = load("budget")
     run = {"test": {"auroc": 0.8, "auprc": 0.9}, "wall_s": 1.0, "steps": 2}

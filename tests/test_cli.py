@@ -102,7 +102,9 @@ def test_presets_and_budget_flag_set_the_config():
 
     assert config().budget_s is None or config().budget_s > 0
     cpu = config("--preset", "cpu")
-    assert cpu.preset == "cpu" and cpu.budget_s == 600
+    assert cpu.preset == "cpu" and cpu.budget_s == 1800
+    assert cpu.detector.schedule == "constant"
+    assert config("--preset", "cpu", "--schedule", "cosine").detector.schedule == "cosine"
     assert config("--preset", "cpu", "--budget", "60").budget_s == 60
     assert config("--preset", "cpu", "--width", "8").detector.width == 8
     # cpu trains plain CSI (what measured best); --dissolve still picks DIA's diffusion
