@@ -19,7 +19,7 @@ PRESETS: dict[str, dict] = {
     # seeds against 0.940 +- 0.005 for the earlier preset (10 minutes, cosine schedule; paired
     # +0.009 +- 0.010, ahead on two seeds of three: pneumoniamnist-1800s.json,
     # pneumoniamnist-600s.json), while 30 minutes under the cosine schedule, or 10 at a
-    # constant rate, did not beat it (pneumoniamnist-search.json). No dissolving,
+    # constant rate, did not beat the earlier preset (-1800s.json, -search.json). No dissolving,
     # since plain CSI scored at least as well as every dissolving variant tried (diffusion at
     # three timestep ranges, with 60, 180 and 360 s of diffusion training and without the loss
     # mask; Gaussian and median blur); the encoder features with cosine and no shift term
