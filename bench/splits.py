@@ -79,20 +79,15 @@ def measure(data) -> dict:
             closeness[f"{split} {name}"] = summary(nearest[labels == cls], low)
     detectors: dict[str, dict[str, float]] = {}
     for shrink in SHRINK:
-        train = F.interpolate(data.train, scale_factor=1 / shrink, mode="area")
+        train, *queries = (
+            F.interpolate(x, scale_factor=1 / shrink, mode="area")
+            for x in (data.train, *(images for images, _ in splits.values()))
+        )
         for k in NEIGHBOURS:
             key = f"standardised-pixel kNN, k={k}, {train.shape[-1]} px"
             detectors[key] = {
-                split: auroc(
-                    labels,
-                    knn_pixel_scores(
-                        train,
-                        F.interpolate(images, scale_factor=1 / shrink, mode="area"),
-                        k,
-                        standardize=True,
-                    ),
-                )
-                for split, (images, labels) in splits.items()
+                split: auroc(labels, knn_pixel_scores(train, query, k, standardize=True))
+                for (split, (_, labels)), query in zip(splits.items(), queries, strict=True)
             }
     for key, statistic in STATISTICS.items():
         detectors[key] = {
