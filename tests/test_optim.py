@@ -1,9 +1,10 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from dia.optim import lr_factor, make_optimizer
+from dia.optim import WeightAverage, lr_factor, make_optimizer
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -40,3 +41,46 @@ def test_trainer_names_an_unknown_schedule_before_training():
     config = DetectorConfig(dissolve="none", schedule="linear")
     with pytest.raises(ValueError, match="schedule='linear'"):
         DetectorTrainer(config, torch.rand(4, 1, 8, 8), device=torch.device("cpu"))
+
+
+def test_the_weight_average_follows_the_weights_with_its_decay():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        net[0].weight.fill_(0.0)
+    average = WeightAverage(net, decay=0.9)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    net[1].num_batches_tracked.fill_(7)
+    average.update(net)  # early on the decay is (1 + 1) / (10 + 1), not 0.9
+    assert torch.allclose(average.net[0].weight, torch.full((2, 2), 9 / 11))
+    assert int(average.net[1].num_batches_tracked) == 7  # integer buffers are copied
+    for _ in range(200):
+        average.update(net)
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    average.update(net)  # now the full decay: 0.9 of the average, 0.1 of the weights
+    assert torch.allclose(average.net[0].weight, torch.full((2, 2), 1.1), atol=1e-5)
+    assert not any(p.requires_grad for p in average.net.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_training_with_a_weight_average_returns_the_average():
+    from dia.config import DetectorConfig
+    from dia.training import DetectorTrainer
+
+    images = torch.rand(16, 1, 8, 8)
+    base = DetectorConfig(dissolve="none", width=4, batch_size=8, epochs=2, max_seconds=None)
+    seen = []
+    plain, _ = DetectorTrainer(base, images, device=torch.device("cpu")).train(progress=False)
+    averaged, history = DetectorTrainer(
+        dataclasses.replace(base, ema=0.5), images, device=torch.device("cpu")
+    ).train(progress=False, callback=lambda net, s: seen.append(net), callback_every_s=0.0)
+    assert history["steps"] == 4
+    assert not averaged.training
+    # the same seed gives the same last weights; the average of them lies elsewhere
+    first = next(iter(plain.state_dict()))
+    assert not torch.allclose(plain.state_dict()[first], averaged.state_dict()[first])
+    assert seen and all(net is averaged for net in seen)  # the curve measures the average
+    with pytest.raises(ValueError, match="ema"):
+        DetectorTrainer(dataclasses.replace(base, ema=-0.1), images, device=torch.device("cpu"))

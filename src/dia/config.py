@@ -54,7 +54,11 @@ class DiffusionConfig:
 
 @dataclass
 class DetectorConfig:
-    """The amplifying network and its training (METHOD.md sections 2 and 3)."""
+    """The amplifying network and its training (METHOD.md sections 2 and 3).
+
+    ``ema``: decay of a moving average of the weights, updated every step; the average is the
+    trained network (0 = off, the last weights themselves).
+    """
 
     dissolve: str = "diffusion"
     t_min: int = 30
@@ -78,6 +82,7 @@ class DetectorConfig:
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     dissolve_cache_steps: int = 4
+    ema: float = 0.0
 
 
 @dataclass

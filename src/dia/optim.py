@@ -1,7 +1,8 @@
-"""Optimisers and the learning-rate schedule of detector training."""
+"""Optimisers, the learning-rate schedule and the weight average of detector training."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -75,3 +76,30 @@ def lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float
         return 1.0
     rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
     return 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights (parameters and float buffers,
+    such as batch-norm statistics), updated after every optimiser step.
+
+    ``decay`` in (0, 1): each update keeps ``decay`` of the average and adds ``1 - decay`` of
+    the current weights. Early on the decay is lowered to ``(1 + n) / (10 + n)`` after ``n``
+    updates, so that the average is not dominated by the random initial weights.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight-average decay={decay}; expected 0 < decay < 1")
+        self.decay, self.updates = decay, 0
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        self.updates += 1
+        keep = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine = self.net.state_dict()
+        for name, value in net.state_dict().items():
+            if value.is_floating_point():
+                mine[name].lerp_(value, 1.0 - keep)
+            else:
+                mine[name].copy_(value)

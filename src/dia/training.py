@@ -15,7 +15,7 @@ from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
 from .networks import AmplifierNet
-from .optim import lr_factor, make_optimizer
+from .optim import WeightAverage, lr_factor, make_optimizer
 from .shifts import all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
@@ -65,6 +65,8 @@ class DetectorTrainer:
         lr_factor(0.0, 0.0, config.schedule)  # an unknown schedule fails here, not mid-run
         if not 0 <= config.t_min <= config.t_max:
             raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
+        if not 0.0 <= config.ema < 1.0:
+            raise ValueError(f"ema={config.ema}; expected 0 (off) or a decay in (0, 1)")
         self.cache: DissolveCache | None = None
 
     def train(
@@ -74,8 +76,9 @@ class DetectorTrainer:
         callback_every_s: float | None = None,
         deadline: float | None = None,
     ) -> tuple[AmplifierNet, dict]:
-        """Train; returns the last network and a history dict. ``callback(net, seconds)`` may
-        evaluate the net every ``callback_every_s`` training seconds (its own time not counted).
+        """Train; returns the last network (with ``config.ema`` > 0, the moving average of its
+        weights) and a history dict. ``callback(net, seconds)`` may evaluate that network every
+        ``callback_every_s`` training seconds (its own time not counted).
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
         """
@@ -102,6 +105,7 @@ class DetectorTrainer:
         net = build_network(cfg, channels).to(device=device, memory_format=fmt)
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
+        average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
         augment = SimCLRAugment(
             size,
             channels,
@@ -133,6 +137,8 @@ class DetectorTrainer:
                     group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
                 idx = perm[i * batch : (i + 1) * batch]
                 losses = self._step(net, optimizer, augment, idx, gen, fmt)
+                if average is not None:
+                    average.update(net)
                 step += 1
                 for key, value in losses.items():
                     history[key].append(value)
@@ -141,11 +147,13 @@ class DetectorTrainer:
                 bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
                 if callback is not None and next_callback is not None and train_s >= next_callback:
                     c0 = time.perf_counter()
-                    callback(net, train_s)
+                    callback(net if average is None else average.net, train_s)
                     net.train()
                     callback_s += time.perf_counter() - c0
                     next_callback += callback_every_s
         bar.close()
+        if average is not None:
+            net = average.net
         net.eval()
         views = 3 if self.dissolver is not None else 2
         history.update(
