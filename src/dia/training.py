@@ -106,6 +106,7 @@ class DetectorTrainer:
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
         average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
+        trained = net if average is None else average.net  # what the callback and caller get
         augment = SimCLRAugment(
             size,
             channels,
@@ -147,14 +148,12 @@ class DetectorTrainer:
                 bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
                 if callback is not None and next_callback is not None and train_s >= next_callback:
                     c0 = time.perf_counter()
-                    callback(net if average is None else average.net, train_s)
+                    callback(trained, train_s)
                     net.train()
                     callback_s += time.perf_counter() - c0
                     next_callback += callback_every_s
         bar.close()
-        if average is not None:
-            net = average.net
-        net.eval()
+        trained.eval()
         views = 3 if self.dissolver is not None else 2
         history.update(
             steps=step,
@@ -162,7 +161,7 @@ class DetectorTrainer:
             train_s=train_s,
             images_per_s=step * batch * views * 4 / max(train_s, 1e-9),
         )
-        return net, history
+        return trained, history
 
     def _step(self, net, optimizer, augment, idx, gen, fmt) -> dict:
         cfg = self.config
