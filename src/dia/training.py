@@ -156,7 +156,7 @@ class DetectorTrainer:
                     next_callback += callback_every_s
         bar.close()
         trained.eval()
-        per_step = 2 * batch + (self._dissolved_count(batch) if self.dissolver else 0)
+        per_step = 2 * batch + (self._dissolved_count(batch) if self.dissolver is not None else 0)
         history.update(
             steps=step,
             epochs=step / max(steps_per_epoch, 1),
