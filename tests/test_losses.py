@@ -49,9 +49,61 @@ def test_dissolved_negatives_raise_the_loss():
 
 
 def test_mask_layout():
-    m = contrastive_mask(group_size=2, groups=3, mask="shifted_removed")
+    m = contrastive_mask(group_size=2, dissolved_of=torch.arange(2), mask="shifted_removed")
     assert m.shape == (4, 6)
     assert m.nonzero().tolist() == [[0, 0], [0, 4], [1, 1], [1, 5], [2, 2], [2, 4], [3, 3], [3, 5]]
+    # one dissolved item, a copy of image 1: only image 1's anchors lose it
+    m = contrastive_mask(group_size=2, dissolved_of=torch.tensor([1]), mask="shifted_removed")
+    assert m.nonzero().tolist() == [[0, 0], [1, 1], [1, 4], [2, 2], [3, 3], [3, 4]]
+    assert contrastive_mask(2, None, "shifted_removed").shape == (4, 4)
+
+
+def test_loss_with_a_partial_dissolved_view_matches_hand_computation():
+    # Items 0-3 as before; item 4 alone is dissolved, a copy of image 0 (dissolved_of = [0]).
+    denominators = {0: [1, 2, 3], 1: [0, 2, 3, 4], 2: [0, 1, 3], 3: [0, 1, 2, 4]}
+    got = contrastive_loss(Z[:5], 2, 0.5, "shifted_removed", dissolved_of=torch.tensor([0]))
+    assert got.item() == pytest.approx(hand_loss(denominators), rel=1e-5)
+    # a whole third group named explicitly is the default layout
+    full = contrastive_loss(Z, 2, dissolved_of=torch.arange(2))
+    assert full.item() == pytest.approx(contrastive_loss(Z, 2).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="dissolved_of names 2"):
+        contrastive_loss(Z[:5], 2, dissolved_of=torch.arange(2))
+
+
+def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
+    import dia.training
+    from dia.config import DetectorConfig
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    calls = []
+
+    def spy(z, group_size, temperature, mask, dissolved_of=None):
+        calls.append((z.shape[0], group_size, dissolved_of))
+        return contrastive_loss(z, group_size, temperature, mask, dissolved_of)
+
+    monkeypatch.setattr(dia.training, "contrastive_loss", spy)
+    images = torch.rand(8, 1, 8, 8)
+    config = DetectorConfig(
+        dissolve="gaussian",
+        dissolve_fraction=0.25,
+        width=4,
+        batch_size=8,
+        epochs=1,
+        max_seconds=None,
+        dissolve_cache_steps=2,
+    )
+    blur, cpu = build_dissolver("gaussian"), torch.device("cpu")
+    trainer = DetectorTrainer(config, images, dissolver=blur, device=cpu)
+    _, history = trainer.train(progress=False)
+    rows, group_size, dissolved_of = calls[0]
+    # 4 shifts of 8 images in v1 and v2, 4 shifts of 2 images dissolved, shift-major
+    assert (rows, group_size) == (72, 32)
+    assert dissolved_of.tolist() == [0, 1, 8, 9, 16, 17, 24, 25]
+    assert history["steps"] == 1
+    with pytest.raises(ValueError, match="dissolve_fraction"):
+        bad = DetectorConfig(dissolve="gaussian", dissolve_fraction=0.0)
+        DetectorTrainer(bad, images, dissolver=blur, device=cpu)
 
 
 def test_bad_arguments_are_named():

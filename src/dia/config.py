@@ -57,7 +57,8 @@ class DetectorConfig:
     """The amplifying network and its training (METHOD.md sections 2 and 3).
 
     ``ema``: decay of a moving average of the weights, updated every step; the average is the
-    trained network (0 = off, the last weights themselves).
+    trained network (0 = off, the last weights themselves). ``dissolve_fraction``: the share
+    of each batch's images that also get a dissolved view (1 = all, METHOD.md section 3).
     """
 
     dissolve: str = "diffusion"
@@ -82,6 +83,7 @@ class DetectorConfig:
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     dissolve_cache_steps: int = 4
+    dissolve_fraction: float = 1.0
     ema: float = 0.0
 
 

@@ -16,7 +16,7 @@ from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
 from .networks import AmplifierNet
 from .optim import WeightAverage, lr_factor, make_optimizer
-from .shifts import all_shifts
+from .shifts import NUM_SHIFTS, all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
 
@@ -67,6 +67,8 @@ class DetectorTrainer:
             raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
         if not 0.0 <= config.ema < 1.0:
             raise ValueError(f"ema={config.ema}; expected 0 (off) or a decay in (0, 1)")
+        if not 0.0 < config.dissolve_fraction <= 1.0:
+            raise ValueError(f"dissolve_fraction={config.dissolve_fraction}; expected (0, 1]")
         self.cache: DissolveCache | None = None
 
     def train(
@@ -154,12 +156,12 @@ class DetectorTrainer:
                     next_callback += callback_every_s
         bar.close()
         trained.eval()
-        views = 3 if self.dissolver is not None else 2
+        per_step = 2 * batch + (self._dissolved_count(batch) if self.dissolver is not None else 0)
         history.update(
             steps=step,
             epochs=step / max(steps_per_epoch, 1),
             train_s=train_s,
-            images_per_s=step * batch * views * 4 / max(train_s, 1e-9),
+            images_per_s=step * per_step * NUM_SHIFTS / max(train_s, 1e-9),
         )
         return trained, history
 
@@ -167,14 +169,19 @@ class DetectorTrainer:
         cfg = self.config
         x = self.images[idx].to(self.device, non_blocking=True)
         views = [random_hflip(x, gen), random_hflip(x, gen)]
+        dissolved_of = None
         if self.dissolver is not None:
-            views.append(self._dissolved(x, idx, gen))
+            b = self._dissolved_count(x.shape[0])
+            views.append(self._dissolved(x[:b], idx[:b], gen))
+            # Shift-major layout: dissolved item (k, j) copies item (k, j) of v1 and v2.
+            first = torch.arange(NUM_SHIFTS)[:, None] * x.shape[0]
+            dissolved_of = (first + torch.arange(b)).ravel()
         shifted, labels = zip(*(all_shifts(v, cfg.shift) for v in views), strict=True)
         group_size = shifted[0].shape[0]
         inputs = augment(torch.cat(shifted)).contiguous(memory_format=fmt)
         with autocast(self.device, self.precision):
             z, logits = net(inputs)
-        l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask)
+        l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask, dissolved_of)
         l_shift = shift_loss(logits, torch.cat(labels))
         loss = l_con + l_shift
         if not math.isfinite(loss.item()):
@@ -183,6 +190,11 @@ class DetectorTrainer:
         loss.backward()
         optimizer.step()
         return {"loss": loss.item(), "contrastive": l_con.item(), "shift": l_shift.item()}
+
+    def _dissolved_count(self, batch: int) -> int:
+        """How many of a batch's images get a dissolved view (the first ones: batches are
+        random)."""
+        return max(1, round(self.config.dissolve_fraction * batch))
 
     def _dissolved(self, x, idx, gen) -> torch.Tensor:
         cfg = self.config
