@@ -101,8 +101,8 @@ def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
     assert (rows, group_size) == (72, 32)
     assert dissolved_of.tolist() == [0, 1, 8, 9, 16, 17, 24, 25]
     assert history["steps"] == 1
+    bad = DetectorConfig(dissolve="gaussian", dissolve_fraction=0.0)
     with pytest.raises(ValueError, match="dissolve_fraction"):
-        bad = DetectorConfig(dissolve="gaussian", dissolve_fraction=0.0)
         DetectorTrainer(bad, images, dissolver=blur, device=cpu)
 
 
