@@ -193,6 +193,8 @@ def one_run(
     wall = time.perf_counter() - t_start - paused
     record = {
         "commit": code_commit(),
+        "machine": machine(),
+        "precision": resolve_precision(config.precision, device),
         "wall_s": round(wall, 1),
         "train_images_per_s": round(detector.history_["images_per_s"], 1),
         "steps": detector.history_["steps"],
@@ -320,7 +322,10 @@ def markdown(results: dict) -> str:
         f"# {results['dataset']}: budget {results['budget_s']:.0f} s a run, "
         f"preset {results['preset']}, last checkpoint",
         "",
-        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} threads, "
+        f"Machine: {results['machine']['cpu']}"
+        + (f" ({model})" if (model := results["machine"].get("cpu_model")) else "")
+        + (", AMX" if results["machine"].get("amx") else "")
+        + f", {results['machine']['cores']} threads, "
         f"torch {results['machine']['torch']}. Settings chosen on: {results['chosen_on']}. "
         "Paired differences are per seed against `csi`.",
         "",

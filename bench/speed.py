@@ -30,7 +30,7 @@ import torch
 from dia import training
 from dia.config import DataConfig, DetectorConfig, DiffusionConfig, ScoreConfig
 from dia.data import load_data
-from dia.device import cpu_has_fast_bf16, resolve_device
+from dia.device import resolve_device
 from dia.diffusion import DiffusionModel
 from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
 from dia.pipeline import machine
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     score_rates = {p: median(rows, "score_images_per_s") for p, rows in scoring.items()}
     results = {
         "command": " ".join(["python", "bench/speed.py", *(argv or sys.argv[1:])]),
-        "machine": {**machine(), "amx": cpu_has_fast_bf16(), "device": str(device)},
+        "machine": {**machine(), "device": str(device)},
         "settings": {
             "data": args.data,
             "images": images.shape[0],

@@ -38,13 +38,15 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     results = json.loads((tmp_path / "synthetic.json").read_text())
     assert results["budget_s"] == 6 and results["protocol"] == "last-checkpoint"
     assert results["chosen_on"].startswith("the validation split")
-    for key in ("cpu", "cores", "torch"):
+    for key in ("cpu", "cpu_model", "amx", "cores", "torch"):
         assert key in results["machine"]
     for name in ("csi", "dia"):
         entry = results["variants"][name]
         assert entry["seeds"] == [0] and len(entry["auroc"]) == 1
         assert 0 <= entry["auroc"][0] <= 1 and entry["wall_s"][0] > 0
         assert entry["steps"] == [entry["runs"]["0"]["steps"]]
+        run = entry["runs"]["0"]  # each run says where and in what precision it ran
+        assert run["machine"]["cores"] > 0 and run["precision"] in ("fp32", "bf16")
         assert entry["curve"] and all(len(point) == 2 for point in entry["curve"])
         assert "encoder/cosine/shift0.0" in entry["auroc_by_score"]
         assert "encoder/cosine/shift0.0/crop1.0" in entry["auroc_by_score"]

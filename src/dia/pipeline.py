@@ -14,7 +14,7 @@ from . import __version__
 from .config import RunConfig, from_dict, to_dict
 from .data import ImageData, load_data
 from .detector import DIADetector
-from .device import resolve_device, resolve_precision
+from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .evaluation import anomaly_metrics
 from .io import read_json, write_json
@@ -43,10 +43,25 @@ def code_commit() -> str:
     return commit + ("+dirty" if changed else "")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as lines:
+            for line in lines:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on; ``amx``: whether bf16 runs on AMX tiles (the
+    ``auto`` precision's choice on a CPU)."""
     return {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "amx": cpu_has_fast_bf16(),
         "cores": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
