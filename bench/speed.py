@@ -8,7 +8,7 @@ Compared on the same images, the same network and the same number of steps:
 - scoring (the feature bank and test images: every shift, S test-time samples).
 Variants run interleaved, ``--repeats`` rounds, and the median of each is kept; ratios between
 variants of the same run are what to read, since absolute times move with the machine's load.
-Writes bench/results/speed.json and speed.md.
+Writes bench/results/speed.json and speed.md (``--name`` changes the name).
 
     python bench/speed.py --data ../shared/data/pneumoniamnist.npz
 """
@@ -88,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--name", default="speed", help="result name: writes NAME.json and NAME.md")
     return p.parse_args(argv)
 
 
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
         f"# Speed, {results['machine']['cpu']}, {results['machine']['cores']} threads, "
         f"device {device}, AMX {results['machine']['amx']}",
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         f"Dissolve cache for {cache_images.shape[0]} training images, "
         f"{len(grid)} timesteps: {cache_full_s:.1f} s. Peak RSS {results['peak_rss_mb']:.0f} MB.",
     ]
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -67,12 +67,12 @@ def test_speed_bench_compares_variants_side_by_side(tmp_path):
     speed = load("speed")
     argv = ["--data", "synthetic", "--images", "16", "--epochs", "1", "--repeats", "1"]
     argv += ["--width", "8", "--cache-images", "8", "--device", "cpu", "--out", str(tmp_path)]
-    assert speed.main(argv) == 0
-    results = json.loads((tmp_path / "speed.json").read_text())
+    assert speed.main([*argv, "--name", "speed-tiny"]) == 0
+    results = json.loads((tmp_path / "speed-tiny.json").read_text())
     for name in ("csi fp32", "csi fp32, plain layout", "csi bf16", "dia fp32, UNet every step"):
         assert results["train_images_per_s"][name] > 0
     assert results["ratios"]["cache_over_unet_every_step"] > 0
-    assert (tmp_path / "speed.md").exists()
+    assert (tmp_path / "speed-tiny.md").exists() and not (tmp_path / "speed.json").exists()
 
 
 def test_stored_settings_match_only_when_a_new_setting_is_at_its_default():
