@@ -27,8 +27,8 @@ PRESETS: dict[str, dict] = {
     # standardisation; width 32 beat 16 and 64; a warm-up and averaging the score over 5 or 20
     # neighbours did not help, nor did 64 images a step, Adam at 3e-4 or 3e-3, 32 px, or a
     # test-time crop area of 0.3 or 1.0 (pneumoniamnist-search.json, -s32.json). All of that
-    # was measured in fp32 on a CPU without AMX; on a CPU with AMX, where bf16 buys two to
-    # three times the steps, the same preset gave CSI test 0.917 +- 0.010 and val
+    # was measured in fp32 on a CPU without AMX; on a CPU with AMX, where bf16 bought CSI 2.2
+    # to 3.1 times the steps, the same preset gave CSI test 0.917 +- 0.010 and val
     # 0.958 +- 0.003 over three seeds; DIA stayed behind it, and cut-permutation shifts
     # instead of rotation helped neither (pneumoniamnist-amx.json).
     "cpu": {
