@@ -13,7 +13,8 @@ table resumes where it stopped: a (variant, seed) already there with the same se
 skipped. A Markdown table is written beside the JSON.
 
     python bench/budget.py --data ../shared/data/pneumoniamnist.npz --preset cpu \\
-        --seeds 0 1 2 --variants dia csi gaussian median dia-t0-30 dia-t100-300
+        --seeds 0 1 2 --variants dia csi gaussian median dia-t0-30 dia-t100-300 \\
+        dia-cutperm csi-cutperm gaussian-cutperm median-cutperm
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "dia-t100-300": {**DIA, "detector.t_min": 100, "detector.t_max": 300},
     "dia-cutperm": {**DIA, "detector.shift": "cutperm"},
     "csi-cutperm": {"detector.dissolve": "none", "detector.shift": "cutperm"},
+    "gaussian-cutperm": {"detector.dissolve": "gaussian", "detector.shift": "cutperm"},
+    "median-cutperm": {"detector.dissolve": "median", "detector.shift": "cutperm"},
     # A dissolved view for a quarter of each batch's images: fewer extra images a step.
     "median-f25": {"detector.dissolve": "median", "detector.dissolve_fraction": 0.25},
     "dia-f25": {**DIA, "detector.dissolve_fraction": 0.25},
