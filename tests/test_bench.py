@@ -102,6 +102,19 @@ def test_dia_variants_dissolve_with_diffusion_whatever_the_preset_says():
     assert budget.apply_settings(base, settings).detector.dissolve == "gaussian"
 
 
+def test_every_named_variant_does_what_its_name_says():
+    budget = load("budget")
+    base = budget.apply_preset(budget.RunConfig(), "cpu")
+    dissolve = {"dia": "diffusion", "csi": "none", "gaussian": "gaussian", "median": "median"}
+    for name in budget.VARIANTS:
+        _, settings = budget.variant_settings(name)
+        detector = budget.apply_settings(base, settings).detector
+        assert detector.dissolve == dissolve[name.split("-")[0]], name
+        assert detector.shift == ("cutperm" if "cutperm" in name else "rotation"), name
+    with pytest.raises(SystemExit, match="median-cutperm"):
+        budget.variant_settings("median-cutprem")
+
+
 def test_a_variant_cannot_change_the_data_that_every_variant_shares(tmp_path):
     budget = load("budget")
     argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "0"]
