@@ -2,9 +2,11 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dia.cli import main
 
@@ -38,6 +40,11 @@ def test_run_writes_metrics_models_and_scores(finished_run, capsys):
     for name in ("config.json", "diffusion/config.json", "diffusion/model.safetensors",
                  "detector/config.json", "detector/model.safetensors"):  # fmt: skip
         assert (finished_run / name).is_file(), name
+    from PIL import Image
+
+    for name in ("roc.png", "score_histogram.png"):
+        with Image.open(finished_run / name) as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200, name
 
 
 def test_saved_detector_gives_the_same_scores(finished_run, capsys):
@@ -116,3 +123,58 @@ def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "budget"
     assert main(["run", "--out", str(out), "--budget", "0.001", *TINY]) == 2
     assert "budget" in capsys.readouterr().err
+
+
+def _write_pngs(folder, images):
+    """(N, 1, H, W) in [0, 1] as 8-bit PNGs; returns the images as the PNGs hold them."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    pixels = (images[:, 0].numpy() * 255).round().astype(np.uint8)
+    for i, array in enumerate(pixels):
+        Image.fromarray(array).save(folder / f"scan{i:02d}.png")
+    return torch.from_numpy(pixels[:, None] / 255.0).float()
+
+
+def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys):
+    from dia.config import DataConfig
+    from dia.data import load_data
+    from dia.detector import DIADetector
+
+    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
+                                image_size=16))  # fmt: skip
+    stored = _write_pngs(tmp_path / "new", data.test[:6])
+    assert main(["score", str(tmp_path / "new"), "--out", str(finished_run),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "of 6 images abnormal at threshold" in printed and "scan05.png" in printed
+    with open(finished_run / "scored.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == [f"scan{i:02d}.png" for i in range(6)]
+    detector = DIADetector.from_pretrained(finished_run / "detector", device="cpu")
+    expected = detector.score_samples(stored)
+    np.testing.assert_allclose([float(r["score"]) for r in rows], expected, atol=1e-5)
+    calls = [int(r["abnormal"]) for r in rows]
+    assert calls == (expected < detector.threshold_).astype(int).tolist()
+
+    # a second call keeps the first CSV; a detector folder works as --out as well
+    assert main(["score", str(tmp_path / "new" / "scan00.png"), "--out",
+                 str(finished_run / "detector"), "--device", "cpu"]) == 0  # fmt: skip
+    assert (finished_run / "detector" / "scored.csv").is_file()
+    assert main(["score", str(tmp_path / "new"), "--out", str(finished_run)]) == 0
+    assert (finished_run / "scored.csv").read_text().count("\n") == 7
+    assert (finished_run / "scored-2.csv").is_file()
+
+
+def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cases = [
+        ([str(tmp_path / "empty"), "--out", str(finished_run)], "holds no image files"),
+        ([str(tmp_path / "broken.png"), "--out", str(finished_run)], "broken.png"),
+        ([str(tmp_path / "nothing.png"), "--out", str(finished_run)], "nothing.png"),
+        ([str(tmp_path / "broken.png"), "--out", str(tmp_path)], "no saved detector"),
+    ]
+    for argv, message in cases:
+        assert main(["score", *argv, "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err

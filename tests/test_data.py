@@ -320,6 +320,39 @@ def test_folder_errors(tmp_path: Path) -> None:
         load_data(DataConfig(spec=str(root), normal_class=1))
 
 
+def test_load_images_for_scoring(tmp_path: Path) -> None:
+    from dia.data.folder import load_images
+
+    colour = np.zeros((12, 20, 3), dtype=np.uint8)
+    colour[..., 0] = 240  # pure red: its mean over channels is 80
+    _save(tmp_path / "scans/b.png", colour)
+    _save(tmp_path / "scans/deeper/a.jpg", _gray(30, 30, 100))
+    _save(tmp_path / "scans/.hidden/c.png", _gray(8, 8, 0))
+    (tmp_path / "scans/readme.txt").write_text("not an image")
+    _save(tmp_path / "one.bmp", _gray(9, 9, 200))
+
+    gray, files = load_images([tmp_path / "scans", tmp_path / "one.bmp"], 8, channels=1)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "scans/b.png", "scans/deeper/a.jpg", "one.bmp"
+    ]  # fmt: skip
+    assert gray.shape == (3, 1, 8, 8) and gray.dtype == torch.float32
+    assert gray[0].mean().item() == pytest.approx(80 / 255, abs=1e-3)
+    assert gray[2].mean().item() == pytest.approx(200 / 255, abs=1e-3)
+    rgb, _ = load_images([tmp_path / "one.bmp"], 8, channels=3)
+    assert rgb.shape == (1, 3, 8, 8) and torch.equal(rgb[0, 0], rgb[0, 2])
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no image files"):
+        load_images([tmp_path / "empty"], 8, 1)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_images([tmp_path / "missing.png"], 8, 1)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match="broken.png"):
+        load_images([tmp_path / "broken.png"], 8, 1)
+    with pytest.raises(ValueError, match="channels=2"):
+        load_images([tmp_path / "one.bmp"], 8, 2)
+
+
 # ---------------------------------------------------------------- medmnist
 
 

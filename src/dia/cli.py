@@ -1,4 +1,5 @@
-"""The ``dia`` command line: ``run``, ``train-diffusion``, ``train``, ``evaluate``, ``dissolve``."""
+"""The ``dia`` command line: ``run``, ``train-diffusion``, ``train``, ``evaluate``, ``score``,
+``dissolve``."""
 
 from __future__ import annotations
 
@@ -118,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "train the diffusion model (when needed) and the detector, then evaluate",
         "train-diffusion": "train only the diffusion model into OUT/diffusion",
         "train": "train the detector into OUT/detector (uses OUT/diffusion when present)",
-        "evaluate": "score the test split with OUT/detector and write OUT/metrics.json",
+        "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
+        "OUT/scores.csv, the ROC curve OUT/roc.png and OUT/score_histogram.png",
         "dissolve": "write a PNG grid of images and their dissolved versions",
     }
+    _add_score_command(sub)
     for name, text in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
@@ -146,6 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_score_command(sub) -> None:
+    text = (
+        "score new image files (or every image under folders) with the detector of a run "
+        "folder and call each normal or abnormal at the threshold chosen on normal data"
+    )
+    p = sub.add_parser("score", help=text, description=text)
+    p.add_argument("paths", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder holding detector/ (or a detector folder itself)",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="CSV file to write (default OUT/scored.csv; -2, -3, ... rather than overwrite)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bf16 on CUDA and AMX CPUs, else fp32",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -161,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from . import pipeline  # heavy imports only once the arguments are valid
 
+    if args.command == "score":
+        _score(args)
+        return 0
     config = config_from_args(args)
     progress = not args.no_progress
     out = args.out
@@ -198,14 +232,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         pipeline.train_detector_step(config, data, out, diffusion, progress, deadline)
         print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
-        from .detector import DIADetector
-
         if (out / "config.json").exists():
             config = pipeline.load_config(out)
             config = dataclasses.replace(config, device=args.device)
-        detector = DIADetector.from_pretrained(
-            out / pipeline.DETECTOR_DIR, device=args.device, precision=args.precision
-        )
+        detector = pipeline.load_detector(out, args.device, args.precision)
         t0 = time.perf_counter()
         metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
         metrics["wall_s"]["total_s"] = time.perf_counter() - t0
@@ -239,6 +269,23 @@ def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     print(f"dissolving grid ({len(images)} images x {len(timesteps)} timesteps) saved to {path}")
+
+
+def _score(args: argparse.Namespace) -> None:
+    from . import pipeline
+
+    detector = pipeline.load_detector(args.out, args.device, args.precision)
+    csv_path = args.csv or pipeline.free_path(args.out / "scored.csv")
+    summary = pipeline.score_files(detector, args.paths, csv_path)
+    if summary["images"] <= 20:
+        for path, score in zip(summary["files"], summary["scores"], strict=True):
+            verdict = "ABNORMAL" if score < summary["threshold"] else "normal"
+            print(f"{score:10.4f}  {verdict:8}  {path}")
+    print(
+        f"{summary['abnormal']} of {summary['images']} images abnormal at threshold "
+        f"{summary['threshold']:.4f} (lets through {1 - summary['threshold_fpr_target']:.0%} "
+        f"of the normal training images); scores in {csv_path}"
+    )
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:

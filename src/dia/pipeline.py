@@ -13,11 +13,14 @@ import torch
 from . import __version__
 from .config import RunConfig, from_dict, to_dict
 from .data import ImageData, load_data
+from .data.folder import load_images
+from .detector import FORMAT as DETECTOR_FORMAT
 from .detector import DIADetector
 from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .evaluation import anomaly_metrics
 from .io import read_json, write_json
+from .reports import roc_plot, score_histogram
 
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
@@ -150,7 +153,8 @@ def evaluate_step(
     out: Path,
     timings: dict | None = None,
 ) -> dict:
-    """Score the test split, write ``scores.csv`` and ``metrics.json``; return the metrics."""
+    """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``
+    and the score histograms ``score_histogram.png``; return the metrics."""
     t0 = time.perf_counter()
     scores = detector.score_samples(data.test)
     score_s = time.perf_counter() - t0
@@ -184,8 +188,61 @@ def evaluate_step(
         writer.writerow(["index", "label", "score", "predicted_abnormal"])
         for i, (y, s, p) in enumerate(zip(labels, scores, predicted, strict=True)):
             writer.writerow([i, int(y), f"{s:.6f}", int(p)])
+    title = f"{data.name}, test split (AUROC {metrics['auroc']:.3f})"
+    roc_plot(labels, scores, out / "roc.png", detector.threshold_, title)
+    score_histogram(labels, scores, out / "score_histogram.png", detector.threshold_, title)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
+    """The detector of run folder ``out`` (``out/detector``), or the one saved in ``out``."""
+    folder = out / DETECTOR_DIR
+    if not (folder / "config.json").is_file() and _holds_detector(out):
+        folder = out
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no saved detector in {out}: expected {out / DETECTOR_DIR / 'config.json'} "
+            "(train one with dia run or dia train)"
+        )
+    return DIADetector.from_pretrained(folder, device=device, precision=precision)
+
+
+def _holds_detector(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and read_json(config).get("format") == DETECTOR_FORMAT
+
+
+def score_files(detector: DIADetector, paths: list, csv_path: Path) -> dict:
+    """Score image files (and the image files under folders) with a fitted ``detector`` and
+    write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary."""
+    images, files = load_images(paths, detector.image_size_, detector.channels_)
+    scores = detector.score_samples(images)
+    abnormal = scores < detector.threshold_
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "score", "threshold", "abnormal"])
+        for path, score, flag in zip(files, scores, abnormal, strict=True):
+            writer.writerow([str(path), f"{score:.6f}", f"{detector.threshold_:.6f}", int(flag)])
+    return {
+        "images": len(files),
+        "abnormal": int(abnormal.sum()),
+        "threshold": detector.threshold_,
+        "threshold_fpr_target": detector.fpr,
+        "files": [str(p) for p in files],
+        "scores": scores.tolist(),
+        "csv": str(csv_path),
+    }
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-2.ext``, ``name-3.ext``, ... when it exists: nothing is overwritten."""
+    candidate, i = path, 1
+    while candidate.exists():
+        i += 1
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+    return candidate
 
 
 def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:

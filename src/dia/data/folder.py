@@ -17,6 +17,7 @@ DEFAULT_FOLDER_SIZE = 64
 # JPEG compression leaves a little colour noise in gray pictures.
 GRAY_TOLERANCE = 2
 
+_SUFFIX_LIST = " ".join(sorted(IMAGE_SUFFIXES))
 LAYOUTS = (
     "Expected one of two layouts:\n"
     "  1. split:  ROOT/train/0_normal, ROOT/test/0_normal, ROOT/test/1_abnormal\n"
@@ -195,6 +196,46 @@ def _stack(images: list[np.ndarray], channels: int, size: int) -> torch.Tensor:
         else:
             out[i] = img.transpose(2, 0, 1)
     return torch.from_numpy(out)
+
+
+def load_images(
+    paths: list[str | Path], image_size: int, channels: int
+) -> tuple[torch.Tensor, list[Path]]:
+    """Image files, and the image files found under folders (recursively, sorted), as float32
+    (N, ``channels``, S, S) in [0, 1], resized like a data folder's; also the files' paths.
+
+    Gray images are repeated into 3 channels for a colour model; colour images are averaged
+    into one channel for a gray one. Hidden files and files with other suffixes are skipped
+    inside folders; a path given explicitly must be an image.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}; expected 1 or 3")
+    files: list[Path] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(
+                p
+                for p in given.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
+            if not found:
+                raise DataError(f"folder {given} holds no image files ({_SUFFIX_LIST})")
+            files.extend(found)
+        elif given.is_file():
+            files.append(given)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {given}")
+    if not files:
+        raise DataError("no images given")
+    images = []
+    for path in files:
+        img = read_image(path, image_size)
+        if img.ndim == 3 and channels == 1:
+            img = img.mean(axis=2)
+        images.append(img)
+    return _stack(images, channels, image_size), files
 
 
 def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:
