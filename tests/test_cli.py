@@ -178,3 +178,17 @@ def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
     for argv, message in cases:
         assert main(["score", *argv, "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, capsys):
+    png = tmp_path / "maps.png"
+    args = ["maps", "--out", str(finished_run), "--image", str(png), "--count", "3",
+            "--patch", "4", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert str(png) in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.width > 2 * 16 * 4 and img.height > 3 * 16 * 4
+    assert main(["maps", "--out", str(finished_run), "--patch", "0", "--device", "cpu"]) == 2
+    assert "patch=0" in capsys.readouterr().err

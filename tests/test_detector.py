@@ -172,3 +172,20 @@ def test_a_detector_saved_before_input_norm_loads_with_the_fixed_input(fitted, t
     assert loaded.detector_config.input_norm == "fixed"
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_anomaly_maps_are_finite_deterministic_and_checked(fitted):
+    det, images = fitted
+    maps = det.anomaly_map(images[:2], patch=4, stride=2)
+    assert maps.shape == (2, 16, 16) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and np.abs(maps).max() > 0
+    np.testing.assert_array_equal(maps, det.anomaly_map(images[:2], patch=4, stride=2))
+    # an image's map does not depend on the other images it is mapped with
+    np.testing.assert_allclose(det.anomaly_map(images[1:2], 4, 2)[0], maps[1], atol=1e-5)
+    assert det.anomaly_map(images[:1].numpy()).shape == (1, 16, 16)  # default patch and stride
+    with pytest.raises(ValueError, match="patch=32"):
+        det.anomaly_map(images[:1], patch=32)
+    with pytest.raises(ValueError, match="stride=9"):
+        det.anomaly_map(images[:1], patch=8, stride=9)
+    with pytest.raises(ValueError, match="16x16"):
+        det.anomaly_map(torch.rand(1, 1, 8, 8))

@@ -10,6 +10,7 @@ from dia.scoring import (
     build_bank,
     csi_score,
     estimate_seconds,
+    plain_features,
     score_terms,
 )
 
@@ -124,3 +125,21 @@ def test_estimate_seconds_is_positive_and_keeps_the_mode():
     )
     assert one > 0
     assert net.training  # the network's mode is restored
+
+
+def test_plain_features_are_the_networks_output_on_each_shift():
+    from dia.networks import AmplifierNet
+    from dia.shifts import shift
+
+    net, images = AmplifierNet(1, width=4).train(), torch.rand(5, 1, 16, 16)
+    detector = DetectorConfig(shift="cutperm")
+    score = dataclasses.replace(CSI, batch_size=2)
+    feats = plain_features(net, images, detector, score, torch.device("cpu"))
+    assert net.training  # the mode is given back
+    assert feats.z.shape == (4, 5, 128) and feats.h.shape == (4, 5, 32)
+    with torch.no_grad():
+        for k in range(4):
+            h, z, logits = net.eval().forward_features(shift(images, k, "cutperm"))
+            torch.testing.assert_close(feats.h[k], h)
+            torch.testing.assert_close(feats.z[k], z)
+            torch.testing.assert_close(feats.logits[k], logits)

@@ -1,5 +1,5 @@
 """The ``dia`` command line: ``run``, ``train-diffusion``, ``train``, ``evaluate``, ``score``,
-``dissolve``."""
+``dissolve``, ``maps``."""
 
 from __future__ import annotations
 
@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
         "OUT/scores.csv, the ROC curve OUT/roc.png and OUT/score_histogram.png",
         "dissolve": "write a PNG grid of images and their dissolved versions",
+        "maps": "write a PNG of anomaly maps: where OUT/detector finds test images abnormal",
+    }
+    count_help = {
+        "dissolve": "how many test images, the first ones (default 8)",
+        "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
+        "detector's score; labels are not looked at (default 8)",
     }
     _add_score_command(sub)
     for name, text in commands.items():
@@ -133,18 +139,38 @@ def build_parser() -> argparse.ArgumentParser:
             help="run folder (default runs/<data>-<dissolve>-seed<seed>)",
         )
         _add_settings(p)
+        if name in count_help:
+            p.add_argument("--count", type=int, default=8, help=count_help[name])
         if name == "dissolve":
             p.add_argument(
                 "--timesteps",
                 default="0,30,50,100,200,400",
                 help="comma-separated timesteps (default 0,30,50,100,200,400)",
             )
-            p.add_argument("--count", type=int, default=8, help="how many test images (default 8)")
             p.add_argument(
                 "--grid",
                 type=Path,
                 default=None,
                 help="PNG file to write (default OUT/dissolve_grid.png)",
+            )
+        if name == "maps":
+            p.add_argument(
+                "--patch",
+                type=int,
+                default=None,
+                help="side in pixels of the dissolved squares (default a quarter of the image)",
+            )
+            p.add_argument(
+                "--stride",
+                type=int,
+                default=None,
+                help="pixels between squares (default half the patch)",
+            )
+            p.add_argument(
+                "--image",
+                type=Path,
+                default=None,
+                help="PNG file to write (default OUT/anomaly_maps.png)",
             )
     return parser
 
@@ -232,17 +258,51 @@ def _dispatch(args: argparse.Namespace) -> int:
         pipeline.train_detector_step(config, data, out, diffusion, progress, deadline)
         print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
-        if (out / "config.json").exists():
-            config = pipeline.load_config(out)
-            config = dataclasses.replace(config, device=args.device)
-        detector = pipeline.load_detector(out, args.device, args.precision)
+        config, detector = _saved_run(args, config, out)
         t0 = time.perf_counter()
         metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
         metrics["wall_s"]["total_s"] = time.perf_counter() - t0
         _print_metrics(metrics, out)
     elif args.command == "dissolve":
         _dissolve(args, config, out, progress)
+    elif args.command == "maps":
+        _maps(args, config, out)
     return 0
+
+
+def _saved_run(args, config: RunConfig, out: Path):
+    """The run's own config (when saved) on this command's device, and its saved detector."""
+    from . import pipeline
+
+    if (out / "config.json").exists():
+        config = pipeline.load_config(out)
+        config = dataclasses.replace(config, device=args.device)
+    return config, pipeline.load_detector(out, args.device, args.precision)
+
+
+def _maps(args, config: RunConfig, out: Path) -> None:
+    import torch
+
+    from . import pipeline
+    from .maps import check_patch
+    from .reports import anomaly_map_grid
+
+    if args.count < 1:
+        raise ValueError(f"--count={args.count}; expected at least 1")
+    config, detector = _saved_run(args, config, out)
+    size = detector.image_size_
+    check_patch(size, size, args.patch, args.stride)  # before scoring the whole test split
+    test = pipeline.load_run_data(config).test
+    print(f"scoring {len(test)} test images to pick the lowest-scoring", file=sys.stderr)
+    scores = detector.score_samples(test)
+    chosen = scores.argsort(kind="stable")[: args.count]
+    images = test[torch.as_tensor(chosen)]
+    maps = detector.anomaly_map(images, patch=args.patch, stride=args.stride)
+    grid = anomaly_map_grid(images, maps, scores[chosen], detector.threshold_)
+    path = args.image or out / "anomaly_maps.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    print(f"anomaly maps of the {len(images)} lowest-scoring test images saved to {path}")
 
 
 def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:

@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 from .config import DetectorConfig, DiffusionConfig, ScoreConfig, from_dict, to_dict
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
-from .dissolve import build_dissolver
+from .dissolve import build_dissolver, median_dissolve
 from .io import read_json, save_dir_atomically, write_json
+from .maps import occlusion_map
 from .scoring import (
     FEATURES,
     FeatureBank,
@@ -23,6 +24,7 @@ from .scoring import (
     build_bank,
     csi_score,
     estimate_seconds,
+    plain_features,
     shifted_features,
 )
 from .training import DetectorTrainer, build_network
@@ -36,6 +38,11 @@ FORMAT = "dia-detector"
 FORMAT_VERSION = 2
 # Version 1 predates the score settings and always scored with CSI's own score.
 V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
+# Anomaly maps dissolve patches with the median blur at its strongest (kernel 7): it needs no
+# diffusion model (none is saved with a detector) and, unlike a Gaussian blur, it removes a spot
+# smaller than half its window entirely while keeping larger edges in place, so a patched copy
+# differs from the image mostly in that fine detail.
+MAP_TIMESTEP = 100
 
 
 def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
@@ -206,6 +213,30 @@ class DIADetector:
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
         return csi_score(feats, self.bank_, self.score_config).numpy()
+
+    def anomaly_map(self, X, patch: int | None = None, stride: int | None = None) -> np.ndarray:
+        """Where each image looks abnormal: (N, H, W) float32, positive = abnormal detail.
+
+        Every ``patch`` x ``patch`` square, ``stride`` pixels apart (default a quarter of the
+        image side and half the patch), is in turn dissolved (median blur, kernel 7) and the
+        image scored again; a pixel's value is the mean score gain of the patches covering it.
+        A positive value means that dissolving the fine detail there makes the image look more
+        normal. The score is this detector's, but from one un-augmented view per shift, the same
+        for an image and all its patched copies (:func:`~dia.scoring.plain_features`), so the
+        values are free of augmentation noise and differ in scale from :meth:`score_samples`.
+        """
+        self._check_fitted()
+        images = as_images(X, self.channels_, self.image_size_)
+        device, precision = self._runtime()
+        cfg, score = self.detector_config, self.score_config
+
+        def score_fn(batch: torch.Tensor) -> torch.Tensor:
+            feats = plain_features(self.net_, batch, cfg, score, device, precision)
+            return csi_score(feats, self.bank_, score)
+
+        dissolved = median_dissolve(images, MAP_TIMESTEP)
+        maps = occlusion_map(score_fn, images, dissolved, patch, stride, score.batch_size)
+        return maps.numpy().astype(np.float32)
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples minus the threshold, (N,): negative means abnormal."""

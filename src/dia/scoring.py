@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -20,7 +21,8 @@ FEATURES = ("projection", "encoder")
 
 @dataclass
 class ShiftedFeatures:
-    """Test-time-augmented outputs of the network for every shift.
+    """Test-time-augmented outputs of the network for every shift (or, from
+    :func:`plain_features`, the outputs for one un-augmented view, S = 1).
 
     ``z``: (K, N, d) projections averaged over the S augmentations (not normalised);
     ``logits``: (K, N, K) shift-head logits averaged the same way;
@@ -58,10 +60,6 @@ def shifted_features(
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
-    was_training = net.training
-    net.eval()
-    fmt = memory_format(getattr(net, "width", 0))
-    net.to(memory_format=fmt)  # same values, faster layout
     augment = SimCLRAugment(
         images.shape[-1],
         images.shape[1],
@@ -73,17 +71,56 @@ def shifted_features(
     )
     total = None
     devices = [device] if device.type == "cuda" else []
-    for s in range(score.samples):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(10_000 + s)
-            if device.type == "cuda":
-                torch.cuda.manual_seed_all(10_000 + s)
-            runtime = (device, precision, fmt)
-            outs = _features_once(net, images, detector.shift, augment, score, runtime)
-        total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
-    net.train(was_training)
+    with _scoring_mode(net) as fmt:
+        for s in range(score.samples):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(10_000 + s)
+                if device.type == "cuda":
+                    torch.cuda.manual_seed_all(10_000 + s)
+                runtime = (device, precision, fmt)
+                outs = _features_once(net, images, detector.shift, augment, score, runtime)
+            total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
     h, z, logits = (t / score.samples for t in total)
     return ShiftedFeatures(z=z, logits=logits, h=h)
+
+
+@torch.no_grad()
+def plain_features(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    detector: DetectorConfig,
+    score: ScoreConfig,
+    device: torch.device,
+    precision: str = "fp32",
+) -> ShiftedFeatures:
+    """Like :func:`shifted_features` but with one un-augmented view per shift (no crop, flip or
+    jitter): every image's features depend on that image alone, with no randomness at all.
+
+    ``score.samples`` and ``score.crop_scale`` are not used; ``score.batch_size`` is.
+    """
+    if images.shape[0] == 0:
+        raise ValueError("images is empty; nothing to score")
+    with _scoring_mode(net) as fmt:
+        runtime = (device, precision, fmt)
+        h, z, logits = _features_once(net, images, detector.shift, _unchanged, score, runtime)
+    return ShiftedFeatures(z=z, logits=logits, h=h)
+
+
+@contextlib.contextmanager
+def _scoring_mode(net: torch.nn.Module):
+    """Evaluation mode and the fast memory layout while scoring; yields the layout."""
+    was_training = net.training
+    net.eval()
+    fmt = memory_format(getattr(net, "width", 0))
+    net.to(memory_format=fmt)  # same values, faster layout
+    try:
+        yield fmt
+    finally:
+        net.train(was_training)
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _features_once(net, images, shift_kind, augment, score, runtime):
