@@ -170,3 +170,25 @@ def test_split_comparison_tells_a_near_copy_validation_split_from_a_fresh_test_s
     assert results["auroc"]["standardised-pixel kNN, k=1, 8 px"]["val"] == 1.0
     assert results["auroc"]["low contrast (minus the pixels' standard deviation)"]["test"] == 1.0
     assert "| val normal | 20 |" in splits.markdown({"dataset": "toy", **results})
+
+
+def test_map_localisation_measures_known_maps():
+    maps_bench = load("maps")
+    cores = torch.zeros(2, 8, 8, dtype=torch.bool)
+    cores[0, 2, 2] = cores[1, 5:7, 5:7] = True
+    perfect = cores.float()
+    result = maps_bench.localisation(perfect, cores)
+    assert result["peak_within_1px"] == 1.0 and result["peak_distance_px_median"] == 0
+    assert result["pixel_auroc_mean"] == 1.0
+    wrong = torch.zeros(2, 8, 8)
+    wrong[:, 0, 7] = 1.0  # peaks far from both nodules
+    result = maps_bench.localisation(wrong, cores)
+    assert result["peak_within_2px"] == 0.0 and result["peak_distance_px_median"] == 5
+    distances = maps_bench.distance_to(cores, torch.tensor([2, 0]), torch.tensor([4, 0]))
+    assert distances.tolist() == [2, 5]
+    # the detail map follows the fine detail, wherever it is
+    images = torch.full((1, 1, 16, 16), 0.5)
+    images[0, 0, 11, 4] = 1.0
+    detail = maps_bench.detail_map(images, 4, 2)
+    assert divmod(int(detail.flatten().argmax()), 16) in {(r, c) for r in (9, 10, 11, 12)
+                                                         for c in (2, 3, 4, 5)}  # fmt: skip

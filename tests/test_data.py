@@ -413,6 +413,22 @@ def test_medmnist_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 # ---------------------------------------------------------------- synthetic
 
 
+def test_synthetic_lesions_locate_the_nodules() -> None:
+    from dia.data.synthetic import synthetic_lesions
+
+    data = make_synthetic(n_train=4, n_val=6, n_test=10, image_size=24, seed=3)
+    for split, images, labels in (("test", data.test, data.test_labels),
+                                  ("val", data.val, data.val_labels)):  # fmt: skip
+        lesions = synthetic_lesions(split, len(labels), image_size=24, seed=3)
+        assert lesions.shape == images.shape
+        present = lesions.flatten(1).abs().amax(dim=1) > 0.02
+        assert present.tolist() == labels.bool().tolist()
+        # a nodule is small: under a tenth of the image changes noticeably
+        assert ((lesions.abs() > 0.02).float().flatten(1).mean(1) < 0.1).all()
+    with pytest.raises(ValueError, match="split='train'"):
+        synthetic_lesions("train", 4)
+
+
 def test_synthetic_shapes_and_determinism() -> None:
     data = make_synthetic(n_train=20, n_val=6, n_test=11, seed=3)
     _check_image_data(data, channels=1, size=32)

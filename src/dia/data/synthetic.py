@@ -69,6 +69,29 @@ def make_synthetic(
     )
 
 
+def synthetic_lesions(
+    split: str,
+    n: int,
+    image_size: int = 32,
+    seed: int = 0,
+    lesion_contrast: float = DEFAULT_LESION_CONTRAST,
+    lesion_radius: tuple[float, float] = DEFAULT_LESION_RADIUS,
+) -> torch.Tensor:
+    """What the nodule adds to each image of the ``val`` or ``test`` split of n images that
+    :func:`make_synthetic` draws with these settings: (n, 1, S, S), zero for normal images.
+
+    Each image minus the same image drawn without its nodule: the ground truth of where the
+    anomaly is, for measuring anomaly maps.
+    """
+    streams = dict(zip(("val", "test"), _streams(seed)[1:3], strict=True))
+    if split not in streams:
+        raise ValueError(f"split={split!r}; expected 'val' or 'test'")
+    lesion = {"lesion_contrast": lesion_contrast, "lesion_radius": lesion_radius}
+    images, labels, image_seq = _balanced_split(n, image_size, streams[split], lesion, True)
+    plain = render_images(n, image_size, image_seq, np.zeros(n, bool), **lesion)
+    return _to_tensor(images - plain)
+
+
 def make_synthetic_abnormal(
     n: int,
     image_size: int = 32,
@@ -265,15 +288,21 @@ def _smooth_noise(rng: np.random.Generator, n: int, size: int, sigma: float) -> 
 
 
 def _balanced_split(
-    n: int, image_size: int, seq: np.random.SeedSequence, lesion: dict
-) -> tuple[np.ndarray, torch.Tensor]:
-    """n images, n//2 of them with a nodule at seeded positions in the order."""
+    n: int,
+    image_size: int,
+    seq: np.random.SeedSequence,
+    lesion: dict,
+    with_stream: bool = False,
+) -> tuple:
+    """n images, n//2 of them with a nodule at seeded positions in the order; their labels,
+    and with ``with_stream`` the seed the images were drawn from."""
     order_seq, image_seq = seq.spawn(2)
     labels = np.zeros(n, dtype=bool)
     labels[: n // 2] = True
     labels = np.random.default_rng(order_seq).permutation(labels)
     images = render_images(n, image_size, image_seq, labels, **lesion)
-    return images, torch.from_numpy(labels.astype(np.int64))
+    result = (images, torch.from_numpy(labels.astype(np.int64)))
+    return (*result, image_seq) if with_stream else result
 
 
 def _streams(seed: int) -> list[np.random.SeedSequence]:
