@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import DiffusionConfig
 from .model import DiffusionModel
 
@@ -29,6 +30,10 @@ def train_diffusion(
     first. History: ``steps``, ``epochs`` (float, partial epochs count), ``seconds``,
     ``images_per_s`` and ``loss`` (mean per epoch, the last one possibly partial). ``log``
     receives one line per epoch. The model is left in eval mode on ``device``.
+
+    In a process group (:mod:`dia.distributed`) this is not split: every process trains the
+    same model, and rank 0's weights are copied to the others at the end, so that all dissolve
+    alike even if their clocks stopped them after different steps.
     """
     _check_settings(config)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
@@ -50,7 +55,10 @@ def train_diffusion(
     history: dict = {"loss": []}
     steps = seen = 0
     out_of_time = False
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress)
+    main = distributed.is_main()
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress or not main
+    )
     for epoch in range(config.epochs):
         perm = torch.randperm(n, generator=gen, device=device)
         total, count = torch.zeros((), device=device), 0
@@ -80,7 +88,7 @@ def train_diffusion(
             bar.close()
             model.eval()
             raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
-        if log is not None:
+        if log is not None and main:
             log(
                 f"diffusion epoch {epoch + 1}/{config.epochs} loss {history['loss'][-1]:.4f} "
                 f"{time.perf_counter() - start:.0f}s"
@@ -89,6 +97,7 @@ def train_diffusion(
             break
     bar.close()
     model.eval()
+    distributed.broadcast_module(model.unet)
     seconds = time.perf_counter() - start
     history.update(
         steps=steps,
