@@ -14,13 +14,16 @@ import torch.multiprocessing as mp
 
 import dia
 from dia import distributed
-from dia.config import DetectorConfig
+from dia.config import DetectorConfig, DiffusionConfig
 from dia.losses import contrastive_loss
 
 TINY = DetectorConfig(
-    dissolve="gaussian", width=4, batch_size=4, epochs=1000, max_seconds=1.5,
+    dissolve="gaussian", width=4, batch_size=4, epochs=1000, max_seconds=1.0,
     dissolve_cache_steps=2, schedule="cosine",
 )  # fmt: skip
+DIFFUSION = DiffusionConfig(
+    resolution=16, block_out_channels=(8, 16), epochs=1000, batch_size=4, max_seconds=1.5
+)
 
 
 def test_one_process_needs_no_group(monkeypatch):
@@ -75,6 +78,7 @@ def _free_port() -> int:
 
 
 def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
+    from dia.diffusion import DiffusionModel, train_diffusion
     from dia.dissolve import build_dissolver
     from dia.training import DetectorTrainer
 
@@ -102,6 +106,11 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
         contrastive_loss(z, m, dissolved_of=sources).backward()
         gradient_ok = torch.allclose(own.grad, world * whole.grad[rank], atol=1e-6)
 
+        diffusion = DiffusionModel(DIFFUSION, 1)
+        time.sleep(rank)  # rank 1's clock starts later: alone, it would train longer
+        diffusion_history = train_diffusion(
+            diffusion, images, DIFFUSION, device="cpu", seed=0, progress=False
+        )
         trainer = DetectorTrainer(
             TINY, images, dissolver=build_dissolver("gaussian"), device=torch.device("cpu")
         )
@@ -111,7 +120,8 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
         )  # fmt: skip
     torch.save(
         {"state": net.state_dict(), "steps": history["steps"], "world": history["world_size"],
-         "calls": len(calls), "gradient_ok": gradient_ok},
+         "calls": len(calls), "gradient_ok": gradient_ok,
+         "diffusion": diffusion.state_dict(), "diffusion_history": diffusion_history},
         Path(folder) / f"rank{rank}.pt",
     )  # fmt: skip
 
@@ -135,6 +145,11 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     assert a["calls"] > 0 and b["calls"] == 0  # the callback runs on rank 0 alone
     for name, value in a["state"].items():
         assert torch.equal(value, b["state"][name]), name
+    for name, value in a["diffusion"].items():
+        assert torch.equal(value, b["diffusion"][name]), name
+    steps = a["diffusion_history"]["steps"]
+    assert steps == b["diffusion_history"]["steps"] and 0 < steps < 1000 * 3
+    assert a["diffusion_history"]["world_size"] == 2
     # and training changed them: the ranks did not merely keep the same initial weights
     from dia.training import build_network
 
@@ -171,3 +186,5 @@ def test_torchrun_writes_one_run_folder(tmp_path):
     assert history["world_size"] == 2 and history["steps"] == 32 // (2 * 4)
     assert done.stdout.count("AUROC") == 1  # rank 0 alone reports
     assert (runs[0] / "diffusion" / "model.safetensors").is_file()
+    diffusion = json.loads((runs[0] / "diffusion" / "history.json").read_text())
+    assert diffusion["world_size"] == 2 and diffusion["steps"] == 32 // (2 * 16)
