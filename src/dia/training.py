@@ -90,6 +90,8 @@ class DetectorTrainer:
         ``callback_every_s`` training seconds (its own time not counted).
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
+        In a process group the callback and the progress bar are rank 0's alone, and the
+        returned network is the same in every process.
         """
         cfg, device = self.config, self.device
         world, rank = distributed.world_size(), distributed.rank()
