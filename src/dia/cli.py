@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,10 +204,21 @@ def _add_score_command(sub) -> None:
     )
 
 
+# Commands that train, and so share the work under a launcher; the others run on rank 0 alone.
+DISTRIBUTED = ("run", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        if args.command not in DISTRIBUTED:
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 0
+            return _dispatch(args)
+        from .distributed import process_group
+
+        with process_group(args.device):
+            return _dispatch(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"dia {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -216,19 +228,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import pipeline  # heavy imports only once the arguments are valid
+    from . import distributed, pipeline  # heavy imports only once the arguments are valid
 
     if args.command == "score":
         _score(args)
         return 0
     config = config_from_args(args)
+    main_process = distributed.is_main()
     progress = not args.no_progress
     out = args.out
     if args.command == "run":
-        out = out or pipeline.default_run_dir(config)
-        print(f"dia run -> {out}", file=sys.stderr)
+        if out is None:  # rank 0's choice for all: a later process would see its folder taken
+            out = distributed.broadcast_object(
+                pipeline.default_run_dir(config) if main_process else None
+            )
+        if main_process:
+            print(f"dia run -> {out}", file=sys.stderr)
         metrics = pipeline.run(config, out, progress)
-        _print_metrics(metrics, out)
+        if metrics is not None:
+            _print_metrics(metrics, out)
         return 0
     if args.command == "dissolve" and config.detector.dissolve == "none":
         raise ValueError(
@@ -239,7 +257,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command != "dissolve":
             raise ValueError(f"dia {args.command} needs --out, the run folder")
         out = pipeline.default_run_dir(config)
-    out.mkdir(parents=True, exist_ok=True)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
     if args.command == "train-diffusion":
         pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
@@ -248,7 +267,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train":
         start = time.perf_counter()
         deadline = None if config.budget_s is None else start + config.budget_s
-        pipeline.save_config(config, out)
+        if main_process:
+            pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
         diffusion = None
         if config.detector.dissolve == "diffusion":
@@ -256,7 +276,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             if diffusion is None:
                 diffusion = pipeline.train_diffusion_step(config, data, out, progress)
         pipeline.train_detector_step(config, data, out, diffusion, progress, deadline)
-        print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
+        if main_process:
+            print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
         config, detector = _saved_run(args, config, out)
         t0 = time.perf_counter()

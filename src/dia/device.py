@@ -6,9 +6,16 @@ import contextlib
 
 import torch
 
+from . import distributed
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU; anything else is passed to torch."""
+    """``auto`` is CUDA when present, else CPU; anything else is passed to torch.
+
+    In a process group on CUDA, ``auto`` and ``cuda`` are the GPU of the process's local rank.
+    """
+    if name in ("auto", "cuda") and distributed.active() and torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -1,4 +1,8 @@
-"""The steps of a run and the run folder they share: config, models, scores, metrics."""
+"""The steps of a run and the run folder they share: config, models, scores, metrics.
+
+Under a launcher (:mod:`dia.distributed`) every process runs the training steps, and rank 0
+alone writes the run folder and evaluates.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .config import RunConfig, from_dict, to_dict
 from .data import ImageData, load_data
 from .data.folder import load_images
@@ -94,7 +98,9 @@ def load_config(out: Path) -> RunConfig:
 
 
 def load_run_data(config: RunConfig) -> ImageData:
-    return load_data(config.data)
+    """The run's data; under a launcher rank 0 loads first, so that one process downloads."""
+    with distributed.main_first():
+        return load_data(config.data)
 
 
 def train_diffusion_step(
@@ -106,8 +112,9 @@ def train_diffusion_step(
     history = train_diffusion(
         model, data.train, config.diffusion, device=device, seed=config.seed, progress=progress
     )
-    model.save_pretrained(out / DIFFUSION_DIR)
-    write_json(out / DIFFUSION_DIR / "history.json", history)
+    if distributed.is_main():
+        model.save_pretrained(out / DIFFUSION_DIR)
+        write_json(out / DIFFUSION_DIR / "history.json", history)
     return model
 
 
@@ -138,11 +145,12 @@ def train_detector_step(
     """
     detector = make_detector(config, progress)
     detector.fit(data.train, diffusion_model=diffusion_model, deadline=deadline)
-    detector.save_pretrained(out / DETECTOR_DIR)
-    write_json(
-        out / DETECTOR_DIR / "history.json",
-        {**detector.history_, "timings": detector.timings_},
-    )
+    if distributed.is_main():
+        detector.save_pretrained(out / DETECTOR_DIR)
+        write_json(
+            out / DETECTOR_DIR / "history.json",
+            {**detector.history_, "timings": detector.timings_},
+        )
     return detector
 
 
@@ -180,6 +188,7 @@ def evaluate_step(
         training={
             k: history[k] for k in ("steps", "epochs", "images_per_s", "train_s") if k in history
         },
+        world_size=history.get("world_size", distributed.world_size()),
         wall_s={**(timings or {}), "test_scoring_s": score_s},
         test_images_per_s=len(labels) / max(score_s, 1e-9),
     )
@@ -253,14 +262,21 @@ def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
     return DiffusionModel.from_pretrained(folder, device=str(resolve_device(device)))
 
 
-def run(config: RunConfig, out: Path, progress: bool = True) -> dict:
-    """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics."""
-    if (out / "metrics.json").exists():
-        raise FileExistsError(f"{out} already holds a finished run; choose another --out")
+def run(config: RunConfig, out: Path, progress: bool = True) -> dict | None:
+    """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics
+    (None on the other processes under a launcher: rank 0 evaluates and writes)."""
     t_start = time.perf_counter()
     deadline = None if config.budget_s is None else t_start + config.budget_s
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
+    error = None
+    if distributed.is_main():
+        if (out / "metrics.json").exists():
+            error = f"{out} already holds a finished run; choose another --out"
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out)
+    error = distributed.broadcast_object(error)  # every process stops, not just rank 0
+    if error is not None:
+        raise FileExistsError(error)
     timings: dict = {}
     t0 = time.perf_counter()
     data = load_run_data(config)
@@ -275,6 +291,8 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict:
     timings["detector_s"] = time.perf_counter() - t0
     timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
+    if not distributed.is_main():
+        return None
     metrics = evaluate_step(config, data, detector, out, timings)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
     write_json(out / "metrics.json", metrics)

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .augment import SimCLRAugment
 from .config import DetectorConfig
 from .device import autocast, memory_format
@@ -43,6 +45,11 @@ class DetectorTrainer:
     ``dissolver`` makes the third view; it is required unless ``config.dissolve == 'none'``
     (plain CSI). With ``config.dissolve_cache_steps > 0`` the dissolved images are computed
     once on a grid of timesteps and looked up each step instead of calling the operator.
+
+    In a process group (:mod:`dia.distributed`) every process runs ``train`` with the same
+    images and seed: each takes its own ``batch_size`` images of every step (so a step sees
+    ``world_size * batch_size`` images), the contrastive negatives span all processes' images,
+    and rank 0's clock decides the learning rate and the end for all.
     """
 
     def __init__(
@@ -83,25 +90,38 @@ class DetectorTrainer:
         ``callback_every_s`` training seconds (its own time not counted).
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
+        In a process group the callback and the progress bar are rank 0's alone, and the
+        returned network is the same in every process.
         """
         cfg, device = self.config, self.device
+        world, rank = distributed.world_size(), distributed.rank()
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         n, channels, size = self.images.shape[0], self.images.shape[1], self.images.shape[-1]
+        if n < world:
+            raise ValueError(f"{n} training images cannot be shared by {world} processes")
+        # Every process draws the same permutations (``order``) and its own flips, timesteps
+        # and augmentations (``gen`` and torch's generator); one process uses one for all.
+        order = gen
+        if world > 1:
+            order = torch.Generator().manual_seed(self.seed)
+            gen = torch.Generator().manual_seed(self.seed + 1_000_003 * (rank + 1))
         start = time.perf_counter()
         if self.dissolver is not None and cfg.dissolve_cache_steps > 0:
             grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
             self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=device)
         cache_s = time.perf_counter() - start
-        max_seconds = cfg.max_seconds
+        max_seconds, spent = cfg.max_seconds, False
         if deadline is not None:
             left = deadline - time.perf_counter()
-            if left <= 0:
-                raise ValueError(
-                    "the time budget is spent before detector training starts; "
-                    "give a larger budget or a shorter diffusion training"
-                )
+            spent = left <= 0
             max_seconds = left if max_seconds is None else min(max_seconds, left)
+        max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
+        if spent:
+            raise ValueError(
+                "the time budget is spent before detector training starts; "
+                "give a larger budget or a shorter diffusion training"
+            )
 
         fmt = memory_format(cfg.width)
         net = build_network(cfg, channels).to(device=device, memory_format=fmt)
@@ -109,6 +129,12 @@ class DetectorTrainer:
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
         average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
         trained = net if average is None else average.net  # what the callback and caller get
+        model = net  # what the steps call: under a process group, the synchronising wrapper
+        if world > 1:
+            # Same seed, same initial weights; DDP also copies rank 0's weights to the others.
+            ids = [device.index] if device.type == "cuda" else None
+            model = DistributedDataParallel(net, device_ids=ids)
+            torch.manual_seed(self.seed + 1_000_003 * (rank + 1))
         augment = SimCLRAugment(
             size,
             channels,
@@ -117,29 +143,34 @@ class DetectorTrainer:
             cfg.jitter_prob,
             cfg.gray_prob,
         )
-        batch = min(cfg.batch_size, n)
-        steps_per_epoch = n // batch
+        batch = min(cfg.batch_size, n // world)
+        steps_per_epoch = n // (batch * world)
         total_steps = cfg.epochs * steps_per_epoch
         warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
 
         history: dict = {"loss": [], "contrastive": [], "shift": [], "dissolve_cache_s": cache_s}
-        bar = tqdm(total=total_steps, disable=not progress, desc="detector", leave=False)
+        main = distributed.is_main()
+        quiet = not progress or not main
+        bar = tqdm(total=total_steps, disable=quiet, desc="detector", leave=False)
         train_s, step, callback_s, next_callback = 0.0, 0, 0.0, callback_every_s
         t0 = time.perf_counter()
         done = False
         while not done:
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=order)
             for i in range(steps_per_epoch):
                 fraction = step / max(total_steps, 1)
                 if max_seconds:
                     fraction = max(fraction, train_s / max_seconds)
+                # Each process's clock differs: rank 0's sets every learning rate and the stop,
+                # so that all take the same steps (DDP waits for every process at each one).
+                fraction = distributed.agree(fraction)
                 if step >= total_steps or fraction >= 1.0:
                     done = True
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
-                idx = perm[i * batch : (i + 1) * batch]
-                losses = self._step(net, optimizer, augment, idx, gen, fmt)
+                idx = distributed.shard(perm, i, batch, rank, world)
+                losses = self._step(model, optimizer, augment, idx, gen, fmt)
                 if average is not None:
                     average.update(net)
                 step += 1
@@ -148,20 +179,31 @@ class DetectorTrainer:
                 train_s = time.perf_counter() - t0 - callback_s
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
-                if callback is not None and next_callback is not None and train_s >= next_callback:
+                if (
+                    main
+                    and callback is not None
+                    and next_callback is not None
+                    and train_s >= next_callback
+                ):
+                    # Rank 0 alone; the others wait at the next step's agreement, and since
+                    # rank 0's clock leaves this time out, so does the schedule of all.
                     c0 = time.perf_counter()
                     callback(trained, train_s)
                     net.train()
                     callback_s += time.perf_counter() - c0
                     next_callback += callback_every_s
         bar.close()
+        # Batch-norm statistics are each process's own since the last step's forward pass;
+        # rank 0's make the returned network the same everywhere (the weights already are).
+        distributed.broadcast_module(trained)
         trained.eval()
         per_step = 2 * batch + (self._dissolved_count(batch) if self.dissolver is not None else 0)
         history.update(
             steps=step,
             epochs=step / max(steps_per_epoch, 1),
             train_s=train_s,
-            images_per_s=step * per_step * NUM_SHIFTS / max(train_s, 1e-9),
+            images_per_s=world * step * per_step * NUM_SHIFTS / max(train_s, 1e-9),
+            world_size=world,
         )
         return trained, history
 
@@ -181,6 +223,10 @@ class DetectorTrainer:
         inputs = augment(torch.cat(shifted)).contiguous(memory_format=fmt)
         with autocast(self.device, self.precision):
             z, logits = net(inputs)
+        # Negatives span every process's images, as in CSI; the gather sends each process's
+        # share of the gradient back to it, so after DDP's averaging the weights follow the
+        # gradient of one contrastive loss over the whole batch.
+        z, group_size, dissolved_of = distributed.gather_views(z, group_size, dissolved_of)
         l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask, dissolved_of)
         l_shift = shift_loss(logits, torch.cat(labels))
         loss = l_con + l_shift

@@ -7,8 +7,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import DiffusionConfig
 from .model import DiffusionModel
 
@@ -29,6 +32,11 @@ def train_diffusion(
     first. History: ``steps``, ``epochs`` (float, partial epochs count), ``seconds``,
     ``images_per_s`` and ``loss`` (mean per epoch, the last one possibly partial). ``log``
     receives one line per epoch. The model is left in eval mode on ``device``.
+
+    In a process group (:mod:`dia.distributed`) every process calls this with the same images
+    and seed: each takes its own ``batch_size`` images of every step, gradients are averaged,
+    and rank 0's clock ends training for all; history counts are rank 0's (``images_per_s``:
+    all processes').
     """
     _check_settings(config)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
@@ -40,25 +48,40 @@ def train_diffusion(
     with torch.no_grad():
         # Converted once: padding/resizing every batch would cost as much as a small UNet step.
         data = model.to_model_space(images.to(device=device, dtype=torch.float32))
-    gen = torch.Generator(device=device).manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=config.lr)
+    world, rank = distributed.world_size(), distributed.rank()
     n = data.shape[0]
-    batch = min(config.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
+    if n < world:
+        raise ValueError(f"{n} training images cannot be shared by {world} processes")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    # Every process draws the same permutations (``order``) and its own flips and noise.
+    order, loss_of = gen, model.loss
+    if world > 1:
+        order = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * (rank + 1))
+        ids = [device.index] if device.type == "cuda" else None
+        # The UNet's only buffer is the noise schedule, the same everywhere: nothing to sync.
+        loss_of = DistributedDataParallel(_Loss(model), device_ids=ids, broadcast_buffers=False)
+    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=config.lr)
+    batch = min(config.batch_size, n // world)
+    # One process keeps the last, smaller batch; several drop it, as a share could be empty.
+    steps_per_epoch = math.ceil(n / batch) if world == 1 else n // (batch * world)
 
     model.train()
     history: dict = {"loss": []}
     steps = seen = 0
     out_of_time = False
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress)
+    main = distributed.is_main()
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress or not main
+    )
     for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=gen, device=device)
+        perm = torch.randperm(n, generator=order, device=device)
         total, count = torch.zeros((), device=device), 0
         for i in range(steps_per_epoch):
-            x0 = data[perm[i * batch : (i + 1) * batch]]
+            x0 = data[distributed.shard(perm, i, batch, rank, world)]
             flip = torch.rand(x0.shape[0], generator=gen, device=device) < 0.5
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-            loss = model.loss(x0, generator=gen)
+            loss = loss_of(x0, generator=gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # Standard for DDPMs: the rare large-t batches otherwise cause loss spikes.
@@ -72,7 +95,8 @@ def train_diffusion(
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{(total / count).item():.4f}")
             max_s = config.max_seconds
-            if max_s is not None and time.perf_counter() - start >= max_s:
+            # Rank 0's clock decides for all, so that every process takes the same steps.
+            if max_s is not None and distributed.agree(time.perf_counter() - start) >= max_s:
                 out_of_time = True
                 break
         history["loss"].append((total / count).item())
@@ -80,7 +104,7 @@ def train_diffusion(
             bar.close()
             model.eval()
             raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
-        if log is not None:
+        if log is not None and main:
             log(
                 f"diffusion epoch {epoch + 1}/{config.epochs} loss {history['loss'][-1]:.4f} "
                 f"{time.perf_counter() - start:.0f}s"
@@ -94,9 +118,21 @@ def train_diffusion(
         steps=steps,
         epochs=steps / steps_per_epoch,
         seconds=seconds,
-        images_per_s=seen / max(seconds, 1e-9),
+        images_per_s=world * seen / max(seconds, 1e-9),
+        world_size=world,
     )
     return history
+
+
+class _Loss(nn.Module):
+    """The model's DDPM loss as a module's forward, which DistributedDataParallel wraps."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.loss(x0, generator=generator)
 
 
 def _check_settings(config: DiffusionConfig) -> None:

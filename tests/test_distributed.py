@@ -1,0 +1,190 @@
+"""Several processes: the helpers alone, then two gloo processes on the CPU."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dia
+from dia import distributed
+from dia.config import DetectorConfig, DiffusionConfig
+from dia.losses import contrastive_loss
+
+TINY = DetectorConfig(
+    dissolve="gaussian", width=4, batch_size=4, epochs=1000, max_seconds=1.0,
+    dissolve_cache_steps=2, schedule="cosine",
+)  # fmt: skip
+DIFFUSION = DiffusionConfig(
+    resolution=16, block_out_channels=(8, 16), epochs=1000, batch_size=4, max_seconds=1.5
+)
+
+
+def test_one_process_needs_no_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.process_group("cpu"):
+        assert not distributed.active()
+        assert distributed.world_size() == 1 and distributed.rank() == 0
+        assert distributed.is_main()
+        assert distributed.agree(0.25) == 0.25
+        assert distributed.broadcast_object("runs/x") == "runs/x"
+        z = torch.rand(6, 3)
+        assert distributed.gather_views(z, 3, None)[0] is z
+        distributed.barrier()
+
+
+def test_an_explicit_gpu_index_is_refused_under_a_launcher():
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        distributed.uses_cuda("cuda:1")
+
+
+def test_ranks_take_disjoint_shares_of_each_step():
+    perm = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    batch, world, steps = 3, 2, 23 // (3 * 2)
+    shares = [distributed.shard(perm, i, batch, r, world) for i in range(steps) for r in (0, 1)]
+    seen = torch.cat(shares)
+    assert all(len(s) == batch for s in shares)
+    assert len(set(seen.tolist())) == steps * batch * world  # disjoint
+    assert torch.equal(seen, perm[: steps * batch * world])
+    # one process takes consecutive batches, as before
+    assert torch.equal(distributed.shard(perm, 2, 5), perm[10:15])
+
+
+def test_merged_views_give_the_loss_of_one_big_batch():
+    # Items (view, shift k, image j) of 2 ranks with B images each; one process with 2B images
+    # lays them out shift-major over all 2B: the loss must not depend on the layout.
+    k, b, d = 4, 3, 8
+    emb = torch.randn(3, k, 2, b, d)  # view, shift, rank, image
+    own = torch.arange(k)[:, None] * b + torch.arange(b)
+    parts = [torch.cat([emb[v, :, r].reshape(k * b, d) for v in range(3)]) for r in range(2)]
+    z, m, dissolved_of = distributed.merge_views(parts, k * b, own.ravel())
+    assert m == 2 * k * b and dissolved_of.shape == (2 * k * b,)
+    single = emb.reshape(3 * k * 2 * b, d)  # shift-major over the 2B images
+    for mask in ("shifted_removed", "none"):
+        merged = contrastive_loss(z, m, 0.5, mask, dissolved_of)
+        torch.testing.assert_close(merged, contrastive_loss(single, m, 0.5, mask))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
+    from dia.diffusion import DiffusionModel, train_diffusion
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+        RANK=str(rank), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def callback(net, seconds):
+        calls.append(seconds)
+        time.sleep(0.3)  # left out of rank 0's clock, not of rank 1's, which waits meanwhile
+
+    with distributed.process_group("cpu"):
+        # The gathered loss's gradient: each rank's own items get every rank's share of it.
+        parts = torch.randn(world, 3 * 4 * 2, 8, generator=torch.Generator().manual_seed(2))
+        dissolved_of = torch.arange(8)
+        own = parts[rank].clone().requires_grad_()
+        z, m, sources = distributed.gather_views(own, 8, dissolved_of)
+        contrastive_loss(z, m, dissolved_of=sources).backward()
+        whole = parts.clone().requires_grad_()
+        z, m, sources = distributed.merge_views(list(whole), 8, dissolved_of)
+        contrastive_loss(z, m, dissolved_of=sources).backward()
+        gradient_ok = torch.allclose(own.grad, world * whole.grad[rank], atol=1e-6)
+
+        diffusion = DiffusionModel(DIFFUSION, 1)
+        time.sleep(rank)  # rank 1's clock starts later: alone, it would train longer
+        diffusion_history = train_diffusion(
+            diffusion, images, DIFFUSION, device="cpu", seed=0, progress=False
+        )
+        trainer = DetectorTrainer(
+            TINY, images, dissolver=build_dissolver("gaussian"), device=torch.device("cpu")
+        )
+        net, history = trainer.train(
+            progress=False, callback=callback, callback_every_s=0.2,
+            deadline=time.perf_counter() + 60,
+        )  # fmt: skip
+    torch.save(
+        {"state": net.state_dict(), "steps": history["steps"], "world": history["world_size"],
+         "calls": len(calls), "gradient_ok": gradient_ok,
+         "diffusion": diffusion.state_dict(), "diffusion_history": diffusion_history},
+        Path(folder) / f"rank{rank}.pt",
+    )  # fmt: skip
+
+
+def test_two_processes_end_with_the_same_weights(tmp_path):
+    context = mp.start_processes(
+        _train_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+        start_method="spawn",
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("two-process training did not finish: the ranks disagree on the steps")
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert a["world"] == b["world"] == 2
+    assert a["gradient_ok"] and b["gradient_ok"]
+    assert a["steps"] == b["steps"] > 0
+    assert a["steps"] < 1000 * 24 // 8  # the clock ended training, not the epochs
+    assert a["calls"] > 0 and b["calls"] == 0  # the callback runs on rank 0 alone
+    for name, value in a["state"].items():
+        assert torch.equal(value, b["state"][name]), name
+    for name, value in a["diffusion"].items():
+        assert torch.equal(value, b["diffusion"][name]), name
+    steps = a["diffusion_history"]["steps"]
+    assert steps == b["diffusion_history"]["steps"] and 0 < steps < 1000 * 3
+    assert a["diffusion_history"]["world_size"] == 2
+    # and training changed them: the ranks did not merely keep the same initial weights
+    from dia.training import build_network
+
+    torch.manual_seed(0)
+    initial = build_network(TINY, 1).state_dict()
+    weights = [k for k, v in a["state"].items() if v.is_floating_point()]
+    assert any(not torch.equal(a["state"][k], initial[k]) for k in weights)
+
+
+CLI_TINY = [
+    "--synthetic-train", "32", "--synthetic-val", "8", "--synthetic-test", "16",
+    "--image-size", "16", "--diffusion-resolution", "16",
+    "--diffusion-block-out-channels", "8,16", "--diffusion-epochs", "1",
+    "--diffusion-batch-size", "16", "--epochs", "1", "--batch-size", "4", "--width", "4",
+    "--dissolve-cache-steps", "2", "--score-samples", "1", "--no-progress", "--device", "cpu",
+]  # fmt: skip
+
+
+def test_torchrun_writes_one_run_folder(tmp_path):
+    src = str(Path(dia.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "dia.cli", "run", *CLI_TINY]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert [r.name for r in runs] == ["synthetic-diffusion-seed0"]
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    history = json.loads((runs[0] / "detector" / "history.json").read_text())
+    assert history["world_size"] == 2 and history["steps"] == 32 // (2 * 4)
+    assert done.stdout.count("AUROC") == 1  # rank 0 alone reports
+    assert (runs[0] / "diffusion" / "model.safetensors").is_file()
+    diffusion = json.loads((runs[0] / "diffusion" / "history.json").read_text())
+    assert diffusion["world_size"] == 2 and diffusion["steps"] == 32 // (2 * 16)
