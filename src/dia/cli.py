@@ -81,6 +81,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         help="wall-clock seconds from start to a fitted detector; detector training ends in "
         "time for it (default: the preset's)",
     )
+    _add_runtime(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument(
         "--precision",
@@ -88,7 +93,6 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16"),
         help="auto: bf16 on CUDA and AMX CPUs, else fp32",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -195,13 +199,7 @@ def _add_score_command(sub) -> None:
         default=None,
         help="CSV file to write (default OUT/scored.csv; -2, -3, ... rather than overwrite)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto: bf16 on CUDA and AMX CPUs, else fp32",
-    )
+    _add_runtime(p)
 
 
 # Commands that train, and so share the work under a launcher; the others run on rank 0 alone.
