@@ -192,3 +192,8 @@ def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, 
         assert img.width > 2 * 16 * 4 and img.height > 3 * 16 * 4
     assert main(["maps", "--out", str(finished_run), "--patch", "0", "--device", "cpu"]) == 2
     assert "patch=0" in capsys.readouterr().err
+    for command in ("maps", "evaluate"):
+        missing = tmp_path / f"no-run-{command}"
+        assert main([command, "--out", str(missing), "--device", "cpu"]) == 2
+        assert "no saved detector" in capsys.readouterr().err
+        assert not missing.exists()

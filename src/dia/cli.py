@@ -255,8 +255,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command != "dissolve":
             raise ValueError(f"dia {args.command} needs --out, the run folder")
         out = pipeline.default_run_dir(config)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    if main_process and args.command in ("train-diffusion", "train", "dissolve"):
+        out.mkdir(parents=True, exist_ok=True)  # evaluate and maps read a folder that exists
     if args.command == "train-diffusion":
         pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
