@@ -2,7 +2,8 @@
 are known pixel by pixel.
 
 Takes the detector of a finished run on ``synthetic`` (``dia run --out DIR``), computes the
-anomaly map (``DIADetector.anomaly_map``) of every abnormal test image at several patch sizes,
+anomaly map (``DIADetector.anomaly_map``) of every abnormal image of the validation split (where
+the maps' settings are chosen) or the test split (which only reports) at several patch sizes,
 and compares each map with the nodule it should find (``dia.data.synthetic.synthetic_lesions``;
 the nodule's core is where it adds at least half its peak):
 
@@ -16,6 +17,7 @@ detail each patch loses to the same dissolving (where there is detail at all, no
 and *random*, a seeded uniform map (chance).
 
     dia run --out runs/maps-synthetic
+    python bench/maps.py --run runs/maps-synthetic --split val --patches 3,4,6,8
     python bench/maps.py --run runs/maps-synthetic
 """
 
@@ -93,8 +95,14 @@ def main(argv=None) -> int:
         default="4,8",
         help="comma-separated patch sides in pixels; the stride is half the patch (default 4,8)",
     )
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="where to measure: choose settings on val, report on test (default test)",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--name", default="maps-synthetic", help="result name (default maps-synthetic)")
+    p.add_argument("--name", default=None, help="result name (default maps-synthetic-<split>)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
 
@@ -103,12 +111,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.run} was trained on {config.data.spec!r}; only synthetic has "
                          "known nodule positions")  # fmt: skip
     data = load_data(config.data)
-    size = data.test.shape[-1]
-    lesions = synthetic_lesions("test", len(data.test_labels), size, config.data.split_seed)
+    images, labels = (
+        (data.val, data.val_labels) if args.split == "val" else (data.test, data.test_labels)
+    )
+    if images is None:
+        raise SystemExit(f"the run's data have no {args.split} split")
+    size = images.shape[-1]
+    lesions = synthetic_lesions(args.split, len(labels), size, config.data.split_seed)
     present = lesions.flatten(1).amax(dim=1) > 0
-    if present.tolist() != data.test_labels.bool().tolist():
-        raise SystemExit("the nodules do not match the test labels; was the run's data changed?")
-    abnormal = data.test[present]
+    if present.tolist() != labels.bool().tolist():
+        raise SystemExit("the nodules do not match the labels; was the run's data changed?")
+    abnormal = images[present]
     cores = lesion_cores(lesions[present])
     detector = load_detector(args.run, args.device)
 
@@ -128,6 +141,7 @@ def main(argv=None) -> int:
     report = {
         "command": " ".join(["python", "bench/maps.py", *(argv or sys.argv[1:])]),
         "run": str(args.run),
+        "split": args.split,
         "run_config": json.loads((args.run / "config.json").read_text()),
         "run_metrics": {
             k: json.loads((args.run / "metrics.json").read_text()).get(k)
@@ -144,18 +158,19 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "results": results,
     }
+    name = args.name or f"maps-synthetic-{args.split}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(report))
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Do anomaly maps point at the nodule? (synthetic test set)",
+        f"# Do anomaly maps point at the nodule? (synthetic {report['split']} split)",
         "",
-        f"`{report['command']}`; {report['abnormal_images']} abnormal test images of "
+        f"`{report['command']}`; {report['abnormal_images']} abnormal {report['split']} images of "
         f"{report['image_size']} px, nodule core {report['core_pixels_mean']} pixels on average "
         f"({report['core']}); detector test AUROC {report['run_metrics']['auroc']:.3f}.",
         "",
