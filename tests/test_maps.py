@@ -58,8 +58,8 @@ def test_patches_cover_every_pixel_and_defaults_follow_the_image_size():
     assert patch_starts(16, 4, 3) == [0, 3, 6, 9, 12]
     assert patch_starts(10, 4, 4) == [0, 4, 6]  # the last patch is flush with the edge
     assert (patch_masks(10, 7, 3, 2).sum(dim=0) > 0).all()
-    assert check_patch(28, 28, None, None) == (7, 3)
-    assert check_patch(64, 64, None, None) == (16, 8)
+    assert check_patch(28, 28, None, None) == (3, 1)
+    assert check_patch(64, 64, None, None) == (8, 4)
     assert check_patch(64, 64, 10, None) == (10, 5)
     assert check_patch(3, 3, None, None) == (1, 1)
 

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--patch",
                 type=int,
                 default=None,
-                help="side in pixels of the dissolved squares (default a quarter of the image)",
+                help="side in pixels of the dissolved squares (default an eighth of the image)",
             )
             p.add_argument(
                 "--stride",

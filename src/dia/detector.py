@@ -217,7 +217,7 @@ class DIADetector:
     def anomaly_map(self, X, patch: int | None = None, stride: int | None = None) -> np.ndarray:
         """Where each image looks abnormal: (N, H, W) float32, positive = abnormal detail.
 
-        Every ``patch`` x ``patch`` square, ``stride`` pixels apart (default a quarter of the
+        Every ``patch`` x ``patch`` square, ``stride`` pixels apart (default an eighth of the
         image side and half the patch), is in turn dissolved (median blur, kernel 7) and the
         image scored again; a pixel's value is the mean score gain of the patches covering it.
         A positive value means that dissolving the fine detail there makes the image look more
