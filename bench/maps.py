@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     config = load_config(args.run)
+    run_metrics = json.loads((args.run / "metrics.json").read_text())
     if config.data.spec != "synthetic":
         raise SystemExit(f"{args.run} was trained on {config.data.spec!r}; only synthetic has "
                          "known nodule positions")  # fmt: skip
@@ -143,10 +144,7 @@ def main(argv=None) -> int:
         "run": str(args.run),
         "split": args.split,
         "run_config": json.loads((args.run / "config.json").read_text()),
-        "run_metrics": {
-            k: json.loads((args.run / "metrics.json").read_text()).get(k)
-            for k in ("auroc", "commit", "precision")
-        },
+        "run_metrics": {k: run_metrics.get(k) for k in ("auroc", "commit", "precision")},
         "commit": code_commit(),
         "machine": machine(),
         "abnormal_images": int(present.sum()),

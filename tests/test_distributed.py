@@ -137,7 +137,7 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
             for process in context.processes:
                 process.kill()
             pytest.fail("two-process training did not finish: the ranks disagree on the steps")
-    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert a["world"] == b["world"] == 2
     assert a["gradient_ok"] and b["gradient_ok"]
     assert a["steps"] == b["steps"] > 0

@@ -241,7 +241,6 @@ def score_files(detector: DIADetector, paths: list, csv_path: Path) -> dict:
         "threshold_fpr_target": detector.fpr,
         "files": [str(p) for p in files],
         "scores": scores.tolist(),
-        "csv": str(csv_path),
     }
 
 
