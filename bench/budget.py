@@ -174,7 +174,7 @@ def one_run(
 
     diffusion_model = None
     if config.detector.dissolve == "diffusion":
-        diffusion_model = DiffusionModel(config.diffusion, data.channels)
+        diffusion_model = DiffusionModel(config.diffusion, data.channels, seed=config.seed)
         train_diffusion(
             diffusion_model,
             data.train,

@@ -186,3 +186,17 @@ def test_training_rejects_bad_settings():
         train_diffusion(model, smooth_images(4), tiny_config(max_seconds=0), device="cpu", seed=0)
     with pytest.raises(ValueError, match="images"):
         train_diffusion(model, torch.rand(4, 16, 16), tiny_config(), device="cpu", seed=0)
+
+
+def test_a_seed_fixes_the_initial_weights_and_leaves_the_global_rng_alone():
+    torch.manual_seed(1)
+    a = DiffusionModel(tiny_config(), 1, seed=3)
+    state = torch.random.get_rng_state()
+    b = DiffusionModel(tiny_config(), 1, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(x, y)
+    other = DiffusionModel(tiny_config(), 1, seed=4)
+    assert any(
+        not torch.equal(x, y) for x, y in zip(a.parameters(), other.parameters(), strict=True)
+    )

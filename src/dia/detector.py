@@ -149,7 +149,9 @@ class DIADetector:
         self.timings_ = {}
         if cfg.dissolve == "diffusion" and diffusion_model is None:
             t0 = time.perf_counter()
-            diffusion_model = DiffusionModel(self.diffusion or DiffusionConfig(), images.shape[1])
+            diffusion_model = DiffusionModel(
+                self.diffusion or DiffusionConfig(), images.shape[1], seed=self.seed
+            )
             self.diffusion_history_ = train_diffusion(
                 diffusion_model,
                 images,

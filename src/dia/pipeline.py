@@ -108,7 +108,7 @@ def train_diffusion_step(
 ) -> DiffusionModel:
     """Train the DDPM on the normal training images and save it to ``out/diffusion``."""
     device = resolve_device(config.device)
-    model = DiffusionModel(config.diffusion, data.channels)
+    model = DiffusionModel(config.diffusion, data.channels, seed=config.seed)
     history = train_diffusion(
         model, data.train, config.diffusion, device=device, seed=config.seed, progress=progress
     )
