@@ -77,17 +77,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
-    from dia.diffusion import DiffusionModel, train_diffusion
-    from dia.dissolve import build_dissolver
-    from dia.training import DetectorTrainer
-
+def _as_rank(rank: int, world: int, port: int) -> torch.Tensor:
+    """Set up a spawned process as rank ``rank`` of ``world``; returns the training images."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
         RANK=str(rank), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def _on_two_ranks(fn, folder, failure: str) -> None:
+    """Run ``fn(rank, 2, port, folder)`` in two spawned processes; fail after two minutes."""
+    context = mp.start_processes(
+        fn, args=(2, _free_port(), str(folder)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(failure)
+
+
+def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
+    from dia.diffusion import DiffusionModel, train_diffusion
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    images = _as_rank(rank, world, port)
     calls = []
 
     def callback(net, seconds):
@@ -127,16 +145,11 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
 
 
 def test_two_processes_end_with_the_same_weights(tmp_path):
-    context = mp.start_processes(
-        _train_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-        start_method="spawn",
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("two-process training did not finish: the ranks disagree on the steps")
+    _on_two_ranks(
+        _train_on_rank,
+        tmp_path,
+        "two-process training did not finish: the ranks disagree on the steps",
+    )
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert a["world"] == b["world"] == 2
     assert a["gradient_ok"] and b["gradient_ok"]
@@ -167,12 +180,7 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
     from dia.dissolve import build_dissolver
     from dia.training import DetectorTrainer
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-        RANK=str(rank), LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    images = _as_rank(rank, world, port)
     config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
     original, calls = DetectorTrainer._step, []
 
@@ -211,16 +219,9 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
 
 
 def test_an_interrupt_on_rank_0_stops_and_resumes_every_process(tmp_path):
-    context = mp.start_processes(
-        _interrupt_and_resume_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-        join=False, start_method="spawn",
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks did not stop or resume together")
+    _on_two_ranks(
+        _interrupt_and_resume_on_rank, tmp_path, "the ranks did not stop or resume together"
+    )
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # both stopped before the same step (the one after rank 0's signal), then finished the
     # 2 epochs of 24 // (2 * 4) steps: 4 taken before the stop, 2 after resuming
