@@ -67,6 +67,70 @@ def test_a_finished_run_is_never_overwritten(finished_run, capsys):
     assert (finished_run / "metrics.json").read_text() == before
 
 
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+    finished_run, tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    from dia.training import DetectorTrainer
+
+    original, calls = DetectorTrainer._step, {"n": 0}
+
+    def ctrl_c_at_step_4(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(DetectorTrainer, "_step", ctrl_c_at_step_4)
+    assert main(["run", "--out", str(out), *TINY]) == 130
+    assert f"dia resume --out {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert (out / "detector-checkpoint" / "state.safetensors").is_file()
+    assert not (out / "metrics.json").exists() and not (out / "detector").exists()
+    assert main(["run", "--out", str(out), *TINY]) == 2  # a new run would overwrite it
+    assert "holds an interrupted training" in capsys.readouterr().err
+
+    assert main(["resume", "--out", str(out), "--no-progress"]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == 4 and metrics["training"]["steps"] == 12
+    assert metrics["wall_s"]["diffusion_s"] > 0  # the first session's timings are kept
+    assert not (out / "detector-checkpoint").exists()
+    # the same scores as the run that was never interrupted (same settings and seed)
+    assert (out / "scores.csv").read_text() == (finished_run / "scores.csv").read_text()
+
+    assert main(["resume", "--out", str(out)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert main(["resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoints_can_be_turned_off(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from dia.training import DetectorTrainer
+
+    original = DetectorTrainer._step
+
+    def ctrl_c(self, *args):
+        signal.raise_signal(signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(DetectorTrainer, "_step", ctrl_c)
+    out = tmp_path / "plain"
+    train = ["train", "--out", str(out), "--dissolve", "none", *TINY]
+    assert main([*train, "--checkpoint-every", "0"]) == 130
+    assert "resume" not in capsys.readouterr().err
+    assert not (out / "detector-checkpoint").exists()
+    assert main(train) == 130  # the default: a checkpoint on Ctrl-C
+    assert "dia resume" in capsys.readouterr().err
+    assert (out / "detector-checkpoint" / "state.json").is_file()
+    assert main(train) == 2
+    assert "dia resume --out" in capsys.readouterr().err
+
+
 def test_dissolve_grid(finished_run, tmp_path):
     grid = tmp_path / "grid.png"
     args = ["dissolve", "--out", str(finished_run), "--grid", str(grid), "--count", "3",

@@ -32,7 +32,7 @@ def test_one_process_needs_no_group(monkeypatch):
         assert not distributed.active()
         assert distributed.world_size() == 1 and distributed.rank() == 0
         assert distributed.is_main()
-        assert distributed.agree(0.25) == 0.25
+        assert distributed.agree(0.25, 1.0) == (0.25, 1.0)
         assert distributed.broadcast_object("runs/x") == "runs/x"
         z = torch.rand(6, 3)
         assert distributed.gather_views(z, 3, None)[0] is z
@@ -77,17 +77,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
-    from dia.diffusion import DiffusionModel, train_diffusion
-    from dia.dissolve import build_dissolver
-    from dia.training import DetectorTrainer
-
+def _as_rank(rank: int, world: int, port: int) -> torch.Tensor:
+    """Set up a spawned process as rank ``rank`` of ``world``; returns the training images."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
         RANK=str(rank), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    return torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def _on_two_ranks(fn, folder, failure: str) -> None:
+    """Run ``fn(rank, 2, port, folder)`` in two spawned processes; fail after two minutes."""
+    context = mp.start_processes(
+        fn, args=(2, _free_port(), str(folder)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(failure)
+
+
+def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
+    from dia.diffusion import DiffusionModel, train_diffusion
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    images = _as_rank(rank, world, port)
     calls = []
 
     def callback(net, seconds):
@@ -127,16 +145,11 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
 
 
 def test_two_processes_end_with_the_same_weights(tmp_path):
-    context = mp.start_processes(
-        _train_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-        start_method="spawn",
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("two-process training did not finish: the ranks disagree on the steps")
+    _on_two_ranks(
+        _train_on_rank,
+        tmp_path,
+        "two-process training did not finish: the ranks disagree on the steps",
+    )
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert a["world"] == b["world"] == 2
     assert a["gradient_ok"] and b["gradient_ok"]
@@ -157,6 +170,77 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     initial = build_network(TINY, 1).state_dict()
     weights = [k for k, v in a["state"].items() if v.is_floating_point()]
     assert any(not torch.equal(a["state"][k], initial[k]) for k in weights)
+
+
+def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str) -> None:
+    import signal
+
+    from dia import training
+    from dia.checkpoint import Checkpointing, TrainingInterrupted
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    images = _as_rank(rank, world, port)
+    config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
+    original, calls = DetectorTrainer._step, []
+
+    def step(self, *args):
+        calls.append(1)
+        if rank == 0 and len(calls) == 4:
+            signal.raise_signal(signal.SIGINT)  # rank 0 alone is interrupted
+        return original(self, *args)
+
+    DetectorTrainer._step = step
+    augment = training.SimCLRAugment
+
+    def late_on_rank_1(*args):
+        time.sleep(rank)  # rank 1's training clock starts a second later than rank 0's
+        return augment(*args)
+
+    training.SimCLRAugment = late_on_rank_1
+    # periodic checkpoints too, which the ranks' clocks would place at different steps: rank 0
+    # decides when one is due for all
+    saving = Checkpointing(Path(folder) / "ckpt", every_s=0.3)
+    result = {}
+    with distributed.process_group("cpu"):
+        blur = build_dissolver("gaussian")
+        try:
+            DetectorTrainer(config, images, dissolver=blur, device=torch.device("cpu")).train(
+                progress=False, checkpoint=saving
+            )
+        except TrainingInterrupted as stop:
+            result["stopped_at"] = stop.step
+        saving.resume = True
+        net, history = DetectorTrainer(
+            config, images, dissolver=blur, device=torch.device("cpu")
+        ).train(progress=False, checkpoint=saving)
+    result.update(state=net.state_dict(), steps=history["steps"], calls=len(calls))
+    torch.save(result, Path(folder) / f"rank{rank}.pt")
+
+
+def test_an_interrupt_on_rank_0_stops_and_resumes_every_process(tmp_path):
+    _on_two_ranks(
+        _interrupt_and_resume_on_rank, tmp_path, "the ranks did not stop or resume together"
+    )
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # both stopped before the same step (the one after rank 0's signal), then finished the
+    # 2 epochs of 24 // (2 * 4) steps: 4 taken before the stop, 2 after resuming
+    assert a["stopped_at"] == b["stopped_at"] == 4
+    assert a["steps"] == b["steps"] == 6 and a["calls"] == b["calls"] == 6
+    for name, value in a["state"].items():
+        assert torch.equal(value, b["state"][name]), name
+    # one process cannot continue what two began: its steps would differ
+    from dia.checkpoint import Checkpointing
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
+    trainer = DetectorTrainer(
+        config, images, dissolver=build_dissolver("gaussian"), device=torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match="world_size: saved 2, now 1"):
+        trainer.train(progress=False, checkpoint=Checkpointing(tmp_path / "ckpt", resume=True))
 
 
 CLI_TINY = [

@@ -1,5 +1,5 @@
-"""The ``dia`` command line: ``run``, ``train-diffusion``, ``train``, ``evaluate``, ``score``,
-``dissolve``, ``maps``."""
+"""The ``dia`` command line: ``run``, ``train-diffusion``, ``train``, ``resume``, ``evaluate``,
+``score``, ``dissolve``, ``maps``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoint import TrainingInterrupted
 from .config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
 from .presets import PRESETS, apply_preset
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "detector's score; labels are not looked at (default 8)",
     }
     _add_score_command(sub)
+    _add_resume_command(sub)
     for name, text in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
@@ -146,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings(p)
         if name in count_help:
             p.add_argument("--count", type=int, default=8, help=count_help[name])
+        if name in ("run", "train"):
+            p.add_argument(
+                "--checkpoint-every",
+                type=float,
+                default=None,
+                metavar="SECONDS",
+                help="save the detector's training every SECONDS of training, and on Ctrl-C, "
+                "into OUT/detector-checkpoint for dia resume; 0: never (default 300)",
+            )
         if name == "dissolve":
             p.add_argument(
                 "--timesteps",
@@ -202,8 +213,25 @@ def _add_score_command(sub) -> None:
     _add_runtime(p)
 
 
+def _add_resume_command(sub) -> None:
+    text = (
+        "continue the interrupted detector training of a run folder from its checkpoint and "
+        "finish what was started (dia run: evaluate too)"
+    )
+    p = sub.add_parser("resume", help=text, description=text)
+    p.add_argument("--out", type=Path, required=True, help="the interrupted run folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default the run's)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16"),
+        help="default the run's; another one changes the numbers a little",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 # Commands that train, and so share the work under a launcher; the others run on rank 0 alone.
-DISTRIBUTED = ("run", "train")
+DISTRIBUTED = ("run", "train", "resume")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"dia {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir = stop.folder.parent
+            print(
+                f"interrupted at step {stop.step} of the detector's training; its checkpoint "
+                f"is in {stop.folder}: dia resume --out {run_dir} continues it",
+                file=sys.stderr,
+            )
+        return 130
     except KeyboardInterrupt:
         print("interrupted; saved results are intact", file=sys.stderr)
         return 130
@@ -230,6 +267,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "score":
         _score(args)
+        return 0
+    if args.command == "resume":
+        _resume(args)
         return 0
     config = config_from_args(args)
     main_process = distributed.is_main()
@@ -242,7 +282,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         if main_process:
             print(f"dia run -> {out}", file=sys.stderr)
-        metrics = pipeline.run(config, out, progress)
+        metrics = pipeline.run(config, out, progress, _checkpoint_every(args))
         if metrics is not None:
             _print_metrics(metrics, out)
         return 0
@@ -265,6 +305,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train":
         start = time.perf_counter()
         deadline = None if config.budget_s is None else start + config.budget_s
+        error = distributed.broadcast_object(
+            pipeline.interrupted_run(out) if main_process else None
+        )
+        if error is not None:
+            raise FileExistsError(error)
         if main_process:
             pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
@@ -273,7 +318,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             diffusion = pipeline.load_diffusion(out, config.device)
             if diffusion is None:
                 diffusion = pipeline.train_diffusion_step(config, data, out, progress)
-        pipeline.train_detector_step(config, data, out, diffusion, progress, deadline)
+        saving = pipeline.checkpointing(out, _checkpoint_every(args), command="train")
+        pipeline.train_detector_step(config, data, out, diffusion, progress, deadline, saving)
         if main_process:
             print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
@@ -287,6 +333,27 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "maps":
         _maps(args, config, out)
     return 0
+
+
+def _checkpoint_every(args: argparse.Namespace) -> float:
+    from . import pipeline
+
+    every = args.checkpoint_every
+    return pipeline.CHECKPOINT_EVERY_S if every is None else every
+
+
+def _resume(args: argparse.Namespace) -> None:
+    from . import distributed, pipeline
+
+    if distributed.is_main():
+        print(f"dia resume -> {args.out}", file=sys.stderr)
+    command, metrics = pipeline.resume(
+        args.out, args.device, args.precision, progress=not args.no_progress
+    )
+    if metrics is not None:
+        _print_metrics(metrics, args.out)
+    elif command == "train" and distributed.is_main():
+        print(f"detector saved to {args.out / pipeline.DETECTOR_DIR}")
 
 
 def _saved_run(args, config: RunConfig, out: Path):

@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import Checkpointing
 from .config import DetectorConfig, DiffusionConfig, ScoreConfig, from_dict, to_dict
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
@@ -128,6 +129,7 @@ class DIADetector:
         callback_every_s: float | None = None,
         deadline: float | None = None,
         keep_features: bool = False,
+        checkpoint: Checkpointing | None = None,
     ) -> DIADetector:
         """Train on normal images X; returns self. See :func:`as_images` for accepted X.
 
@@ -136,6 +138,10 @@ class DIADetector:
         ``keep_features`` keeps the training images' features (every shift, projection and
         encoder, before normalising) as ``train_features_``, for comparing score settings
         without running the network again; they are not saved with the model.
+        ``checkpoint`` (:class:`~dia.checkpoint.Checkpointing`) saves the detector's training
+        as it goes and on Ctrl-C, or continues a saved one (pass the same ``diffusion_model``:
+        one trained here again for a limited time would dissolve differently); see
+        :meth:`~dia.training.DetectorTrainer.train`.
         """
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
@@ -177,7 +183,7 @@ class DIADetector:
             self.timings_["bank_estimate_s"] = bank_s
             train_deadline = deadline - BANK_SAFETY * bank_s
         self.net_, self.history_ = trainer.train(
-            self.progress, callback, callback_every_s, deadline=train_deadline
+            self.progress, callback, callback_every_s, train_deadline, checkpoint
         )
         self.timings_["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

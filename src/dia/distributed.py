@@ -119,14 +119,14 @@ def broadcast_object(obj):
     return box[0]
 
 
-def agree(value: float) -> float:
-    """Rank 0's ``value`` on every process: one small broadcast, so all decide alike."""
+def agree(*values: float) -> tuple[float, ...]:
+    """Rank 0's ``values`` on every process: one small broadcast, so all decide alike."""
     if not active():
-        return value
+        return tuple(float(v) for v in values)
     device = torch.device("cuda", torch.cuda.current_device()) if _nccl() else "cpu"
-    box = torch.tensor([value], dtype=torch.float64, device=device)
+    box = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(box, src=0)
-    return float(box.item())
+    return tuple(box.tolist())
 
 
 def broadcast_module(module: nn.Module) -> None:

@@ -7,7 +7,9 @@ alone writes the run folder and evaluates.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import torch
 
 from . import __version__, distributed
+from . import checkpoint as ckpt
+from .checkpoint import Checkpointing
 from .config import RunConfig, from_dict, to_dict
 from .data import ImageData, load_data
 from .data.folder import load_images
@@ -28,6 +32,10 @@ from .reports import roc_plot, score_histogram
 
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
+CHECKPOINT_DIR = "detector-checkpoint"
+# Training seconds between checkpoints of the detector's training: a run loses at most this
+# much when the machine fails; writing one takes well under a second for the presets' networks.
+CHECKPOINT_EVERY_S = 300.0
 
 
 def _git(*args: str) -> str | None:
@@ -138,20 +146,49 @@ def train_detector_step(
     diffusion_model: DiffusionModel | None,
     progress: bool = True,
     deadline: float | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> DIADetector:
     """Train the amplifying network and its feature bank, save it to ``out/detector``.
 
     ``deadline`` (a ``time.perf_counter()`` value) is when the fitted detector must be ready.
+    ``checkpoint`` keeps the training's state as it goes (see :func:`checkpointing`); once the
+    detector is saved, the checkpoint is removed.
     """
     detector = make_detector(config, progress)
-    detector.fit(data.train, diffusion_model=diffusion_model, deadline=deadline)
+    detector.fit(
+        data.train, diffusion_model=diffusion_model, deadline=deadline, checkpoint=checkpoint
+    )
     if distributed.is_main():
         detector.save_pretrained(out / DETECTOR_DIR)
         write_json(
             out / DETECTOR_DIR / "history.json",
             {**detector.history_, "timings": detector.timings_},
         )
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.folder, ignore_errors=True)
     return detector
+
+
+def interrupted_run(out: Path) -> str | None:
+    """Why a new training must not start in ``out`` (its checkpoint would be overwritten), or
+    None when nothing is in the way."""
+    folder = out / CHECKPOINT_DIR
+    if not ckpt.exists(folder):
+        return None
+    return (
+        f"{out} holds an interrupted training: dia resume --out {out} continues it (to start "
+        f"afresh instead, delete {folder} or choose another --out)"
+    )
+
+
+def checkpointing(out: Path, every_s: float | None, **meta) -> Checkpointing | None:
+    """Checkpoints of a run folder's detector training every ``every_s`` training seconds
+    and on Ctrl-C (None or 0: none at all); ``meta`` is kept with them for :func:`resume`."""
+    if not every_s:
+        return None
+    if every_s < 0:
+        raise ValueError(f"checkpoint interval {every_s}; expected seconds > 0, or 0 for none")
+    return Checkpointing(out / CHECKPOINT_DIR, every_s, meta={**meta, "every_s": every_s})
 
 
 def evaluate_step(
@@ -261,9 +298,18 @@ def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
     return DiffusionModel.from_pretrained(folder, device=str(resolve_device(device)))
 
 
-def run(config: RunConfig, out: Path, progress: bool = True) -> dict | None:
+def run(
+    config: RunConfig,
+    out: Path,
+    progress: bool = True,
+    checkpoint_every: float | None = CHECKPOINT_EVERY_S,
+) -> dict | None:
     """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics
-    (None on the other processes under a launcher: rank 0 evaluates and writes)."""
+    (None on the other processes under a launcher: rank 0 evaluates and writes).
+
+    The detector's training is checkpointed every ``checkpoint_every`` training seconds and
+    on Ctrl-C (0 or None: never); :func:`resume` finishes an interrupted run.
+    """
     t_start = time.perf_counter()
     deadline = None if config.budget_s is None else t_start + config.budget_s
     error = None
@@ -271,6 +317,8 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict | None:
         if (out / "metrics.json").exists():
             error = f"{out} already holds a finished run; choose another --out"
         else:
+            error = interrupted_run(out)
+        if error is None:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out)
     error = distributed.broadcast_object(error)  # every process stops, not just rank 0
@@ -285,8 +333,15 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict | None:
         t0 = time.perf_counter()
         diffusion_model = train_diffusion_step(config, data, out, progress)
         timings["diffusion_s"] = time.perf_counter() - t0
+    saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
+    return _finish(config, data, out, diffusion_model, progress, deadline, saving, timings, t_start)
+
+
+def _finish(config, data, out, diffusion_model, progress, deadline, saving, timings, t_start):
+    """Train the detector and, on rank 0, evaluate: the end of :func:`run` and of
+    :func:`resume`."""
     t0 = time.perf_counter()
-    detector = train_detector_step(config, data, out, diffusion_model, progress, deadline)
+    detector = train_detector_step(config, data, out, diffusion_model, progress, deadline, saving)
     timings["detector_s"] = time.perf_counter() - t0
     timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
@@ -294,5 +349,67 @@ def run(config: RunConfig, out: Path, progress: bool = True) -> dict | None:
         return None
     metrics = evaluate_step(config, data, detector, out, timings)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
+    if "resumed_at_step" in detector.history_:
+        metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def resume(
+    out: Path, device: str | None = None, precision: str | None = None, progress: bool = True
+) -> tuple[str, dict | None]:
+    """Continue the interrupted detector training of run folder ``out`` from its checkpoint
+    and finish what was started: a ``dia run`` is evaluated as well. ``device`` and
+    ``precision`` default to the run's own. Returns the command finished (``run`` or
+    ``train``) and, for ``run`` on rank 0, the metrics.
+
+    In one process the continued training takes exactly the steps, and gives exactly the
+    weights, of an uninterrupted one; a time budget counts the training seconds done before
+    (the data loading and dissolve cache of the resumed session come on top of it).
+    """
+    t_start = time.perf_counter()
+    folder = out / CHECKPOINT_DIR
+    finished = missing = None
+    if distributed.is_main():
+        if (out / "metrics.json").exists():
+            finished = f"{out} already holds a finished run (metrics.json); nothing to resume"
+        elif not ckpt.exists(folder):
+            missing = (
+                f"no checkpoint in {out} (expected {folder / ckpt.META_FILE}): the run stopped "
+                "before its detector training started or after it ended; start it again with "
+                "dia run or dia train"
+            )
+    finished, missing = distributed.broadcast_object((finished, missing))
+    if finished is not None:
+        raise FileExistsError(finished)
+    if missing is not None:
+        raise FileNotFoundError(missing)
+    config = load_config(out)
+    config = dataclasses.replace(
+        config, device=device or config.device, precision=precision or config.precision
+    )
+    meta = ckpt.read_meta(folder)
+    command = meta.get("command", "train")
+    timings = dict(meta.get("timings", {}))
+    t0 = time.perf_counter()
+    data = load_run_data(config)
+    timings["resumed_data_s"] = time.perf_counter() - t0
+    diffusion_model = None
+    if config.detector.dissolve == "diffusion":
+        diffusion_model = load_diffusion(out, config.device)
+        if diffusion_model is None:
+            raise FileNotFoundError(
+                f"{out / DIFFUSION_DIR} is missing: the checkpointed training dissolved with "
+                "that diffusion model"
+            )
+    saving = Checkpointing(folder, meta.get("every_s"), resume=True, meta=_own_meta(meta))
+    if command != "run":
+        train_detector_step(config, data, out, diffusion_model, progress, None, saving)
+        return command, None
+    metrics = _finish(config, data, out, diffusion_model, progress, None, saving, timings, t_start)
+    return command, metrics
+
+
+def _own_meta(meta: dict) -> dict:
+    """What :func:`checkpointing` put into a checkpoint's JSON, to be kept on resuming."""
+    return {k: meta[k] for k in ("command", "every_s", "timings") if k in meta}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -10,9 +13,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from . import distributed
 from .augment import SimCLRAugment
-from .config import DetectorConfig
+from .checkpoint import Checkpointing, StopRequests, TrainingInterrupted
+from .config import DetectorConfig, to_dict
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
@@ -21,6 +26,16 @@ from .optim import WeightAverage, lr_factor, make_optimizer
 from .shifts import NUM_SHIFTS, all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
+
+
+def _next_multiple(seconds: float, every: float | None) -> float | None:
+    """The first multiple of ``every`` after ``seconds``: when a callback or checkpoint is next
+    due (None when ``every`` is None; 0 means after every step)."""
+    if every is None:
+        return None
+    if every < 0:
+        raise ValueError(f"callback or checkpoint interval {every}; expected seconds >= 0")
+    return seconds if every == 0 else (math.floor(seconds / every) + 1) * every
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -37,6 +52,22 @@ def build_network(config: DetectorConfig, channels: int) -> AmplifierNet:
         proj_dim=config.proj_dim,
         input_norm=config.input_norm,
     )
+
+
+@dataclasses.dataclass
+class _State:
+    """What a checkpoint saves and restores besides the position in training."""
+
+    net: AmplifierNet
+    optimizer: torch.optim.Optimizer
+    average: WeightAverage | None
+    order: torch.Generator  # the epochs' permutations, the same in every process
+    gen: torch.Generator  # flips, timesteps, cached dissolved copies: each process its own
+    history: dict
+    max_seconds: float | None
+
+    def modules(self) -> tuple:
+        return self.net, self.optimizer, self.average, self.order, self.gen
 
 
 class DetectorTrainer:
@@ -84,17 +115,26 @@ class DetectorTrainer:
         callback: Callback | None = None,
         callback_every_s: float | None = None,
         deadline: float | None = None,
+        checkpoint: Checkpointing | None = None,
     ) -> tuple[AmplifierNet, dict]:
         """Train; returns the last network (with ``config.ema`` > 0, the moving average of its
         weights) and a history dict. ``callback(net, seconds)`` may evaluate that network every
         ``callback_every_s`` training seconds (its own time not counted).
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
-        In a process group the callback and the progress bar are rank 0's alone, and the
-        returned network is the same in every process.
+        ``checkpoint`` saves the training state as it goes and on an interrupt (then raising
+        :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: in one
+        process a continued training takes exactly the steps the uninterrupted one would have,
+        and a time limit counts the training seconds done before (``deadline`` is then unused).
+        In a process group the callback, the progress bar and the checkpoints are rank 0's
+        alone, and the returned network is the same in every process.
         """
         cfg, device = self.config, self.device
         world, rank = distributed.world_size(), distributed.rank()
+        saved = None
+        if checkpoint is not None and checkpoint.resume:
+            saved = ckpt.load(checkpoint.folder)
+            self._check_resumable(saved[1], world)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         n, channels, size = self.images.shape[0], self.images.shape[1], self.images.shape[-1]
@@ -112,7 +152,9 @@ class DetectorTrainer:
             self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=device)
         cache_s = time.perf_counter() - start
         max_seconds, spent = cfg.max_seconds, False
-        if deadline is not None:
+        if saved is not None:
+            max_seconds = saved[1]["max_seconds"]  # the first start's limit, deadline included
+        elif deadline is not None:
             left = deadline - time.perf_counter()
             spent = left <= 0
             max_seconds = left if max_seconds is None else min(max_seconds, left)
@@ -149,49 +191,72 @@ class DetectorTrainer:
         warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
 
         history: dict = {"loss": [], "contrastive": [], "shift": [], "dissolve_cache_s": cache_s}
+        state = _State(net, optimizer, average, order, gen, history, max_seconds)
+        train_s, step, perm, first = 0.0, 0, None, 0
+        if saved is not None:
+            train_s, step, perm, first = self._restore(*saved, state)
+            history.update({k: saved[1]["history"][k] for k in ("loss", "contrastive", "shift")})
+            history["resumed_at_step"] = step
         main = distributed.is_main()
         quiet = not progress or not main
-        bar = tqdm(total=total_steps, disable=quiet, desc="detector", leave=False)
-        train_s, step, callback_s, next_callback = 0.0, 0, 0.0, callback_every_s
-        t0 = time.perf_counter()
+        bar = tqdm(total=total_steps, initial=step, disable=quiet, desc="detector", leave=False)
+        # Time spent on callbacks (evaluations for a benchmark's curve) is left out of the
+        # training seconds.
+        paused_s = 0.0
+        next_callback = _next_multiple(train_s, callback_every_s if callback else None)
+        next_save = _next_multiple(train_s, checkpoint.every_s if checkpoint else None)
+        t0 = time.perf_counter() - train_s
+        stops = StopRequests()
         done = False
-        while not done:
-            perm = torch.randperm(n, generator=order)
-            for i in range(steps_per_epoch):
-                fraction = step / max(total_steps, 1)
-                if max_seconds:
-                    fraction = max(fraction, train_s / max_seconds)
-                # Each process's clock differs: rank 0's sets every learning rate and the stop,
-                # so that all take the same steps (DDP waits for every process at each one).
-                fraction = distributed.agree(fraction)
-                if step >= total_steps or fraction >= 1.0:
-                    done = True
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
-                idx = distributed.shard(perm, i, batch, rank, world)
-                losses = self._step(model, optimizer, augment, idx, gen, fmt)
-                if average is not None:
-                    average.update(net)
-                step += 1
-                for key, value in losses.items():
-                    history[key].append(value)
-                train_s = time.perf_counter() - t0 - callback_s
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
-                if (
-                    main
-                    and callback is not None
-                    and next_callback is not None
-                    and train_s >= next_callback
-                ):
-                    # Rank 0 alone; the others wait at the next step's agreement, and since
-                    # rank 0's clock leaves this time out, so does the schedule of all.
-                    c0 = time.perf_counter()
-                    callback(trained, train_s)
-                    net.train()
-                    callback_s += time.perf_counter() - c0
-                    next_callback += callback_every_s
+        with stops.installed() if checkpoint is not None else contextlib.nullcontext():
+            while not done:
+                if perm is None:
+                    perm = torch.randperm(n, generator=order)
+                for i in range(first, steps_per_epoch):
+                    fraction = step / max(total_steps, 1)
+                    if max_seconds:
+                        fraction = max(fraction, train_s / max_seconds)
+                    # Each process's clock differs: rank 0's sets every learning rate, the
+                    # stop and the checkpoints, so that all take the same steps (DDP waits for
+                    # every process at each one); so does rank 0's interrupt.
+                    due = next_save is not None and train_s >= next_save
+                    fraction, stop, due = distributed.agree(fraction, stops.requested, due)
+                    if step >= total_steps or fraction >= 1.0:
+                        done = True
+                        break
+                    if stop or due:
+                        # Its time counts as training time: a budget is wall-clock time.
+                        self._save(checkpoint, state, perm, i, step, train_s)
+                        next_save = _next_multiple(train_s, checkpoint.every_s)
+                    if stop:
+                        bar.close()
+                        raise TrainingInterrupted(checkpoint.folder, step)
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
+                    idx = distributed.shard(perm, i, batch, rank, world)
+                    losses = self._step(model, optimizer, augment, idx, gen, fmt)
+                    if average is not None:
+                        average.update(net)
+                    step += 1
+                    for key, value in losses.items():
+                        history[key].append(value)
+                    train_s = time.perf_counter() - t0 - paused_s
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
+                    if (
+                        main
+                        and callback is not None
+                        and next_callback is not None
+                        and train_s >= next_callback
+                    ):
+                        # Rank 0 alone; the others wait at the next step's agreement, and since
+                        # rank 0's clock leaves this time out, so does the schedule of all.
+                        c0 = time.perf_counter()
+                        callback(trained, train_s)
+                        net.train()
+                        paused_s += time.perf_counter() - c0
+                        next_callback += callback_every_s
+                perm, first = None, 0
         bar.close()
         # Batch-norm statistics are each process's own since the last step's forward pass;
         # rank 0's make the returned network the same everywhere (the weights already are).
@@ -206,6 +271,87 @@ class DetectorTrainer:
             world_size=world,
         )
         return trained, history
+
+    def _check_resumable(self, meta: dict, world: int) -> None:
+        """Refuse a checkpoint of another training: its steps would not continue this one."""
+        mine = {
+            "config": json.loads(json.dumps(to_dict(self.config))),
+            "images": int(self.images.shape[0]),
+            "image_shape": list(self.images.shape[1:]),
+            "seed": self.seed,
+            "world_size": world,
+        }
+        differ = [k for k, v in mine.items() if meta.get(k) != v]
+        if differ:
+            detail = ", ".join(f"{k}: saved {meta.get(k)!r}, now {mine[k]!r}" for k in differ)
+            raise ValueError(f"the checkpoint is of another training ({detail})")
+
+    def _save(self, checkpoint, state: _State, perm, next_index, step, train_s) -> None:
+        """Save the state before step ``next_index`` of the epoch ordered by ``perm``. Rank 0
+        writes (its generators'); every process waits until the file is whole."""
+        net, optimizer, average, order, gen = state.modules()
+        if distributed.is_main():
+            tensors = ckpt.with_prefix("net.", net.state_dict())
+            if average is not None:
+                tensors.update(ckpt.with_prefix("average.", average.net.state_dict()))
+            moments, groups = ckpt.optimizer_state(optimizer)
+            tensors.update(moments)
+            tensors.update(
+                {
+                    "perm": perm,
+                    "rng.torch": torch.get_rng_state(),
+                    "rng.gen": gen.get_state(),
+                    "rng.order": order.get_state(),
+                }
+            )
+            if self.device.type == "cuda":
+                tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            meta = {
+                **checkpoint.meta,
+                "config": to_dict(self.config),
+                "images": int(self.images.shape[0]),
+                "image_shape": list(self.images.shape[1:]),
+                "seed": self.seed,
+                "world_size": distributed.world_size(),
+                "step": step,
+                "next_index": next_index,
+                "train_s": train_s,
+                "max_seconds": state.max_seconds,
+                "average_updates": average.updates if average is not None else 0,
+                "optimizer_groups": groups,
+                "history": {k: state.history[k] for k in ("loss", "contrastive", "shift")},
+            }
+            ckpt.save(checkpoint.folder, tensors, meta)
+        distributed.barrier()
+
+    def _restore(self, tensors, meta, state: _State):
+        """Load a checkpoint's state; returns (train_s, step, perm, next_index).
+
+        Rank 0 takes back its random generators; the other ranks' were not saved, so they
+        start afresh from a seed that depends on the step (their augmentations differ from an
+        uninterrupted training's, their data shares do not).
+        """
+        net, optimizer, average, order, gen = state.modules()
+        try:
+            net.load_state_dict(ckpt.under_prefix("net.", tensors))
+            if average is not None:
+                average.net.load_state_dict(ckpt.under_prefix("average.", tensors))
+                average.updates = meta["average_updates"]
+            ckpt.load_optimizer_state(optimizer, tensors, meta["optimizer_groups"])
+            order.set_state(tensors["rng.order"])
+            step = int(meta["step"])
+            if distributed.is_main():
+                gen.set_state(tensors["rng.gen"])
+                torch.set_rng_state(tensors["rng.torch"])
+                if self.device.type == "cuda" and "rng.cuda" in tensors:
+                    torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            else:
+                fresh = self.seed + 1_000_003 * (distributed.rank() + 1) + 7_919 * step
+                gen.manual_seed(fresh)
+                torch.manual_seed(fresh)
+            return float(meta["train_s"]), step, tensors["perm"], int(meta["next_index"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ValueError(f"the checkpoint cannot be read back: {err}") from err
 
     def _step(self, net, optimizer, augment, idx, gen, fmt) -> dict:
         cfg = self.config

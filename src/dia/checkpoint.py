@@ -1,0 +1,158 @@
+"""Training checkpoints: a detector's training, saved as it goes, continues where it stopped.
+
+A checkpoint is a folder with ``state.safetensors`` (weights, optimiser moments, random
+generator states, the current epoch's order) and ``state.json`` (step, training seconds,
+loss history, optimiser settings): no pickle, and written atomically, so a crash while saving
+leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .io import read_json, save_dir_atomically, write_json
+
+FORMAT = "dia-training-checkpoint"
+FORMAT_VERSION = 1
+STATE_FILE = "state.safetensors"
+META_FILE = "state.json"
+
+
+@dataclasses.dataclass
+class Checkpointing:
+    """Where and how often detector training saves its state.
+
+    ``every_s``: training seconds between checkpoints (None: only when interrupted).
+    ``resume``: continue from the checkpoint in ``folder`` instead of starting afresh.
+    ``meta``: extra JSON stored with every checkpoint (say, which command to finish).
+    With checkpointing on, an interrupt (Ctrl-C, SIGTERM) ends training at the next step
+    boundary with a checkpoint saved, then raises :class:`TrainingInterrupted`.
+    """
+
+    folder: Path
+    every_s: float | None = 300.0
+    resume: bool = False
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted; its state is in checkpoint folder ``folder`` (step ``step``)."""
+
+    def __init__(self, folder: Path, step: int) -> None:
+        super().__init__(f"training interrupted at step {step}; checkpoint saved in {folder}")
+        self.folder, self.step = folder, step
+
+
+def save(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write a checkpoint folder atomically: ``tensors`` (flat, CPU) and ``meta`` (JSON)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
+
+    def write(staging: Path) -> None:
+        save_file(tensors, str(staging / STATE_FILE))
+        write_json(staging / META_FILE, meta)
+
+    return save_dir_atomically(folder, write)
+
+
+def exists(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint."""
+    return (folder / META_FILE).is_file()
+
+
+def read_meta(folder: Path) -> dict:
+    """The JSON of the checkpoint in ``folder``; errors name the file."""
+    meta = read_json(folder / META_FILE)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder} does not hold a dia training checkpoint")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{folder} was saved by a newer dia (version {meta['version']})")
+    return meta
+
+
+def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the JSON of the checkpoint in ``folder``; errors name the file."""
+    meta = read_meta(folder)
+    try:
+        tensors = load_file(str(folder / STATE_FILE))
+    except (SafetensorError, FileNotFoundError, OSError) as err:
+        raise ValueError(f"cannot read {folder / STATE_FILE}: {err}") from err
+    return tensors, meta
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimiser's state as flat tensors ``optim.<param>.<name>`` plus its JSON groups."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"optim.{index}.{name}": value
+        for index, slots in state["state"].items()
+        for name, value in slots.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
+) -> None:
+    """Restore what :func:`optimizer_state` saved into an optimiser over the same parameters."""
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            index, name = key[len("optim.") :].split(".", 1)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with ``prefix`` before every key."""
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+def under_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` whose keys start with ``prefix``, the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class StopRequests:
+    """Turns Ctrl-C and SIGTERM into a request that training checks between steps.
+
+    Inside :meth:`installed`, the first signal only sets :attr:`requested`; a second one
+    interrupts at once, as usual. Outside the main thread (where Python allows no handlers)
+    nothing is installed and signals act as they always do.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequests]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                # None: a handler set outside Python, which cannot be put back; the default
+                # is the nearest.
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)

@@ -1,0 +1,158 @@
+"""Checkpoints: an interrupted detector training continues to exactly the uninterrupted result."""
+
+import dataclasses
+import json
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dia import checkpoint as ckpt
+from dia.checkpoint import Checkpointing, StopRequests, TrainingInterrupted
+from dia.config import DetectorConfig
+from dia.dissolve import build_dissolver
+from dia.training import DetectorTrainer
+
+# Gaussian dissolving from a cache (the cache's draws and the flips use the trainer's generator,
+# the augmentations torch's), Adam moments and a weight average: every state a checkpoint keeps.
+CONFIG = DetectorConfig(
+    dissolve="gaussian", width=4, batch_size=8, epochs=2, dissolve_cache_steps=2, ema=0.9
+)
+CPU = torch.device("cpu")
+
+
+def _images() -> torch.Tensor:
+    return torch.rand(48, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def _trainer(config: DetectorConfig = CONFIG) -> DetectorTrainer:
+    blur = build_dissolver(config.dissolve)
+    return DetectorTrainer(config, _images(), dissolver=blur, device=CPU, seed=5)
+
+
+def _weights(net) -> dict:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    net, history = _trainer().train(progress=False)
+    assert history["steps"] == 12  # 2 epochs of 48 // 8 steps
+    return _weights(net), history
+
+
+def _fail_at(monkeypatch, step: int, action) -> None:
+    """Make the trainer's ``step``-th step (counting from 1) run ``action`` first."""
+    original = DetectorTrainer._step
+    calls = {"n": 0}
+
+    def counted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            action()
+        return original(self, *args)
+
+    monkeypatch.setattr(DetectorTrainer, "_step", counted)
+
+
+def test_ctrl_c_saves_and_resuming_gives_the_uninterrupted_weights(
+    uninterrupted, tmp_path, monkeypatch
+):
+    folder = tmp_path / "ckpt"
+    _fail_at(monkeypatch, 9, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted) as stop:
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
+    # the step that was running when the signal came is finished, the next one is not begun
+    assert stop.value.step == 9 and stop.value.folder == folder
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == [ckpt.META_FILE, ckpt.STATE_FILE]
+    meta = json.loads((folder / ckpt.META_FILE).read_text())
+    assert meta["step"] == 9 and meta["next_index"] == 3 and len(meta["history"]["loss"]) == 9
+    assert "optim.0.exp_avg" in load_file(str(folder / ckpt.STATE_FILE))  # no pickle: safetensors
+
+    net, history = _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    weights, full = uninterrupted
+    assert history["steps"] == 12 and history["resumed_at_step"] == 9
+    assert history["loss"] == full["loss"]
+    assert _same(_weights(net), weights)
+
+
+def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(
+    uninterrupted, tmp_path, monkeypatch
+):
+    folder = tmp_path / "ckpt"
+
+    def crash():
+        raise OSError("the machine went away")
+
+    _fail_at(monkeypatch, 7, crash)
+    with pytest.raises(OSError):
+        # a checkpoint after every step
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, every_s=0))
+    monkeypatch.undo()
+    meta = ckpt.read_meta(folder)
+    assert meta["step"] == 6 and meta["next_index"] == 0  # the second epoch's start
+    net, history = _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    assert history["resumed_at_step"] == 6
+    assert _same(_weights(net), uninterrupted[0])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_the_other_optimizers_resume_exactly(optimizer, tmp_path, monkeypatch):
+    config = dataclasses.replace(CONFIG, optimizer=optimizer, lr=0.1, ema=0.0)
+    weights = _weights(_trainer(config).train(progress=False)[0])
+    folder = tmp_path / "ckpt"
+    _fail_at(monkeypatch, 5, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _trainer(config).train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
+    monkeypatch.undo()
+    net, _ = _trainer(config).train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    assert _same(_weights(net), weights)
+
+
+def test_the_training_seconds_before_count_against_a_time_limit(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    limited = dataclasses.replace(CONFIG, max_seconds=3600.0)
+    _fail_at(monkeypatch, 4, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        _trainer(limited).train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
+    monkeypatch.undo()
+    tensors, meta = ckpt.load(folder)
+    assert meta["max_seconds"] == 3600.0
+    meta["train_s"] = 3600.0  # as if the first session had used up the time
+    ckpt.save(folder, tensors, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    _, history = _trainer(limited).train(
+        progress=False, checkpoint=Checkpointing(folder, resume=True)
+    )
+    assert history["steps"] == 4  # nothing more to train
+
+
+def test_a_checkpoint_of_another_training_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    _fail_at(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
+    monkeypatch.undo()
+    other = dataclasses.replace(CONFIG, lr=0.01)
+    with pytest.raises(ValueError, match="another training.*config"):
+        _trainer(other).train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    (folder / ckpt.STATE_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="cannot read"):
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    stops = StopRequests()
+    before = signal.getsignal(signal.SIGINT)
+    with stops.installed():
+        signal.raise_signal(signal.SIGINT)
+        assert stops.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
