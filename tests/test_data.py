@@ -410,6 +410,28 @@ def test_medmnist_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert cached.is_file()  # the old file stays until a verified one replaces it
 
 
+def test_medmnist_download_is_verified_and_readable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    source = SHARED / "pneumoniamnist.npz"
+    if not source.is_file():
+        pytest.skip(f"shared data missing: {source}")
+    monkeypatch.setattr(medmnist_module, "_download", lambda url, dest: shutil.copy(source, dest))
+    monkeypatch.setitem(medmnist_module.KNOWN_MD5, "pneumoniamnist", medmnist_module._md5(source))
+    before = os.umask(0o022)
+    try:
+        data = load_data(DataConfig(spec="medmnist:pneumoniamnist", cache_dir=str(tmp_path)))
+    finally:
+        os.umask(before)
+    assert data.info["downloaded"] is True and data.info["md5_verified"] is True
+    cached = tmp_path / "medmnist" / "pneumoniamnist.npz"
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o644  # a shared cache serves every user
+    assert [p.name for p in cached.parent.iterdir()] == ["pneumoniamnist.npz"]
+
+
 # ---------------------------------------------------------------- synthetic
 
 

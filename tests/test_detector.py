@@ -47,6 +47,28 @@ def test_save_and_load_give_the_same_scores(fitted, tmp_path):
     assert loaded.detector_config == det.detector_config
 
 
+def test_a_saved_model_is_readable_as_the_umask_allows(fitted, tmp_path):
+    import os
+    import stat
+
+    det, _ = fitted
+    from dia.io import write_json
+
+    before = os.umask(0o022)  # the usual one: others may read, not write
+    try:
+        det.save_pretrained(tmp_path / "det")
+        write_json(tmp_path / "metrics.json", {"auroc": 0.5})
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    mode = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in [tmp_path / "det", *(tmp_path / "det").iterdir()]
+    }
+    # not the owner-only modes of the temporary files and folder the save goes through
+    assert mode == {"det": 0o755, "config.json": 0o644, "model.safetensors": 0o644}
+
+
 def test_a_failed_save_keeps_the_earlier_model(fitted, tmp_path, monkeypatch):
     det, _ = fitted
     det.save_pretrained(tmp_path / "det")

@@ -10,6 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(path: Path, folder: bool = False) -> None:
+    """Give a temporary file or folder the permissions a plain ``open`` or ``mkdir`` would
+    have (the temporary ones are private to the owner, so that others on a shared machine
+    could not read a saved model or result)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_json(path: str | Path, data: dict) -> None:
     """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
     path = Path(path)
@@ -19,6 +32,7 @@ def write_json(path: str | Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")
+        usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,6 +63,9 @@ def save_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Pa
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         write(staging)
+        # Some writers (safetensors among them) create owner-only files too.
+        for path in [staging, *staging.rglob("*")]:
+            usual_mode(path, folder=path.is_dir())
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

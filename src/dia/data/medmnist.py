@@ -14,6 +14,7 @@ import torch
 
 from dia.data.npz import DataError, load_npz
 from dia.data.types import ImageData
+from dia.io import usual_mode
 
 URL_TEMPLATE = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -114,6 +115,7 @@ def fetch_medmnist(name: str, cache_dir: str | Path | None = None) -> tuple[Path
             if actual != expected:
                 reason = f"the downloaded file has md5 {actual}, expected {expected}"
                 raise DataError(_offline_message(name, url, path, reason))
+        usual_mode(tmp)  # a shared cache: others may read what one user downloaded
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
