@@ -107,7 +107,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_checkpoints_can_be_turned_off(tmp_path, monkeypatch, capsys):
+def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch, capsys):
     import signal
 
     from dia.training import DetectorTrainer
@@ -129,6 +129,12 @@ def test_checkpoints_can_be_turned_off(tmp_path, monkeypatch, capsys):
     assert (out / "detector-checkpoint" / "state.json").is_file()
     assert main(train) == 2
     assert "dia resume --out" in capsys.readouterr().err
+    monkeypatch.undo()
+    # resuming a dia train finishes it as dia train would: a detector, no evaluation
+    assert main(["resume", "--out", str(out), "--no-progress"]) == 0
+    assert "detector saved to" in capsys.readouterr().out
+    assert (out / "detector" / "model.safetensors").is_file()
+    assert not (out / "metrics.json").exists() and not (out / "detector-checkpoint").exists()
 
 
 def test_dissolve_grid(finished_run, tmp_path):
