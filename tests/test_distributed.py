@@ -182,6 +182,13 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
 
     images = _as_rank(rank, world, port)
     config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
+    blur = build_dissolver("gaussian")
+
+    def trainer():
+        return DetectorTrainer(config, images, dissolver=blur, device=torch.device("cpu"))
+
+    with distributed.process_group("cpu"):
+        whole, _ = trainer().train(progress=False)  # never interrupted, for comparison
     original, calls = DetectorTrainer._step, []
 
     def step(self, *args):
@@ -203,18 +210,15 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
     saving = Checkpointing(Path(folder) / "ckpt", every_s=0.3)
     result = {}
     with distributed.process_group("cpu"):
-        blur = build_dissolver("gaussian")
         try:
-            DetectorTrainer(config, images, dissolver=blur, device=torch.device("cpu")).train(
-                progress=False, checkpoint=saving
-            )
+            trainer().train(progress=False, checkpoint=saving)
         except TrainingInterrupted as stop:
             result["stopped_at"] = stop.step
         saving.resume = True
-        net, history = DetectorTrainer(
-            config, images, dissolver=blur, device=torch.device("cpu")
-        ).train(progress=False, checkpoint=saving)
-    result.update(state=net.state_dict(), steps=history["steps"], calls=len(calls))
+        net, history = trainer().train(progress=False, checkpoint=saving)
+    result.update(
+        state=net.state_dict(), whole=whole.state_dict(), steps=history["steps"], calls=len(calls)
+    )
     torch.save(result, Path(folder) / f"rank{rank}.pt")
 
 
@@ -227,8 +231,11 @@ def test_an_interrupt_on_rank_0_stops_and_resumes_every_process(tmp_path):
     # 2 epochs of 24 // (2 * 4) steps: 4 taken before the stop, 2 after resuming
     assert a["stopped_at"] == b["stopped_at"] == 4
     assert a["steps"] == b["steps"] == 6 and a["calls"] == b["calls"] == 6
+    # the same weights in both processes, and the same as two processes never interrupted:
+    # each process's random generators were saved and restored
     for name, value in a["state"].items():
         assert torch.equal(value, b["state"][name]), name
+        assert torch.equal(value, a["whole"][name]) and torch.equal(value, b["whole"][name]), name
     # one process cannot continue what two began: its steps would differ
     from dia.checkpoint import Checkpointing
     from dia.dissolve import build_dissolver

@@ -119,6 +119,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def gather_object(obj) -> list | None:
+    """Every rank's ``obj`` (any picklable value) in rank order on rank 0; None elsewhere."""
+    if not active():
+        return [obj]
+    box = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, box, dst=0)
+    return box
+
+
 def agree(*values: float) -> tuple[float, ...]:
     """Rank 0's ``values`` on every process: one small broadcast, so all decide alike."""
     if not active():

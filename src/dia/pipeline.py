@@ -363,9 +363,10 @@ def resume(
     ``precision`` default to the run's own. Returns the command finished (``run`` or
     ``train``) and, for ``run`` on rank 0, the metrics.
 
-    In one process the continued training takes exactly the steps, and gives exactly the
-    weights, of an uninterrupted one; a time budget counts the training seconds done before
-    (the data loading and dissolve cache of the resumed session come on top of it).
+    The continued training takes exactly the steps, and gives exactly the weights, of an
+    uninterrupted one (with the same number of processes); a time budget counts the training
+    seconds done before (the data loading and dissolve cache of the resumed session come on
+    top of it).
     """
     t_start = time.perf_counter()
     folder = out / CHECKPOINT_DIR

@@ -123,9 +123,9 @@ class DetectorTrainer:
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
         ``checkpoint`` saves the training state as it goes and on an interrupt (then raising
-        :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: in one
-        process a continued training takes exactly the steps the uninterrupted one would have,
-        and a time limit counts the training seconds done before (``deadline`` is then unused).
+        :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: a
+        continued training takes exactly the steps the uninterrupted one would have, and a time
+        limit counts the training seconds done before (``deadline`` is then unused).
         In a process group the callback, the progress bar and the checkpoints are rank 0's
         alone, and the returned network is the same in every process.
         """
@@ -288,24 +288,21 @@ class DetectorTrainer:
 
     def _save(self, checkpoint, state: _State, perm, next_index, step, train_s) -> None:
         """Save the state before step ``next_index`` of the epoch ordered by ``perm``. Rank 0
-        writes (its generators'); every process waits until the file is whole."""
+        writes, every process's random generators included; all wait until the file is whole."""
         net, optimizer, average, order, gen = state.modules()
+        generators = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            generators["cuda"] = torch.cuda.get_rng_state(self.device)
+        every_rank = distributed.gather_object(generators)
         if distributed.is_main():
             tensors = ckpt.with_prefix("net.", net.state_dict())
             if average is not None:
                 tensors.update(ckpt.with_prefix("average.", average.net.state_dict()))
             moments, groups = ckpt.optimizer_state(optimizer)
             tensors.update(moments)
-            tensors.update(
-                {
-                    "perm": perm,
-                    "rng.torch": torch.get_rng_state(),
-                    "rng.gen": gen.get_state(),
-                    "rng.order": order.get_state(),
-                }
-            )
-            if self.device.type == "cuda":
-                tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            tensors.update({"perm": perm, "rng.order": order.get_state()})
+            for rank, states in enumerate(every_rank):
+                tensors.update(ckpt.with_prefix(f"rng.{rank}.", states))
             meta = {
                 **checkpoint.meta,
                 "config": to_dict(self.config),
@@ -325,12 +322,8 @@ class DetectorTrainer:
         distributed.barrier()
 
     def _restore(self, tensors, meta, state: _State):
-        """Load a checkpoint's state; returns (train_s, step, perm, next_index).
-
-        Rank 0 takes back its random generators; the other ranks' were not saved, so they
-        start afresh from a seed that depends on the step (their augmentations differ from an
-        uninterrupted training's, their data shares do not).
-        """
+        """Load a checkpoint's state, each process its own random generators; returns
+        (train_s, step, perm, next_index)."""
         net, optimizer, average, order, gen = state.modules()
         try:
             net.load_state_dict(ckpt.under_prefix("net.", tensors))
@@ -339,16 +332,12 @@ class DetectorTrainer:
                 average.updates = meta["average_updates"]
             ckpt.load_optimizer_state(optimizer, tensors, meta["optimizer_groups"])
             order.set_state(tensors["rng.order"])
+            mine = ckpt.under_prefix(f"rng.{distributed.rank()}.", tensors)
+            gen.set_state(mine["gen"])
+            torch.set_rng_state(mine["torch"])
+            if self.device.type == "cuda" and "cuda" in mine:
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
             step = int(meta["step"])
-            if distributed.is_main():
-                gen.set_state(tensors["rng.gen"])
-                torch.set_rng_state(tensors["rng.torch"])
-                if self.device.type == "cuda" and "rng.cuda" in tensors:
-                    torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-            else:
-                fresh = self.seed + 1_000_003 * (distributed.rank() + 1) + 7_919 * step
-                gen.manual_seed(fresh)
-                torch.manual_seed(fresh)
             return float(meta["train_s"]), step, tensors["perm"], int(meta["next_index"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"the checkpoint cannot be read back: {err}") from err
