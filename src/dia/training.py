@@ -126,8 +126,9 @@ class DetectorTrainer:
         :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: a
         continued training takes exactly the steps the uninterrupted one would have, and a time
         limit counts the training seconds done before (``deadline`` is then unused).
-        In a process group the callback, the progress bar and the checkpoints are rank 0's
-        alone, and the returned network is the same in every process.
+        In a process group the callback and the progress bar are rank 0's alone, rank 0
+        writes the checkpoints (every process's random generators in them), and the returned
+        network is the same in every process.
         """
         cfg, device = self.config, self.device
         world, rank = distributed.world_size(), distributed.rank()
