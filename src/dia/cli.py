@@ -135,8 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
         "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
         "detector's score; labels are not looked at (default 8)",
     }
-    _add_score_command(sub)
-    _add_resume_command(sub)
     for name, text in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
@@ -188,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="PNG file to write (default OUT/anomaly_maps.png)",
             )
+    _add_resume_command(sub)
+    _add_score_command(sub)
     return parser
 
 
