@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import TrainingInterrupted
 from .config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
 from .presets import PRESETS, apply_preset
 
@@ -236,6 +235,8 @@ DISTRIBUTED = ("run", "train", "resume")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
+
     try:
         if args.command not in DISTRIBUTED:
             if int(os.environ.get("RANK", "0")) != 0:
