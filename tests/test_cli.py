@@ -267,3 +267,12 @@ def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, 
         assert main([command, "--out", str(missing), "--device", "cpu"]) == 2
         assert "no saved detector" in capsys.readouterr().err
         assert not missing.exists()
+
+
+def test_the_command_line_parses_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dia.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # dia --help and argument errors stay instant
