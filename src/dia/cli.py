@@ -337,10 +337,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_every(args: argparse.Namespace) -> float:
-    from . import pipeline
+    from .checkpoint import EVERY_S
 
-    every = args.checkpoint_every
-    return pipeline.CHECKPOINT_EVERY_S if every is None else every
+    return EVERY_S if args.checkpoint_every is None else args.checkpoint_every
 
 
 def _resume(args: argparse.Namespace) -> None:

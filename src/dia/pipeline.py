@@ -33,9 +33,6 @@ from .reports import roc_plot, score_histogram
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
-# Training seconds between checkpoints of the detector's training: a run loses at most this
-# much when the machine fails; writing one takes well under a second for the presets' networks.
-CHECKPOINT_EVERY_S = 300.0
 
 
 def _git(*args: str) -> str | None:
@@ -302,7 +299,7 @@ def run(
     config: RunConfig,
     out: Path,
     progress: bool = True,
-    checkpoint_every: float | None = CHECKPOINT_EVERY_S,
+    checkpoint_every: float | None = ckpt.EVERY_S,
 ) -> dict | None:
     """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics
     (None on the other processes under a launcher: rank 0 evaluates and writes).

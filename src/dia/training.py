@@ -26,6 +26,8 @@ from .optim import WeightAverage, lr_factor, make_optimizer
 from .shifts import NUM_SHIFTS, all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
+# The per-step losses a history keeps (and a checkpoint carries over).
+LOSSES = ("loss", "contrastive", "shift")
 
 
 def _next_multiple(seconds: float, every: float | None) -> float | None:
@@ -191,12 +193,12 @@ class DetectorTrainer:
         total_steps = cfg.epochs * steps_per_epoch
         warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
 
-        history: dict = {"loss": [], "contrastive": [], "shift": [], "dissolve_cache_s": cache_s}
+        history: dict = {**{k: [] for k in LOSSES}, "dissolve_cache_s": cache_s}
         state = _State(net, optimizer, average, order, gen, history, max_seconds)
         train_s, step, perm, first = 0.0, 0, None, 0
         if saved is not None:
             train_s, step, perm, first = self._restore(*saved, state)
-            history.update({k: saved[1]["history"][k] for k in ("loss", "contrastive", "shift")})
+            history.update({k: saved[1]["history"][k] for k in LOSSES})
             history["resumed_at_step"] = step
         main = distributed.is_main()
         quiet = not progress or not main
@@ -317,7 +319,7 @@ class DetectorTrainer:
                 "max_seconds": state.max_seconds,
                 "average_updates": average.updates if average is not None else 0,
                 "optimizer_groups": groups,
-                "history": {k: state.history[k] for k in ("loss", "contrastive", "shift")},
+                "history": {k: state.history[k] for k in LOSSES},
             }
             ckpt.save(checkpoint.folder, tensors, meta)
         distributed.barrier()
