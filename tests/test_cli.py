@@ -107,6 +107,66 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_a_run_stopped_after_its_diffusion_training_reuses_that_model(
+    finished_run, tmp_path, monkeypatch, capsys
+):
+    from dia.training import DetectorTrainer
+
+    def ctrl_c(self, *args):
+        raise KeyboardInterrupt  # no checkpoint to save: --checkpoint-every 0
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(DetectorTrainer, "_step", ctrl_c)
+    assert main(["run", "--out", str(out), "--checkpoint-every", "0", *TINY]) == 130
+    monkeypatch.undo()
+    assert (out / "diffusion" / "model.safetensors").is_file()
+    saved = (out / "diffusion" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["resume", "--out", str(out)]) == 2
+    assert "reuses its diffusion model" in capsys.readouterr().err
+    # other settings would need another diffusion model: refused, the saved one kept
+    assert main(["run", "--out", str(out), *TINY, "--seed", "1"]) == 2
+    assert "seed: saved 0, now 1" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diffusion_reused"] is True and "diffusion_s" not in metrics["wall_s"]
+    assert (out / "diffusion" / "model.safetensors").read_bytes() == saved
+    # the same model, so the same scores as the run that trained it in one go
+    assert (out / "scores.csv").read_text() == (finished_run / "scores.csv").read_text()
+
+
+def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, monkeypatch, capsys):
+    from dia import pipeline
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "unevaluated"
+    args = ["--out", str(out), "--dissolve", "none", *TINY]
+    monkeypatch.setattr(pipeline, "evaluate_step", crash)
+    assert main(["run", *args]) == 130  # stopped after the detector was saved
+    monkeypatch.undo()
+    detector = (out / "detector" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for command in ("run", "train"):
+        assert main([command, *args]) == 2
+        err = capsys.readouterr().err
+        assert ("dia evaluate --out" if command == "run" else "already holds") in err
+    assert main(["resume", "--out", str(out)]) == 2
+    assert "dia evaluate --out" in capsys.readouterr().err
+    assert (out / "detector" / "model.safetensors").read_bytes() == detector
+    assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "metrics.json").is_file()
+
+    folder = tmp_path / "diffusion-only"
+    train_diffusion = ["train-diffusion", "--out", str(folder), *TINY]
+    assert main(train_diffusion) == 0
+    diffusion = (folder / "diffusion" / "model.safetensors").read_bytes()
+    assert main(train_diffusion) == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
+
+
 def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch, capsys):
     import signal
 

@@ -299,6 +299,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if main_process and args.command in ("train-diffusion", "train", "dissolve"):
         out.mkdir(parents=True, exist_ok=True)  # evaluate and maps read a folder that exists
     if args.command == "train-diffusion":
+        error = pipeline.model_in_the_way(out, pipeline.DIFFUSION_DIR)
+        if error is not None:
+            raise FileExistsError(error)
         pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
         pipeline.train_diffusion_step(config, data, out, progress)
@@ -306,9 +309,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train":
         start = time.perf_counter()
         deadline = None if config.budget_s is None else start + config.budget_s
-        error = distributed.broadcast_object(
-            pipeline.interrupted_run(out) if main_process else None
-        )
+        error = None
+        if main_process:
+            error = pipeline.interrupted_run(out) or pipeline.model_in_the_way(
+                out, pipeline.DETECTOR_DIR
+            )
+        error = distributed.broadcast_object(error)
         if error is not None:
             raise FileExistsError(error)
         if main_process:

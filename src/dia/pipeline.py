@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import platform
 import shutil
 import subprocess
@@ -166,6 +167,63 @@ def train_detector_step(
     return detector
 
 
+def _in_the_way(out: Path, config: RunConfig) -> str | None:
+    """Why ``dia run`` must not start in ``out``: it would overwrite a result, an interrupted
+    training or a trained model. None when nothing is in the way; a diffusion model trained
+    with the run's settings (a run stopped after training it) is not in the way, but reused."""
+    if (out / "metrics.json").exists():
+        return f"{out} already holds a finished run; choose another --out"
+    interrupted = interrupted_run(out)
+    if interrupted is not None:
+        return interrupted
+    if (out / DETECTOR_DIR / "config.json").is_file():
+        return (
+            f"{out} holds a trained detector that was never evaluated: dia evaluate --out {out} "
+            "scores the test split with it (to train afresh, choose another --out)"
+        )
+    if config.detector.dissolve == "diffusion" and has_diffusion(out):
+        differ = diffusion_settings_differ(out, config)
+        if differ:
+            return (
+                f"{out} holds a diffusion model trained with other settings ({differ}); "
+                "choose another --out"
+            )
+    return None
+
+
+def has_diffusion(out: Path) -> bool:
+    """Whether run folder ``out`` holds a saved diffusion model."""
+    return (out / DIFFUSION_DIR / "config.json").is_file()
+
+
+def diffusion_settings_differ(out: Path, config: RunConfig) -> str:
+    """The settings that decide a diffusion model (data, diffusion, seed) where the run
+    folder's ``config.json`` and ``config`` differ, as ``name: saved X, now Y`` ('' when none)."""
+    if not (out / "config.json").is_file():
+        return f"no {out / 'config.json'} records them"
+    saved = read_json(out / "config.json")
+    now = json.loads(json.dumps(to_dict(config)))  # tuples as the saved JSON holds them: lists
+    differ = [
+        f"{section}.{key}: saved {saved.get(section, {}).get(key)!r}, now {value!r}"
+        for section in ("data", "diffusion")
+        for key, value in now[section].items()
+        if saved.get(section, {}).get(key) != value
+    ]
+    if saved.get("seed") != now["seed"]:
+        differ.append(f"seed: saved {saved.get('seed')!r}, now {now['seed']!r}")
+    return "; ".join(differ)
+
+
+def model_in_the_way(out: Path, name: str) -> str | None:
+    """Why training must not write ``out/name`` (a trained model is there), or None."""
+    if not (out / name / "config.json").is_file():
+        return None
+    return (
+        f"{out / name} already holds a trained model; choose another --out (or delete it to "
+        "train again)"
+    )
+
+
 def interrupted_run(out: Path) -> str | None:
     """Why a new training must not start in ``out`` (its checkpoint would be overwritten), or
     None when nothing is in the way."""
@@ -309,16 +367,15 @@ def run(
     """
     t_start = time.perf_counter()
     deadline = None if config.budget_s is None else t_start + config.budget_s
-    error = None
+    error = reuse = None
     if distributed.is_main():
-        if (out / "metrics.json").exists():
-            error = f"{out} already holds a finished run; choose another --out"
-        else:
-            error = interrupted_run(out)
+        error = _in_the_way(out, config)
+        reuse = error is None and config.detector.dissolve == "diffusion" and has_diffusion(out)
         if error is None:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out)
-    error = distributed.broadcast_object(error)  # every process stops, not just rank 0
+    # every process stops, or reuses the diffusion model, not just rank 0
+    error, reuse = distributed.broadcast_object((error, reuse))
     if error is not None:
         raise FileExistsError(error)
     timings: dict = {}
@@ -326,7 +383,10 @@ def run(
     data = load_run_data(config)
     timings["data_s"] = time.perf_counter() - t0
     diffusion_model = None
-    if config.detector.dissolve == "diffusion":
+    if reuse:
+        diffusion_model = load_diffusion(out, config.device)
+        timings["diffusion_reused"] = True
+    elif config.detector.dissolve == "diffusion":
         t0 = time.perf_counter()
         diffusion_model = train_diffusion_step(config, data, out, progress)
         timings["diffusion_s"] = time.perf_counter() - t0
@@ -344,8 +404,12 @@ def _finish(config, data, out, diffusion_model, progress, deadline, saving, timi
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
     if not distributed.is_main():
         return None
+    # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
+    reused = timings.pop("diffusion_reused", False)
     metrics = evaluate_step(config, data, detector, out, timings)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
+    if reused:
+        metrics["diffusion_reused"] = True
     if "resumed_at_step" in detector.history_:
         metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
     write_json(out / "metrics.json", metrics)
@@ -372,11 +436,7 @@ def resume(
         if (out / "metrics.json").exists():
             finished = f"{out} already holds a finished run (metrics.json); nothing to resume"
         elif not ckpt.exists(folder):
-            missing = (
-                f"no checkpoint in {out} (expected {folder / ckpt.META_FILE}): the run stopped "
-                "before its detector training started or after it ended; start it again with "
-                "dia run or dia train"
-            )
+            missing = _nothing_to_resume(out, folder)
     finished, missing = distributed.broadcast_object((finished, missing))
     if finished is not None:
         raise FileExistsError(finished)
@@ -406,6 +466,22 @@ def resume(
         return command, None
     metrics = _finish(config, data, out, diffusion_model, progress, None, saving, timings, t_start)
     return command, metrics
+
+
+def _nothing_to_resume(out: Path, folder: Path) -> str:
+    """What to do instead of resuming a run folder ``out`` without a checkpoint."""
+    if (out / DETECTOR_DIR / "config.json").is_file():
+        return (
+            f"nothing to resume in {out}: its detector's training finished (saved in "
+            f"{out / DETECTOR_DIR}); dia evaluate --out {out} scores the test split with it"
+        )
+    again = "dia run or dia train"
+    if has_diffusion(out):
+        again = "dia run (which reuses its diffusion model) or dia train"
+    return (
+        f"no checkpoint in {out} (expected {folder / ckpt.META_FILE}): the run stopped before "
+        f"its detector training saved one; start it again with {again} and the same --out"
+    )
 
 
 def _own_meta(meta: dict) -> dict:
