@@ -391,12 +391,23 @@ def run(
         diffusion_model = train_diffusion_step(config, data, out, progress)
         timings["diffusion_s"] = time.perf_counter() - t0
     saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
-    return _finish(config, data, out, diffusion_model, progress, deadline, saving, timings, t_start)
+    return _finish(
+        config,
+        data,
+        out,
+        diffusion_model,
+        saving,
+        progress=progress,
+        deadline=deadline,
+        timings=timings,
+        t_start=t_start,
+    )
 
 
-def _finish(config, data, out, diffusion_model, progress, deadline, saving, timings, t_start):
+def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, timings, t_start):
     """Train the detector and, on rank 0, evaluate: the end of :func:`run` and of
-    :func:`resume`."""
+    :func:`resume`. ``timings`` (wall seconds so far) is completed and kept in the metrics;
+    ``t_start`` is when the session began."""
     t0 = time.perf_counter()
     detector = train_detector_step(config, data, out, diffusion_model, progress, deadline, saving)
     timings["detector_s"] = time.perf_counter() - t0
@@ -464,7 +475,17 @@ def resume(
     if command != "run":
         train_detector_step(config, data, out, diffusion_model, progress, None, saving)
         return command, None
-    metrics = _finish(config, data, out, diffusion_model, progress, None, saving, timings, t_start)
+    metrics = _finish(
+        config,
+        data,
+        out,
+        diffusion_model,
+        saving,
+        progress=progress,
+        deadline=None,
+        timings=timings,
+        t_start=t_start,
+    )
     return command, metrics
 
 
