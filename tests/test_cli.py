@@ -45,6 +45,13 @@ def test_run_writes_metrics_models_and_scores(finished_run, capsys):
     for name in ("roc.png", "score_histogram.png"):
         with Image.open(finished_run / name) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200, name
+    # 16 px images drawn 4 times as large: 8 rows of test images (the 8 lowest-scoring with
+    # their maps; the first 8 at 6 timesteps besides the input)
+    with Image.open(finished_run / "anomaly_maps.png") as img:
+        assert img.height > 8 * 64 and img.width > 2 * 64
+    with Image.open(finished_run / "dissolve_grid.png") as img:
+        assert img.height > 8 * 64 and img.width > 7 * 64
+    assert metrics["wall_s"]["anomaly_maps_s"] > 0 and metrics["wall_s"]["dissolve_grid_s"] > 0
 
 
 def test_saved_detector_gives_the_same_scores(finished_run, capsys):
@@ -222,6 +229,8 @@ def test_plain_csi_and_blur_controls_run(tmp_path):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["config"]["detector"]["dissolve"] == dissolve
         assert not (out / "diffusion").exists()
+        assert (out / "anomaly_maps.png").is_file()
+        assert (out / "dissolve_grid.png").is_file() == (dissolve != "none")
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):

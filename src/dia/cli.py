@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train-diffusion": "train only the diffusion model into OUT/diffusion",
         "train": "train the detector into OUT/detector (uses OUT/diffusion when present)",
         "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
-        "OUT/scores.csv, the ROC curve OUT/roc.png and OUT/score_histogram.png",
+        "OUT/scores.csv, the ROC curve OUT/roc.png, OUT/score_histogram.png and the anomaly "
+        "maps of the lowest-scoring test images OUT/anomaly_maps.png",
         "dissolve": "write a PNG grid of images and their dissolved versions",
         "maps": "write a PNG of anomaly maps: where OUT/detector finds test images abnormal",
     }
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dissolve":
             p.add_argument(
                 "--timesteps",
-                default="0,30,50,100,200,400",
+                default=None,
                 help="comma-separated timesteps (default 0,30,50,100,200,400)",
             )
             p.add_argument(
@@ -373,11 +374,8 @@ def _saved_run(args, config: RunConfig, out: Path):
 
 
 def _maps(args, config: RunConfig, out: Path) -> None:
-    import torch
-
     from . import pipeline
     from .maps import check_patch
-    from .reports import anomaly_map_grid
 
     if args.count < 1:
         raise ValueError(f"--count={args.count}; expected at least 1")
@@ -386,40 +384,35 @@ def _maps(args, config: RunConfig, out: Path) -> None:
     check_patch(size, size, args.patch, args.stride)  # before scoring the whole test split
     test = pipeline.load_run_data(config).test
     print(f"scoring {len(test)} test images to pick the lowest-scoring", file=sys.stderr)
-    scores = detector.score_samples(test)
-    chosen = scores.argsort(kind="stable")[: args.count]
-    images = test[torch.as_tensor(chosen)]
-    maps = detector.anomaly_map(images, patch=args.patch, stride=args.stride)
-    grid = anomaly_map_grid(images, maps, scores[chosen], detector.threshold_)
     path = args.image or out / "anomaly_maps.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    print(f"anomaly maps of the {len(images)} lowest-scoring test images saved to {path}")
+    shown = pipeline.write_anomaly_maps(
+        detector, test, detector.score_samples(test), path, args.count, args.patch, args.stride
+    )
+    print(f"anomaly maps of the {shown} lowest-scoring test images saved to {path}")
 
 
 def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
     from . import pipeline
     from .device import resolve_device
-    from .dissolve import build_dissolver
-    from .reports import dissolve_grid
+    from .reports import GRID_TIMESTEPS
 
-    timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
+    timesteps = list(GRID_TIMESTEPS)
+    if args.timesteps is not None:
+        timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
     if not timesteps or min(timesteps) < 0:
         raise ValueError(f"--timesteps={args.timesteps!r}; expected non-negative integers")
     data = pipeline.load_run_data(config)
-    device = resolve_device(config.device)
     diffusion = None
     if config.detector.dissolve == "diffusion":
         diffusion = pipeline.load_diffusion(out, config.device)
         if diffusion is None:
             print(f"no diffusion model in {out}; training one", file=sys.stderr)
             diffusion = pipeline.train_diffusion_step(config, data, out, progress)
-    dissolver = build_dissolver(config.detector.dissolve, diffusion).to(device)
-    images = data.test[: args.count].to(device)
-    grid = dissolve_grid(images, dissolver, timesteps)
+    images = data.test[: args.count]
     path = args.grid or out / "dissolve_grid.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    pipeline.write_dissolve_grid(
+        config.detector.dissolve, diffusion, images, path, resolve_device(config.device), timesteps
+    )
     print(f"dissolving grid ({len(images)} images x {len(timesteps)} timesteps) saved to {path}")
 
 

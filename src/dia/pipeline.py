@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__, distributed
@@ -27,9 +28,17 @@ from .detector import FORMAT as DETECTOR_FORMAT
 from .detector import DIADetector
 from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
+from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
 from .io import read_json, write_json
-from .reports import roc_plot, score_histogram
+from .reports import (
+    GRID_TIMESTEPS,
+    PICTURE_COUNT,
+    anomaly_map_grid,
+    dissolve_grid,
+    roc_plot,
+    score_histogram,
+)
 
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
@@ -292,8 +301,49 @@ def evaluate_step(
     title = f"{data.name}, test split (AUROC {metrics['auroc']:.3f})"
     roc_plot(labels, scores, out / "roc.png", detector.threshold_, title)
     score_histogram(labels, scores, out / "score_histogram.png", detector.threshold_, title)
+    t0 = time.perf_counter()
+    write_anomaly_maps(detector, data.test, scores, out / "anomaly_maps.png")
+    metrics["wall_s"]["anomaly_maps_s"] = time.perf_counter() - t0
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def write_anomaly_maps(
+    detector: DIADetector,
+    images: torch.Tensor,
+    scores,
+    path: Path,
+    count: int = PICTURE_COUNT,
+    patch: int | None = None,
+    stride: int | None = None,
+) -> int:
+    """A PNG of the anomaly maps of the ``count`` lowest-scoring ``images`` (the most abnormal
+    by ``scores``, the detector's; no label is looked at); returns how many it shows."""
+    if count < 1:
+        raise ValueError(f"count={count}; expected at least 1")
+    chosen = np.argsort(np.asarray(scores), kind="stable")[:count]
+    picked = images[torch.as_tensor(chosen)]
+    maps = detector.anomaly_map(picked, patch=patch, stride=stride)
+    grid = anomaly_map_grid(picked, maps, np.asarray(scores)[chosen], detector.threshold_)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return len(picked)
+
+
+def write_dissolve_grid(
+    dissolve: str,
+    diffusion_model: DiffusionModel | None,
+    images: torch.Tensor,
+    path: Path,
+    device: str | torch.device = "cpu",
+    timesteps=GRID_TIMESTEPS,
+) -> None:
+    """A PNG of ``images`` (rows) and their versions dissolved by operator ``dissolve`` at
+    every timestep (columns)."""
+    dissolver = build_dissolver(dissolve, diffusion_model).to(device)
+    grid = dissolve_grid(images.to(device), dissolver, list(timesteps))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
 
 
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
@@ -418,6 +468,16 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
     # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
     reused = timings.pop("diffusion_reused", False)
     metrics = evaluate_step(config, data, detector, out, timings)
+    if config.detector.dissolve != "none":
+        t0 = time.perf_counter()
+        write_dissolve_grid(
+            config.detector.dissolve,
+            diffusion_model,
+            data.test[:PICTURE_COUNT],
+            out / "dissolve_grid.png",
+            resolve_device(config.device),
+        )
+        metrics["wall_s"]["dissolve_grid_s"] = time.perf_counter() - t0
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
     if reused:
         metrics["diffusion_reused"] = True

@@ -9,6 +9,10 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score, roc_curve
 
+# What a run draws besides its curves: how many test images, and the dissolving timesteps.
+PICTURE_COUNT = 8
+GRID_TIMESTEPS = (0, 30, 50, 100, 200, 400)
+
 
 def to_pil(images: torch.Tensor, scale: int = 4) -> list[Image.Image]:
     """(N, C, H, W) in [0, 1] -> N PIL images, upscaled ``scale`` times (nearest neighbour)."""
