@@ -439,7 +439,7 @@ def _print_metrics(metrics: dict, out: Path) -> None:
         f"AUROC {metrics['auroc']:.4f}  AUPRC {metrics['auprc']:.4f}  "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.4f}" + (f"  ({wall:.0f} s)" if wall else "")
     )
-    print(f"metrics, scores, models, ROC curve and score histograms in {out}")
+    print(f"metrics, scores, models, ROC curve, score histograms and anomaly maps in {out}")
 
 
 if __name__ == "__main__":
