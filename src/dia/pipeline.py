@@ -194,8 +194,8 @@ def _in_the_way(out: Path, config: RunConfig) -> str | None:
         differ = diffusion_settings_differ(out, config)
         if differ:
             return (
-                f"{out} holds a diffusion model trained with other settings ({differ}); "
-                "choose another --out"
+                f"{out} holds a diffusion model trained with other settings ({differ}); pass "
+                "the same settings to reuse it, or choose another --out"
             )
     return None
 
