@@ -10,17 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def usual_mode(path: Path, folder: bool = False) -> None:
-    """Give a temporary file or folder the permissions a plain ``open`` or ``mkdir`` would
+def usual_mode(*paths: Path) -> None:
+    """Give temporary files and folders the permissions a plain ``open`` or ``mkdir`` would
     have (the temporary ones are private to the owner, so that others on a shared machine
     could not read a saved model or result)."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    umask = os.umask(0)  # read by setting it: the only portable way
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -64,8 +61,7 @@ def save_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Pa
     try:
         write(staging)
         # Some writers (safetensors among them) create owner-only files too.
-        for path in [staging, *staging.rglob("*")]:
-            usual_mode(path, folder=path.is_dir())
+        usual_mode(staging, *staging.rglob("*"))
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -185,12 +185,12 @@ def _in_the_way(out: Path, config: RunConfig) -> str | None:
     interrupted = interrupted_run(out)
     if interrupted is not None:
         return interrupted
-    if (out / DETECTOR_DIR / "config.json").is_file():
+    if has_model(out, DETECTOR_DIR):
         return (
             f"{out} holds a trained detector that was never evaluated: dia evaluate --out {out} "
             "scores the test split with it (to train afresh, choose another --out)"
         )
-    if config.detector.dissolve == "diffusion" and has_diffusion(out):
+    if config.detector.dissolve == "diffusion" and has_model(out):
         differ = diffusion_settings_differ(out, config)
         if differ:
             return (
@@ -200,9 +200,10 @@ def _in_the_way(out: Path, config: RunConfig) -> str | None:
     return None
 
 
-def has_diffusion(out: Path) -> bool:
-    """Whether run folder ``out`` holds a saved diffusion model."""
-    return (out / DIFFUSION_DIR / "config.json").is_file()
+def has_model(out: Path, name: str = DIFFUSION_DIR) -> bool:
+    """Whether run folder ``out`` holds a saved model in ``out/name`` (the diffusion model's
+    by default)."""
+    return (out / name / "config.json").is_file()
 
 
 def diffusion_settings_differ(out: Path, config: RunConfig) -> str:
@@ -225,7 +226,7 @@ def diffusion_settings_differ(out: Path, config: RunConfig) -> str:
 
 def model_in_the_way(out: Path, name: str) -> str | None:
     """Why training must not write ``out/name`` (a trained model is there), or None."""
-    if not (out / name / "config.json").is_file():
+    if not has_model(out, name):
         return None
     return (
         f"{out / name} already holds a trained model; choose another --out (or delete it to "
@@ -321,10 +322,11 @@ def write_anomaly_maps(
     by ``scores``, the detector's; no label is looked at); returns how many it shows."""
     if count < 1:
         raise ValueError(f"count={count}; expected at least 1")
-    chosen = np.argsort(np.asarray(scores), kind="stable")[:count]
+    scores = np.asarray(scores)
+    chosen = np.argsort(scores, kind="stable")[:count]
     picked = images[torch.as_tensor(chosen)]
     maps = detector.anomaly_map(picked, patch=patch, stride=stride)
-    grid = anomaly_map_grid(picked, maps, np.asarray(scores)[chosen], detector.threshold_)
+    grid = anomaly_map_grid(picked, maps, scores[chosen], detector.threshold_)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return len(picked)
@@ -397,10 +399,9 @@ def free_path(path: Path) -> Path:
 
 def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
     """The diffusion model saved in a run folder, or None when there is none."""
-    folder = out / DIFFUSION_DIR
-    if not (folder / "config.json").exists():
+    if not has_model(out):
         return None
-    return DiffusionModel.from_pretrained(folder, device=str(resolve_device(device)))
+    return DiffusionModel.from_pretrained(out / DIFFUSION_DIR, device=str(resolve_device(device)))
 
 
 def run(
@@ -420,7 +421,7 @@ def run(
     error = reuse = None
     if distributed.is_main():
         error = _in_the_way(out, config)
-        reuse = error is None and config.detector.dissolve == "diffusion" and has_diffusion(out)
+        reuse = error is None and config.detector.dissolve == "diffusion" and has_model(out)
         if error is None:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out)
@@ -551,13 +552,13 @@ def resume(
 
 def _nothing_to_resume(out: Path, folder: Path) -> str:
     """What to do instead of resuming a run folder ``out`` without a checkpoint."""
-    if (out / DETECTOR_DIR / "config.json").is_file():
+    if has_model(out, DETECTOR_DIR):
         return (
             f"nothing to resume in {out}: its detector's training finished (saved in "
             f"{out / DETECTOR_DIR}); dia evaluate --out {out} scores the test split with it"
         )
     again = "dia run or dia train"
-    if has_diffusion(out):
+    if has_model(out):
         again = "dia run (which reuses its diffusion model) or dia train"
     return (
         f"no checkpoint in {out} (expected {folder / ckpt.META_FILE}): the run stopped before "
