@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -10,3 +13,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits: int | None = None,
+    **elements: object,
+) -> Path:
+    """Write ``pixels`` as a Part 10 DICOM file; ``elements`` are extra data elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import set_pixel_data
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    set_pixel_data(ds, pixels, photometric, bits or 8 * pixels.dtype.itemsize)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def write_dicom():
+    """Writes a DICOM file: ``write_dicom(path, pixels, photometric, bits, **elements)``."""
+    return _write_dicom

@@ -305,6 +305,48 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
     assert (finished_run / "scored-2.csv").is_file()
 
 
+def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom, capsys):
+    from dia.config import DataConfig
+    from dia.data import load_data
+    from dia.data.folder import load_images
+    from dia.detector import DIADetector
+
+    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
+                                image_size=16))  # fmt: skip
+    root = tmp_path / "ct"
+
+    def write(folder, images):
+        # Hounsfield units that a lung window (-600 / 1500) shows as the images themselves;
+        # each file's own window is a soft-tissue one, which would show them all white.
+        for i, image in enumerate(images[:, 0].numpy()):
+            hu = np.rint(image * 1500 - 1350).astype(np.int16)
+            write_dicom(folder / f"IM{i:04d}", hu + 1024, bits=12, RescaleSlope=1,
+                        RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)  # fmt: skip
+
+    write(root / "train/0_normal", data.train)
+    write(root / "test/0_normal", data.test[data.test_labels == 0])
+    write(root / "test/1_abnormal", data.test[data.test_labels == 1])
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(root), "--dicom-window=-600,1500", "--dissolve", "none",
+                 "--out", str(out), *TINY]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["data"]["dicom_window"] == [-600.0, 1500.0]
+    assert metrics["data"]["dicom_displays"] == ["given window -600/1500"]
+    detector = DIADetector.from_pretrained(out / "detector", device="cpu")
+    assert detector.dicom_window == (-600.0, 1500.0)
+
+    # New files are read through the detector's window, as its training files were.
+    assert main(["score", str(root / "test"), "--out", str(out), "--device", "cpu"]) == 0
+    with open(out / "scored.csv") as f:
+        rows = list(csv.DictReader(f))
+    images, files = load_images([root / "test"], 16, 1, detector.dicom_window)
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    expected = torch.cat([data.test[data.test_labels == 0], data.test[data.test_labels == 1]])
+    assert torch.allclose(images, expected, atol=2e-3)
+    scores = detector.score_samples(images)
+    np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-5)
+
+
 def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

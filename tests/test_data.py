@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import urllib.error
 from pathlib import Path
@@ -351,6 +352,184 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
         load_images([tmp_path / "broken.png"], 8, 1)
     with pytest.raises(ValueError, match="channels=2"):
         load_images([tmp_path / "one.bmp"], 8, 2)
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def test_dicom_display_values(tmp_path: Path, write_dicom) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dia.data.dicom import read_dicom
+
+    # CT: stored value + intercept = Hounsfield units, shown through its window 40 / 400 ...
+    hu = np.array([[-1000, -160, 40], [240, 1000, -600]], dtype=np.int16)
+    ct = write_dicom(
+        tmp_path / "ct.dcm",
+        hu + 1024,
+        bits=12,
+        RescaleSlope=1,
+        RescaleIntercept=-1024,
+        WindowCenter=[40, -600],  # a file may offer several windows: the first is shown
+        WindowWidth=[400, 1500],
+    )
+    shown, display = read_dicom(ct)
+    assert display == "window 40/400"
+    assert shown.dtype == np.float32 and shown.shape == (2, 3)
+    assert shown[0, :2].tolist() == [0.0, 0.0] and shown[1].tolist() == [1.0, 1.0, 0.0]
+    assert shown[0, 2] == pytest.approx(0.5, abs=0.01)
+    # ... or through a window given instead, here a lung window.
+    lung, display = read_dicom(ct, window=(-600, 1500))
+    assert display == "given window -600/1500"
+    np.testing.assert_allclose(lung[0], [0.233, 0.793, 0.927], atol=0.001)
+    assert lung[1, 2] == pytest.approx(0.5, abs=0.01)
+
+    # No window: the range 12 stored bits can hold; MONOCHROME1 shows low values bright.
+    stored = np.array([[0, 2048, 4095]], dtype=np.uint16)
+    plain, display = read_dicom(write_dicom(tmp_path / "plain.dcm", stored, bits=12))
+    assert display == "stored range"
+    np.testing.assert_allclose(plain, [[0.0, 2048 / 4095, 1.0]], atol=1e-6)
+    inverted, _ = read_dicom(write_dicom(tmp_path / "m1.dcm", stored, "MONOCHROME1", bits=12))
+    np.testing.assert_allclose(inverted, 1.0 - plain, atol=1e-6)
+
+    # A signed range with a slope: -2048..2047 stored, times 2.
+    signed = np.array([[-2048, 0, 2047]], dtype=np.int16)
+    scaled, _ = read_dicom(
+        write_dicom(tmp_path / "s.dcm", signed, bits=12, RescaleSlope=2, RescaleIntercept=0)
+    )
+    np.testing.assert_allclose(scaled, [[0.0, 2048 / 4095, 1.0]], atol=1e-6)
+
+    # A VOI LUT (here 16-bit, value * 16) is the file's own display choice: it wins over a
+    # window in the same file.
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.add_new(0x00283006, "US", [v * 16 for v in range(4096)])  # LUT Data
+    path = write_dicom(
+        tmp_path / "lut.dcm",
+        stored,
+        bits=12,
+        WindowCenter=0,
+        WindowWidth=10,
+        VOILUTSequence=Sequence([lut]),
+    )
+    looked_up, display = read_dicom(path)
+    assert display == "VOI LUT"
+    np.testing.assert_allclose(looked_up, [[0.0, 32768 / 65535, 65520 / 65535]], atol=1e-6)
+
+    colour = np.zeros((4, 5, 3), dtype=np.uint8)
+    colour[..., 0] = 255
+    rgb, display = read_dicom(write_dicom(tmp_path / "rgb.dcm", colour, "RGB"))
+    assert display == "colour" and rgb.shape == (4, 5, 3)
+    assert rgb[..., 0].min() == 1.0 and rgb[..., 1:].max() == 0.0
+
+
+def test_dicom_folder_and_scoring_files(tmp_path: Path, write_dicom) -> None:
+    from dia.data.folder import load_images
+
+    root = tmp_path / "xray"
+    for i, value in enumerate((1000, 1100, 1200)):
+        write_dicom(root / f"train/0_normal/{i}.dcm", np.full((40, 30), value, np.uint16), bits=12)
+    # Scanners often write DICOM files without a suffix; a DICOMDIR (an index) is no image.
+    write_dicom(root / "test/0_normal/IM0001", np.full((20, 20), 1000, np.uint16), bits=12)
+    write_dicom(root / "test/1_abnormal/IM0002", np.full((20, 20), 4000, np.uint16), bits=12)
+    (root / "test/1_abnormal/DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    (root / "test/1_abnormal/README").write_text("not an image")
+    _save(root / "test/1_abnormal/photo.png", _gray(20, 20, 250))
+
+    data = load_data(DataConfig(spec=str(root), image_size=16))
+    _check_image_data(data, channels=1, size=16)
+    assert data.counts() == {"train": 3, "test_normal": 1, "test_abnormal": 2}
+    assert data.info["files_skipped"] == 2
+    assert data.train[2].mean().item() == pytest.approx(1200 / 4095, abs=1e-4)
+    assert data.test[1].mean().item() == pytest.approx(4000 / 4095, abs=1e-4)
+
+    images, files = load_images([root / "test"], 16, channels=1)
+    assert [f.name for f in files] == ["IM0001", "IM0002", "photo.png"]
+    assert torch.allclose(images[:2], data.test[:2])
+
+
+def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> None:
+    import warnings
+
+    root = tmp_path / "ct"
+    hu = np.full((12, 12), -600, dtype=np.int16)
+    windows = {"train/0_normal/a.dcm": (40, 400), "train/0_normal/b.dcm": (-600, 1500)}
+    windows.update({"test/0_normal/c.dcm": (40, 400), "test/1_abnormal/d.dcm": (40, 400)})
+    for name, (centre, width) in windows.items():
+        write_dicom(root / name, hu + 1024, bits=12, RescaleSlope=1, RescaleIntercept=-1024,
+                    WindowCenter=centre, WindowWidth=width)  # fmt: skip
+
+    with pytest.warns(UserWarning, match=r"2 different ways .*--dicom-window=CENTRE,WIDTH"):
+        data = load_data(DataConfig(spec=str(root), image_size=8))
+    assert data.info["dicom_displays"] == ["window -600/1500", "window 40/400"]
+    assert data.train[0].max() == 0.0 and data.train[1].mean() == pytest.approx(0.5, abs=0.01)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lung = load_data(DataConfig(spec=str(root), image_size=8, dicom_window=(-600, 1500)))
+    assert lung.info["dicom_displays"] == ["given window -600/1500"]
+    assert torch.allclose(lung.train[0], lung.train[1])
+
+    with pytest.raises(DataError, match="width >= 1"):
+        load_data(DataConfig(spec=str(root), dicom_window=(40, 0)))
+    with pytest.raises(DataError, match="folders of DICOM files only"):
+        load_data(DataConfig(spec="synthetic", dicom_window=(40, 400)))
+
+
+def test_dicom_errors(tmp_path: Path, write_dicom) -> None:
+    from pydicom.uid import JPEG2000Lossless
+
+    from dia.data.dicom import read_dicom
+
+    (tmp_path / "fake.dcm").write_text("not DICOM at all")
+    with pytest.raises(DataError, match="cannot read DICOM file .*fake.dcm"):
+        read_dicom(tmp_path / "fake.dcm")
+
+    volume = np.zeros((3, 8, 8), dtype=np.uint8)
+    multi = write_dicom(tmp_path / "volume.dcm", volume)
+    with pytest.raises(DataError, match="volume.dcm holds 3 frames.*file of its own"):
+        read_dicom(multi)
+
+    empty = write_dicom(tmp_path / "report.dcm", np.zeros((2, 2), np.uint8))
+    import pydicom
+
+    ds = pydicom.dcmread(empty)
+    del ds.PixelData
+    ds.save_as(empty)
+    with pytest.raises(DataError, match="report.dcm holds no image"):
+        read_dicom(empty)
+
+    def jpeg2000(name: str, pixels: np.ndarray, encoded: bytes) -> Path:
+        path = write_dicom(tmp_path / name, pixels)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = pydicom.encaps.encapsulate([encoded])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path)
+        return path
+
+    # Compressed pixel data decodes (JPEG 2000 through Pillow) ...
+    ramp = (np.arange(16 * 16).reshape(16, 16) % 256).astype(np.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(ramp).save(encoded, "JPEG2000", irreversible=False)
+    decoded, _ = read_dicom(jpeg2000("ramp.dcm", ramp, encoded.getvalue()))
+    np.testing.assert_allclose(decoded * 255, ramp, atol=1e-3)
+    # ... and undecodable pixel data names the file, its transfer syntax and what may help.
+    broken = jpeg2000("j2k.dcm", np.zeros((8, 8), np.uint8), b"\xff\x4f garbage")
+    with pytest.raises(DataError, match="(?s)cannot decode .*j2k.dcm.*JPEG 2000.*pylibjpeg"):
+        read_dicom(broken)
+    with pytest.raises(DataError, match="j2k.dcm"):
+        load_data(DataConfig(spec=str(_split_with(tmp_path / "data", broken))))
+
+
+def _split_with(root: Path, bad: Path) -> Path:
+    """A split layout whose one abnormal test image is ``bad``."""
+    for name in ("train/0_normal/a.png", "test/0_normal/b.png"):
+        _save(root / name, _gray(8, 8, 10))
+    (root / "test/1_abnormal").mkdir(parents=True)
+    shutil.copy(bad, root / "test/1_abnormal" / bad.name)
+    return root
 
 
 # ---------------------------------------------------------------- medmnist

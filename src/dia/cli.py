@@ -21,6 +21,12 @@ SECTIONS = {
     "score": ("score-", ScoreConfig),
 }
 FLAG_NAMES = {("data", "spec"): "data"}
+METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
+DICOM_WINDOW_HELP = (
+    "show every grayscale DICOM file through this window, in its units after rescaling (CT: "
+    "Hounsfield units, e.g. --dicom-window=-600,1500 for lung) instead of the file's own "
+    "(default: the file's)"
+)
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
     "'medmnist:NAME' or a folder of images",
@@ -34,6 +40,7 @@ HELP = {
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
     ("data", "val_fraction"): "hold out this fraction of the normal training images and of "
     "train/1_abnormal as a validation split, for a folder without val/ (default 0: none)",
+    ("data", "dicom_window"): DICOM_WINDOW_HELP,
 }
 
 
@@ -49,7 +56,8 @@ def _parse_bool(text: str) -> bool:
 def _parse_type(annotation: str):
     base = annotation.replace(" | None", "")
     if base.startswith("tuple"):
-        return lambda s: tuple(int(v) for v in s.split(","))
+        kind = float if base.startswith("tuple[float") else int
+        return lambda s: tuple(kind(v) for v in s.split(","))
     return {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
 
 
@@ -63,7 +71,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                 dest=f"{section}.{field.name}",
                 default=None,
                 type=_parse_type(field.type),
-                metavar=field.type.split(" ")[0].upper()[:5],
+                metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
                 help=HELP.get((section, field.name), f"default {field.default!r} (quick preset)"),
             )
     parser.add_argument(

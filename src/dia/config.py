@@ -18,7 +18,10 @@ class DataConfig:
     ``spec`` is a data spec: ``synthetic``, a path to a MedMNIST ``.npz`` file,
     ``medmnist:NAME`` or a folder. ``image_size`` None means the source's own default
     (MedMNIST: native size, folder: 64, synthetic: 32); ``channels`` None means automatic
-    (1 for grayscale sources, 3 as soon as one image has colour).
+    (1 for grayscale sources, 3 as soon as one image has colour). ``dicom_window``
+    (centre, width), for folders of DICOM files: show every grayscale file through this window,
+    in the files' own units after rescaling (Hounsfield units for CT; e.g. -600, 1500 for lung),
+    instead of each file's own window.
     """
 
     spec: str = "synthetic"
@@ -31,6 +34,7 @@ class DataConfig:
     contamination: float = 0.0
     max_train: int | None = None
     cache_dir: str | None = None
+    dicom_window: tuple[float, float] | None = None
     synthetic_train: int = 1000
     synthetic_val: int = 200
     synthetic_test: int = 500

@@ -85,6 +85,10 @@ class DIADetector:
     through ``1 - fpr`` of the normal training images (scored leave-one-out). Afterwards
     ``score_samples`` (higher = more normal), ``decision_function`` (negative = abnormal) and
     ``predict`` (1 = abnormal, 0 = normal).
+
+    ``dicom_window`` (centre, width) is saved with the detector so that DICOM files to be scored
+    later are read as its training files were (:func:`dia.data.folder.load_images`, ``dia
+    score``); fit and score take images, not files, and do not use it.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class DIADetector:
         precision: str = "auto",
         seed: int = 0,
         progress: bool = True,
+        dicom_window: tuple[float, float] | None = None,
     ) -> None:
         self.detector = detector
         self.score = score
@@ -106,6 +111,7 @@ class DIADetector:
         self.precision = precision
         self.seed = seed
         self.progress = progress
+        self.dicom_window = dicom_window
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -273,6 +279,7 @@ class DIADetector:
             "fpr": self.fpr,
             "threshold": self.threshold_,
             "seed": self.seed,
+            "dicom_window": None if self.dicom_window is None else list(self.dicom_window),
         }
 
         def write(folder: Path) -> None:
@@ -295,6 +302,7 @@ class DIADetector:
         if config.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was saved by a newer dia (version {config['version']})")
         score_settings = config["score"]
+        window = config.get("dicom_window")
         if config.get("version", 0) < 2:
             score_settings = {**V1_SCORE, **score_settings}
         try:
@@ -309,6 +317,7 @@ class DIADetector:
             precision=precision,
             seed=config.get("seed", 0),
             progress=False,
+            dicom_window=None if window is None else tuple(window),
         )
         net = build_network(det.detector_config, config["channels"])
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}

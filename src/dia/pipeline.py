@@ -143,6 +143,7 @@ def make_detector(config: RunConfig, progress: bool = True) -> DIADetector:
         precision=config.precision,
         seed=config.seed,
         progress=progress,
+        dicom_window=config.data.dicom_window,
     )
 
 
@@ -369,7 +370,9 @@ def _holds_detector(folder: Path) -> bool:
 def score_files(detector: DIADetector, paths: list, csv_path: Path) -> dict:
     """Score image files (and the image files under folders) with a fitted ``detector`` and
     write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary."""
-    images, files = load_images(paths, detector.image_size_, detector.channels_)
+    images, files = load_images(
+        paths, detector.image_size_, detector.channels_, detector.dicom_window
+    )
     scores = detector.score_samples(images)
     abnormal = scores < detector.threshold_
     csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from dia.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from dia.data.npz import DataError
 from dia.data.types import ImageData
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}) | DICOM_SUFFIXES
 DEFAULT_FOLDER_SIZE = 64
 # An RGB image whose channels differ by at most this much (out of 255) counts as grayscale:
 # JPEG compression leaves a little colour noise in gray pictures.
 GRAY_TOLERANCE = 2
 
-_SUFFIX_LIST = " ".join(sorted(IMAGE_SUFFIXES))
+_SUFFIX_LIST = " ".join(sorted(IMAGE_SUFFIXES)) + ", or DICOM without a suffix"
 LAYOUTS = (
     "Expected one of two layouts:\n"
     "  1. split:  ROOT/train/0_normal, ROOT/test/0_normal, ROOT/test/1_abnormal\n"
@@ -25,7 +27,7 @@ LAYOUTS = (
     "              val_fraction; optional ROOT/val/0_normal + ROOT/val/1_abnormal)\n"
     "  2. flat:   ROOT/normal, ROOT/abnormal (a seeded test_fraction of the normal images\n"
     "             plus all abnormal images form the test set)\n"
-    "Each class folder must hold image files (.png .jpg .jpeg .bmp .tif .tiff)."
+    f"Each class folder must hold image files ({_SUFFIX_LIST})."
 )
 
 
@@ -34,11 +36,14 @@ def load_folder(
     image_size: int = DEFAULT_FOLDER_SIZE,
     split_seed: int = 0,
     test_fraction: float = 0.2,
+    dicom_window: tuple[float, float] | None = None,
 ) -> tuple[ImageData, torch.Tensor]:
     """Read an image folder: train (N,C,S,S) normals; also the abnormal train images.
 
     Every image is resized so its shorter side is ``image_size``, then centre-cropped to a
     square. C is 1 when every image is grayscale, else 3 (gray images are replicated).
+    ``dicom_window`` (centre, width) shows every grayscale DICOM file through that window
+    instead of its own (:func:`~dia.data.dicom.read_dicom`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -46,7 +51,7 @@ def load_folder(
     if image_size < 8:
         raise DataError(f"image_size must be >= 8, got {image_size}")
 
-    reader = _Reader(image_size)
+    reader = _Reader(image_size, dicom_window)
     if (root / "train").is_dir() and (root / "test").is_dir():
         splits = _split_layout(root, reader)
         layout = "split"
@@ -75,6 +80,15 @@ def load_folder(
             "files_skipped": reader.skipped,
         },
     )
+    if reader.displays:
+        data.info["dicom_displays"] = sorted(reader.displays)
+        if len(reader.displays) > 1 and dicom_window is None:
+            warnings.warn(
+                f"the DICOM files of {root} are shown in {len(reader.displays)} different ways "
+                f"({', '.join(sorted(reader.displays))}), so equal tissue can look different "
+                "from file to file; give one window to all (--dicom-window=CENTRE,WIDTH)",
+                stacklevel=2,
+            )
     if "val_normal" in splits:
         data.val = stack(splits["val_normal"] + splits["val_abnormal"])
         data.val_labels = _labels(len(splits["val_normal"]), len(splits["val_abnormal"]))
@@ -121,9 +135,11 @@ def _flat_layout(
 class _Reader:
     """Reads class folders into square float arrays, remembering which images had colour."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, dicom_window: tuple[float, float] | None = None) -> None:
         self.size = size
+        self.dicom_window = dicom_window
         self.gray: list[bool] = []
+        self.displays: set[str] = set()
         self.skipped = 0
 
     def folder(self, folder: Path) -> list[np.ndarray]:
@@ -134,47 +150,91 @@ class _Reader:
         for path in sorted(folder.iterdir()):
             if path.name.startswith(".") or not path.is_file():
                 continue
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(path):
                 files.append(path)
             else:
                 self.skipped += 1
         if not files:
             raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
-        images = [read_image(path, self.size) for path in files]
+        images = []
+        for path in files:
+            image, display = _read(path, self.size, self.dicom_window)
+            images.append(image)
+            if display is not None:
+                self.displays.add(display)
         self.gray.extend(img.ndim == 2 for img in images)
         return images
 
 
-def read_image(path: str | Path, size: int) -> np.ndarray:
+def is_image_file(path: Path) -> bool:
+    """Whether a file in a data folder is an image: by its suffix, or DICOM by its content."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
+
+
+def read_image(
+    path: str | Path, size: int, dicom_window: tuple[float, float] | None = None
+) -> np.ndarray:
     """One image file as float32 in [0,1]: (S,S) if grayscale, else (S,S,3)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            array = _resized_array(img, size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+    return _read(Path(path), size, dicom_window)[0]
+
+
+def _read(
+    path: Path, size: int, dicom_window: tuple[float, float] | None
+) -> tuple[np.ndarray, str | None]:
+    """One image file as in :func:`read_image`, and how a DICOM file was shown (else None)."""
+    display = None
+    if is_dicom(path):
+        values, display = read_dicom(path, dicom_window)
+        array = _resized_float(values, size)
+    else:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                array = _resized_array(img, size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
     if array.ndim == 3:
         spread = array.max(axis=2) - array.min(axis=2)
         if spread.max() <= GRAY_TOLERANCE / 255 + 1e-6:
             array = array.mean(axis=2)
-    return np.clip(array, 0.0, 1.0).astype(np.float32)
+    return np.clip(array, 0.0, 1.0).astype(np.float32), display
+
+
+def _central_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The central square of a width x height image, as a PIL box.
+
+    Cropping it and resizing it equals scaling the shorter side to the size and then
+    centre-cropping; PIL filters with an antialiasing support when it shrinks.
+    """
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def _resized_float(values: np.ndarray, size: int) -> np.ndarray:
+    """Resize the central square of float (H,W) or (H,W,C) values to (S,S) or (S,S,C)."""
+    box = _central_box(values.shape[1], values.shape[0])
+    planes = values[..., None] if values.ndim == 2 else values
+    resized = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(planes[..., c], dtype=np.float32)).resize(
+                (size, size), Image.Resampling.BICUBIC, box=box
+            ),
+            dtype=np.float32,
+        )
+        for c in range(planes.shape[-1])
+    ]
+    return resized[0] if values.ndim == 2 else np.stack(resized, axis=-1)
 
 
 def _resized_array(img: Image.Image, size: int) -> np.ndarray:
     """Resize the central square of ``img`` to size x size; (S,S) or (S,S,3) in [0,1]."""
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    # Cropping the central square and resizing it equals scaling the shorter side to ``size``
-    # then centre-cropping; PIL filters with an antialiasing support when it shrinks.
-    box = (left, top, left + side, top + side)
-
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # High bit depth: resize in float so no precision is lost, then scale to [0,1].
         scale = 1.0 if img.mode == "F" else 65535.0
-        values = np.asarray(img, dtype=np.float32) / scale
-        resized = Image.fromarray(values).resize((size, size), Image.Resampling.BICUBIC, box=box)
-        return np.asarray(resized, dtype=np.float32)
+        return _resized_float(np.asarray(img, dtype=np.float32) / scale, size)
+
+    box = _central_box(*img.size)
 
     if img.mode in ("1", "L", "LA"):
         img = img.convert("L")
@@ -199,14 +259,18 @@ def _stack(images: list[np.ndarray], channels: int, size: int) -> torch.Tensor:
 
 
 def load_images(
-    paths: list[str | Path], image_size: int, channels: int
+    paths: list[str | Path],
+    image_size: int,
+    channels: int,
+    dicom_window: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, list[Path]]:
     """Image files, and the image files found under folders (recursively, sorted), as float32
     (N, ``channels``, S, S) in [0, 1], resized like a data folder's; also the files' paths.
 
     Gray images are repeated into 3 channels for a colour model; colour images are averaged
     into one channel for a gray one. Hidden files and files with other suffixes are skipped
-    inside folders; a path given explicitly must be an image.
+    inside folders; a path given explicitly must be an image. ``dicom_window`` as in
+    :func:`load_folder`.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}; expected 1 or 3")
@@ -217,8 +281,8 @@ def load_images(
                 p
                 for p in given.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") for part in p.relative_to(given).parts)
+                and is_image_file(p)
             )
             if not found:
                 raise DataError(f"folder {given} holds no image files ({_SUFFIX_LIST})")
@@ -231,7 +295,7 @@ def load_images(
         raise DataError("no images given")
     images = []
     for path in files:
-        img = read_image(path, image_size)
+        img = read_image(path, image_size, dicom_window)
         if img.ndim == 3 and channels == 1:
             img = img.mean(axis=2)
         images.append(img)

@@ -101,7 +101,9 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
     if path.is_dir():
         _only_default_class(config, "folder")
         size = config.image_size or DEFAULT_FOLDER_SIZE
-        data, abnormal = load_folder(path, size, config.split_seed, config.test_fraction)
+        data, abnormal = load_folder(
+            path, size, config.split_seed, config.test_fraction, config.dicom_window
+        )
         return data, abnormal, "folder"
     raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")
 
@@ -212,6 +214,14 @@ def _check_config(config: DataConfig) -> None:
         raise DataError(f"contamination must be in [0, 1), got {config.contamination}")
     if config.max_train is not None and config.max_train < 1:
         raise DataError(f"max_train must be >= 1 (or None for all), got {config.max_train}")
+    window = config.dicom_window
+    if window is not None:
+        if len(window) != 2 or not window[1] >= 1:
+            raise DataError(f"dicom_window must be (centre, width) with width >= 1, got {window}")
+        if not Path(config.spec.strip()).expanduser().is_dir():
+            raise DataError(
+                f"dicom_window applies to folders of DICOM files only, not to {config.spec!r}"
+            )
 
 
 def _only_default_class(config: DataConfig, source: str) -> None:
