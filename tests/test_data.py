@@ -460,15 +460,17 @@ def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> N
         write_dicom(root / name, hu + 1024, bits=12, RescaleSlope=1, RescaleIntercept=-1024,
                     WindowCenter=centre, WindowWidth=width)  # fmt: skip
 
+    # A colour file has no window: it does not count as another way of showing.
+    write_dicom(root / "train/0_normal/photo.dcm", np.zeros((12, 12, 3), np.uint8), "RGB")
     with pytest.warns(UserWarning, match=r"2 different ways .*--dicom-window=CENTRE,WIDTH"):
         data = load_data(DataConfig(spec=str(root), image_size=8))
-    assert data.info["dicom_displays"] == ["window -600/1500", "window 40/400"]
+    assert data.info["dicom_displays"] == ["colour", "window -600/1500", "window 40/400"]
     assert data.train[0].max() == 0.0 and data.train[1].mean() == pytest.approx(0.5, abs=0.01)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lung = load_data(DataConfig(spec=str(root), image_size=8, dicom_window=(-600, 1500)))
-    assert lung.info["dicom_displays"] == ["given window -600/1500"]
+    assert lung.info["dicom_displays"] == ["colour", "given window -600/1500"]
     assert torch.allclose(lung.train[0], lung.train[1])
 
     with pytest.raises(DataError, match="width >= 1"):

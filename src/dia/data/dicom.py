@@ -24,6 +24,7 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # four bytes; scanners often export such files without a suffix.
 _MAGIC = b"DICM"
 _MAGIC_OFFSET = 128
+COLOUR = "colour"  # how colour files are shown: as they are, no window
 COMPRESSED_HINT = (
     "compressed DICOM may need a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
     "pylibjpeg-openjpeg"
@@ -86,7 +87,7 @@ def read_dicom(
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise DataError(f"DICOM file {path}: colour pixel data of shape {pixels.shape}")
         colour = pixels.astype(np.float64) / (2**bits - 1)
-        return colour.astype(np.float32), "colour"
+        return colour.astype(np.float32), COLOUR
     if pixels.ndim != 2:
         raise DataError(f"DICOM file {path}: pixel data of shape {pixels.shape}, not 2-D")
     values, display = _display_values(pixels, ds, bits, window)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dia.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
+from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom
 from dia.data.npz import DataError
 from dia.data.types import ImageData
 
@@ -82,11 +82,13 @@ def load_folder(
     )
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
-        if len(reader.displays) > 1 and dicom_window is None:
+        gray_displays = sorted(reader.displays - {COLOUR})
+        if len(gray_displays) > 1 and dicom_window is None:
             warnings.warn(
-                f"the DICOM files of {root} are shown in {len(reader.displays)} different ways "
-                f"({', '.join(sorted(reader.displays))}), so equal tissue can look different "
-                "from file to file; give one window to all (--dicom-window=CENTRE,WIDTH)",
+                f"the grayscale DICOM files of {root} are shown in {len(gray_displays)} "
+                f"different ways ({', '.join(gray_displays)}), so equal tissue can look "
+                "different from file to file; give one window to all "
+                "(--dicom-window=CENTRE,WIDTH)",
                 stacklevel=2,
             )
     if "val_normal" in splits:
