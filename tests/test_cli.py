@@ -1,7 +1,9 @@
 """End to end: the command line on a tiny synthetic set with a handful of steps."""
 
+import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,15 @@ def test_run_writes_metrics_models_and_scores(finished_run, capsys):
     with Image.open(finished_run / "dissolve_grid.png") as img:
         assert img.height > 8 * 64 and img.width > 7 * 64
     assert metrics["wall_s"]["anomaly_maps_s"] > 0 and metrics["wall_s"]["dissolve_grid_s"] > 0
+    # one page with the numbers and every picture, embedded byte for byte
+    page = (finished_run / "report.html").read_text()
+    assert f"AUROC {metrics['auroc']:.3f}" in page and "DIA, diffusion dissolving" in page
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)" alt="([^"]+)"', page)
+    assert [name for _, name in embedded] == [
+        "roc.png", "score_histogram.png", "anomaly_maps.png", "dissolve_grid.png"
+    ]  # fmt: skip
+    for data, name in embedded:
+        assert base64.b64decode(data) == (finished_run / name).read_bytes(), name
 
 
 def test_saved_detector_gives_the_same_scores(finished_run, capsys):
@@ -231,6 +242,9 @@ def test_plain_csi_and_blur_controls_run(tmp_path):
         assert not (out / "diffusion").exists()
         assert (out / "anomaly_maps.png").is_file()
         assert (out / "dissolve_grid.png").is_file() == (dissolve != "none")
+        page = (out / "report.html").read_text()
+        assert ("plain CSI" in page) == (dissolve == "none")
+        assert page.count("data:image/png") == (3 if dissolve == "none" else 4)
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):

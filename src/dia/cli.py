@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train": "train the detector into OUT/detector (uses OUT/diffusion when present)",
         "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
         "OUT/scores.csv, the ROC curve OUT/roc.png, OUT/score_histogram.png and the anomaly "
-        "maps of the lowest-scoring test images OUT/anomaly_maps.png",
+        "maps of the lowest-scoring test images OUT/anomaly_maps.png, and OUT/report.html, "
+        "one page with all of them",
         "dissolve": "write a PNG grid of images and their dissolved versions",
         "maps": "write a PNG of anomaly maps: where OUT/detector finds test images abnormal",
     }
@@ -397,6 +398,7 @@ def _maps(args, config: RunConfig, out: Path) -> None:
         detector, test, detector.score_samples(test), path, args.count, args.patch, args.stride
     )
     print(f"anomaly maps of the {shown} lowest-scoring test images saved to {path}")
+    pipeline.refresh_report(out)
 
 
 def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
@@ -422,6 +424,7 @@ def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
         config.detector.dissolve, diffusion, images, path, resolve_device(config.device), timesteps
     )
     print(f"dissolving grid ({len(images)} images x {len(timesteps)} timesteps) saved to {path}")
+    pipeline.refresh_report(out)
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -448,6 +451,7 @@ def _print_metrics(metrics: dict, out: Path) -> None:
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.4f}" + (f"  ({wall:.0f} s)" if wall else "")
     )
     print(f"metrics, scores, models, ROC curve, score histograms and anomaly maps in {out}")
+    print(f"all on one page: {out / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,17 @@ def usual_mode(*paths: Path) -> None:
 
 def write_json(path: str | Path, data: dict) -> None:
     """Write ``data`` as indented JSON, atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

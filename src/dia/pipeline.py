@@ -30,12 +30,14 @@ from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
-from .io import read_json, write_json
+from .io import read_json, write_json, write_text
 from .reports import (
     GRID_TIMESTEPS,
     PICTURE_COUNT,
+    REPORT_PICTURES,
     anomaly_map_grid,
     dissolve_grid,
+    report_html,
     roc_plot,
     score_histogram,
 )
@@ -43,6 +45,7 @@ from .reports import (
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
+REPORT_NAME = "report.html"
 
 
 def _git(*args: str) -> str | None:
@@ -264,8 +267,9 @@ def evaluate_step(
     out: Path,
     timings: dict | None = None,
 ) -> dict:
-    """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``
-    and the score histograms ``score_histogram.png``; return the metrics."""
+    """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``,
+    the score histograms ``score_histogram.png``, the anomaly maps ``anomaly_maps.png`` and the
+    page ``report.html`` that shows them all; return the metrics."""
     t0 = time.perf_counter()
     scores = detector.score_samples(data.test)
     score_s = time.perf_counter() - t0
@@ -307,7 +311,26 @@ def evaluate_step(
     write_anomaly_maps(detector, data.test, scores, out / "anomaly_maps.png")
     metrics["wall_s"]["anomaly_maps_s"] = time.perf_counter() - t0
     write_json(out / "metrics.json", metrics)
+    write_report(out)
     return metrics
+
+
+def write_report(out: Path) -> Path:
+    """``out/report.html``: the run's numbers (``metrics.json``) and the pictures found in
+    ``out``, on one self-contained page; returns its path."""
+    pictures = {
+        name: (out / name).read_bytes() for name, _ in REPORT_PICTURES if (out / name).is_file()
+    }
+    path = out / REPORT_NAME
+    write_text(path, report_html(read_json(out / "metrics.json"), pictures))
+    return path
+
+
+def refresh_report(out: Path) -> None:
+    """Write ``out/report.html`` again when ``out`` is an evaluated run (it has metrics), so
+    that a picture drawn anew by ``dia maps`` or ``dia dissolve`` shows in it."""
+    if (out / "metrics.json").is_file():
+        write_report(out)
 
 
 def write_anomaly_maps(
@@ -488,6 +511,7 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
     if "resumed_at_step" in detector.history_:
         metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
     write_json(out / "metrics.json", metrics)
+    write_report(out)
     return metrics
 
 

@@ -1,7 +1,10 @@
-"""Pictures of a run: ROC curve, score histograms, dissolving grids and anomaly maps."""
+"""Pictures of a run (ROC curve, score histograms, dissolving grids, anomaly maps) and the page
+that shows them with its numbers."""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +185,131 @@ def anomaly_map_grid(
         labels.append("  ".join(parts))
     overlay = heat_overlay(images.cpu(), maps)
     return image_grid([images.cpu(), overlay], ["input", "map"], scale, row_labels=labels)
+
+
+# The pictures of a run folder the report page shows, in this order, with what each shows.
+REPORT_PICTURES = (
+    (
+        "roc.png",
+        "ROC curve of the test split, abnormal as the positive class; the red dot is the "
+        "decision threshold.",
+    ),
+    (
+        "score_histogram.png",
+        "Scores of the normal and abnormal test images (higher = more normal); the dashed line "
+        "is the threshold, chosen on the normal training images alone.",
+    ),
+    (
+        "anomaly_maps.png",
+        "The lowest-scoring test images, i.e. the most abnormal by the detector's score (no "
+        "label chose them), and where it finds them abnormal: red marks the detail whose "
+        "dissolving makes the image look most normal, scaled per image.",
+    ),
+    (
+        "dissolve_grid.png",
+        "Test images dissolved at increasing timesteps: the fine detail dissolving removes is "
+        "what the detector was trained to notice.",
+    ),
+)
+
+
+def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
+    """A self-contained HTML page of a run: its ``metrics`` (the content of ``metrics.json``)
+    and ``pictures`` (file name -> PNG bytes, shown in :data:`REPORT_PICTURES` order, embedded
+    so that the page can be moved or mailed alone)."""
+    data, config = metrics.get("data", {}), metrics.get("config", {})
+    detector = config.get("detector", {})
+
+    def number(value, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def rows(pairs) -> str:
+        return "\n".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in pairs
+        )
+
+    results = [
+        ("AUROC (abnormal = positive)", number(metrics.get("auroc"))),
+        ("AUPRC", number(metrics.get("auprc"))),
+        ("FPR at 95% TPR", number(metrics.get("fpr_at_95_tpr"))),
+        ("threshold (score)", number(metrics.get("threshold"), 4)),
+        (
+            "test FPR at the threshold",
+            f"{number(metrics.get('test_fpr_at_threshold'))} "
+            f"(target {metrics.get('threshold_fpr_target', '-')} on normal training images)",
+        ),
+        ("test TPR at the threshold", number(metrics.get("test_tpr_at_threshold"))),
+        ("protocol", metrics.get("protocol", "-")),
+    ]
+    training, wall = metrics.get("training", {}), metrics.get("wall_s", {})
+    dissolve = detector.get("dissolve", "-")
+    method = "plain CSI (no dissolving)" if dissolve == "none" else f"DIA, {dissolve} dissolving"
+    run = [
+        ("data", config.get("data", {}).get("spec", data.get("name", "-"))),
+        (
+            "images",
+            f"{data.get('train', '-')} normal training; test {data.get('test_normal', '-')} "
+            f"normal, {data.get('test_abnormal', '-')} abnormal",
+        ),
+        ("method", f"{method}, {detector.get('shift', '-')} shifts"),
+        ("preset, seed", f"{config.get('preset', '-')}, {metrics.get('seed', '-')}"),
+        ("budget", f"{config.get('budget_s')} s" if config.get("budget_s") else "none"),
+        (
+            "training",
+            f"{training.get('steps', '-')} steps, {number(training.get('images_per_s'), 0)} "
+            "images/s",
+        ),
+        ("wall time", f"{wall['total_s']:.0f} s" if "total_s" in wall else "-"),
+        ("device, precision", f"{metrics.get('device', '-')}, {metrics.get('precision', '-')}"),
+        ("machine", _machine_text(metrics.get("machine", {}))),
+        ("dia version, commit", f"{metrics.get('version', '-')}, {metrics.get('commit', '-')}"),
+    ]
+    figures = []
+    for name, caption in REPORT_PICTURES:
+        if name in pictures:
+            encoded = base64.b64encode(pictures[name]).decode("ascii")
+            figures.append(
+                f'<figure><img src="data:image/png;base64,{encoded}" alt="{name}">'
+                f"<figcaption>{html.escape(caption)} ({name})</figcaption></figure>"
+            )
+    title = html.escape(f"dia: {data.get('name', 'run')}, AUROC {number(metrics.get('auroc'))}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ text-align: left; padding: 0.25em 1em 0.25em 0; vertical-align: top; }}
+th {{ font-weight: normal; color: #555; }}
+figure {{ margin: 0 0 2em 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<h2>Results on the test split</h2>
+<table>
+{rows(results)}
+</table>
+<h2>Run</h2>
+<table>
+{rows(run)}
+</table>
+<h2>Pictures</h2>
+{"".join(figures) or "<p>none in this folder</p>"}
+<p>Per-image scores: scores.csv; every number and setting: metrics.json, config.json.</p>
+</body></html>
+"""
+
+
+def _machine_text(machine: dict) -> str:
+    """The machine of ``metrics.json`` in words: GPU or CPU model, threads, torch."""
+    device = machine.get("cuda") or machine.get("cpu_model") or machine.get("cpu") or "-"
+    parts = [device]
+    if machine.get("amx"):
+        parts.append("AMX")
+    if machine.get("cores"):
+        threads = machine["cores"]
+        parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
+    if machine.get("torch"):
+        parts.append(f"torch {machine['torch']}")
+    return ", ".join(parts)
