@@ -318,6 +318,16 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
     assert (finished_run / "scored.csv").read_text().count("\n") == 7
     assert (finished_run / "scored-2.csv").is_file()
 
+    # another operating point: call half of the normal training images' scores abnormal
+    median = float(np.median(detector.train_scores_))
+    assert main(["score", str(tmp_path / "new"), "--out", str(finished_run), "--fpr", "0.5",
+                 "--csv", str(tmp_path / "half.csv"), "--device", "cpu"]) == 0  # fmt: skip
+    assert "lets through 50% of the normal training images" in capsys.readouterr().out
+    with open(tmp_path / "half.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["threshold"]) for r in rows] == [pytest.approx(median, abs=1e-6)] * 6
+    assert [int(r["abnormal"]) for r in rows] == (expected < median).astype(int).tolist()
+
 
 def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom, capsys):
     from dia.config import DataConfig

@@ -45,6 +45,29 @@ def test_save_and_load_give_the_same_scores(fitted, tmp_path):
                                rtol=1e-5, atol=1e-6)  # fmt: skip
     assert loaded.threshold_ == det.threshold_
     assert loaded.detector_config == det.detector_config
+    # the training scores travel with it, so another operating point can be chosen later
+    np.testing.assert_array_equal(loaded.train_scores_, det.train_scores_)
+    assert loaded.threshold_at(det.fpr) == det.threshold_
+    assert loaded.threshold_at(0.5) == pytest.approx(float(np.median(det.train_scores_)))
+    assert loaded.threshold_at(0.01) < loaded.threshold_ < loaded.threshold_at(0.2)
+    with pytest.raises(ValueError, match="fpr=1.5"):
+        loaded.threshold_at(1.5)
+
+
+def test_a_detector_saved_without_training_scores_keeps_its_own_threshold(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    det, images = fitted
+    det.save_pretrained(tmp_path / "old")
+    weights = tmp_path / "old" / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors["train_scores"]
+    save_file(tensors, str(weights))
+    loaded = DIADetector.from_pretrained(tmp_path / "old", device="cpu")
+    assert loaded.threshold_ == det.threshold_
+    assert loaded.predict(images[:4]).tolist() == det.predict(images[:4]).tolist()
+    with pytest.raises(ValueError, match="without its training scores.*fpr=0.05"):
+        loaded.threshold_at(0.1)
 
 
 def test_a_saved_model_is_readable_as_the_umask_allows(fitted, tmp_path):

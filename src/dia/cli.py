@@ -219,6 +219,13 @@ def _add_score_command(sub) -> None:
         default=None,
         help="CSV file to write (default OUT/scored.csv; -2, -3, ... rather than overwrite)",
     )
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=None,
+        help="the share of normal scans to call abnormal: set the threshold so that this "
+        "fraction of the normal training images would be (default: the detector's, 0.05)",
+    )
     _add_runtime(p)
 
 
@@ -432,7 +439,7 @@ def _score(args: argparse.Namespace) -> None:
 
     detector = pipeline.load_detector(args.out, args.device, args.precision)
     csv_path = args.csv or pipeline.free_path(args.out / "scored.csv")
-    summary = pipeline.score_files(detector, args.paths, csv_path)
+    summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr)
     if summary["images"] <= 20:
         for path, score in zip(summary["files"], summary["scores"], strict=True):
             verdict = "ABNORMAL" if score < summary["threshold"] else "normal"

@@ -210,8 +210,23 @@ class DIADetector:
         self.channels_, self.image_size_ = int(images.shape[1]), int(images.shape[-1])
         train_scores = csi_score(feats, self.bank_, self.score_config, exclude_self=True).numpy()
         self.train_scores_ = train_scores
-        self.threshold_ = float(np.quantile(train_scores, self.fpr))
+        self.threshold_ = self.threshold_at(self.fpr)
         return feats
+
+    def threshold_at(self, fpr: float) -> float:
+        """The score below which images are called abnormal so that a share ``fpr`` of the
+        normal training images (each scored against the others) would be: the threshold for
+        another operating point than the detector's own ``fpr``."""
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr={fpr}; expected a fraction in (0, 1)")
+        if getattr(self, "train_scores_", None) is None:
+            self._check_fitted()
+            raise ValueError(
+                "this detector was saved without its training scores (by an earlier dia), so "
+                f"only its own threshold, at fpr={self.fpr}, is known; train it again to choose "
+                "another"
+            )
+        return float(np.quantile(self.train_scores_, fpr))
 
     # -- scoring ----------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -269,6 +284,9 @@ class DIADetector:
         }
         for field in dataclasses.fields(FeatureBank):
             tensors[f"bank.{field.name}"] = getattr(self.bank_, field.name).contiguous()
+        if getattr(self, "train_scores_", None) is not None:
+            # kept so that a loaded detector can set its threshold at another fpr
+            tensors["train_scores"] = torch.as_tensor(np.asarray(self.train_scores_)).contiguous()
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -330,4 +348,6 @@ class DIADetector:
         det.bank_ = FeatureBank(**bank)
         det.channels_, det.image_size_ = config["channels"], config["image_size"]
         det.threshold_ = config["threshold"]
+        if "train_scores" in tensors:
+            det.train_scores_ = tensors["train_scores"].numpy()
         return det

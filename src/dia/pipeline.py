@@ -390,25 +390,32 @@ def _holds_detector(folder: Path) -> bool:
     return config.is_file() and read_json(config).get("format") == DETECTOR_FORMAT
 
 
-def score_files(detector: DIADetector, paths: list, csv_path: Path) -> dict:
+def score_files(
+    detector: DIADetector, paths: list, csv_path: Path, fpr: float | None = None
+) -> dict:
     """Score image files (and the image files under folders) with a fitted ``detector`` and
-    write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary."""
+    write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary.
+
+    ``fpr``: call abnormal the share of normal training images this is, instead of the
+    detector's own (:meth:`~dia.detector.DIADetector.threshold_at`).
+    """
+    threshold = detector.threshold_ if fpr is None else detector.threshold_at(fpr)
     images, files = load_images(
         paths, detector.image_size_, detector.channels_, detector.dicom_window
     )
     scores = detector.score_samples(images)
-    abnormal = scores < detector.threshold_
+    abnormal = scores < threshold
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "score", "threshold", "abnormal"])
         for path, score, flag in zip(files, scores, abnormal, strict=True):
-            writer.writerow([str(path), f"{score:.6f}", f"{detector.threshold_:.6f}", int(flag)])
+            writer.writerow([str(path), f"{score:.6f}", f"{threshold:.6f}", int(flag)])
     return {
         "images": len(files),
         "abnormal": int(abnormal.sum()),
-        "threshold": detector.threshold_,
-        "threshold_fpr_target": detector.fpr,
+        "threshold": threshold,
+        "threshold_fpr_target": detector.fpr if fpr is None else fpr,
         "files": [str(p) for p in files],
         "scores": scores.tolist(),
     }
