@@ -473,6 +473,15 @@ def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> N
     assert lung.info["dicom_displays"] == ["colour", "given window -600/1500"]
     assert torch.allclose(lung.train[0], lung.train[1])
 
+    # Files to be scored are checked alike.
+    from dia.data.folder import load_images
+
+    with pytest.warns(UserWarning, match="DICOM files given are shown in 2 different ways"):
+        load_images([root / "train"], 8, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_images([root / "train"], 8, 1, dicom_window=(40, 400))
+
     with pytest.raises(DataError, match="width >= 1"):
         load_data(DataConfig(spec=str(root), dicom_window=(40, 0)))
     with pytest.raises(DataError, match="folders of DICOM files only"):

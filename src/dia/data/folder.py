@@ -82,15 +82,7 @@ def load_folder(
     )
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
-        gray_displays = sorted(reader.displays - {COLOUR})
-        if len(gray_displays) > 1 and dicom_window is None:
-            warnings.warn(
-                f"the grayscale DICOM files of {root} are shown in {len(gray_displays)} "
-                f"different ways ({', '.join(gray_displays)}), so equal tissue can look "
-                "different from file to file; give one window to all "
-                "(--dicom-window=CENTRE,WIDTH)",
-                stacklevel=2,
-            )
+        _warn_if_shown_unalike(reader.displays, f"the grayscale DICOM files of {root}")
     if "val_normal" in splits:
         data.val = stack(splits["val_normal"] + splits["val_abnormal"])
         data.val_labels = _labels(len(splits["val_normal"]), len(splits["val_abnormal"]))
@@ -134,6 +126,19 @@ def _flat_layout(
     }
 
 
+def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
+    """Warn when grayscale DICOM files were shown through more than one display (a given
+    window shows them all alike, so it never warns)."""
+    gray = sorted(displays - {COLOUR})
+    if len(gray) > 1:
+        warnings.warn(
+            f"{files} are shown in {len(gray)} different ways ({', '.join(gray)}), so equal "
+            "tissue can look different from file to file; give one window to all "
+            "(--dicom-window=CENTRE,WIDTH)",
+            stacklevel=3,
+        )
+
+
 class _Reader:
     """Reads class folders into square float arrays, remembering which images had colour."""
 
@@ -160,7 +165,7 @@ class _Reader:
             raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
         images = []
         for path in files:
-            image, display = _read(path, self.size, self.dicom_window)
+            image, display = read_image(path, self.size, self.dicom_window)
             images.append(image)
             if display is not None:
                 self.displays.add(display)
@@ -175,15 +180,10 @@ def is_image_file(path: Path) -> bool:
 
 def read_image(
     path: str | Path, size: int, dicom_window: tuple[float, float] | None = None
-) -> np.ndarray:
-    """One image file as float32 in [0,1]: (S,S) if grayscale, else (S,S,3)."""
-    return _read(Path(path), size, dicom_window)[0]
-
-
-def _read(
-    path: Path, size: int, dicom_window: tuple[float, float] | None
 ) -> tuple[np.ndarray, str | None]:
-    """One image file as in :func:`read_image`, and how a DICOM file was shown (else None)."""
+    """One image file as float32 in [0,1], (S,S) if grayscale, else (S,S,3); and how a DICOM
+    file was shown (:func:`~dia.data.dicom.read_dicom`; None for other files)."""
+    path = Path(path)
     display = None
     if is_dicom(path):
         values, display = read_dicom(path, dicom_window)
@@ -295,12 +295,15 @@ def load_images(
             raise FileNotFoundError(f"no such image file or folder: {given}")
     if not files:
         raise DataError("no images given")
-    images = []
+    images, displays = [], set()
     for path in files:
-        img = read_image(path, image_size, dicom_window)
+        img, display = read_image(path, image_size, dicom_window)
         if img.ndim == 3 and channels == 1:
             img = img.mean(axis=2)
         images.append(img)
+        if display is not None:
+            displays.add(display)
+    _warn_if_shown_unalike(displays, "the grayscale DICOM files given")
     return _stack(images, channels, image_size), files
 
 
