@@ -371,6 +371,18 @@ def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-5)
 
 
+def test_dia_warnings_are_printed_as_plain_lines(finished_run, tmp_path, write_dicom, capsys):
+    pixels = np.full((16, 16), 1000, dtype=np.uint16)
+    for name, centre in (("a.dcm", 1000), ("b.dcm", 1500)):
+        write_dicom(tmp_path / "mixed" / name, pixels, bits=12, WindowCenter=centre,
+                    WindowWidth=500)  # fmt: skip
+    assert main(["score", str(tmp_path / "mixed"), "--out", str(finished_run),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "dia score: warning: the grayscale DICOM files given are shown in 2 different" in err
+    assert "UserWarning" not in err
+
+
 def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
@@ -252,6 +253,25 @@ DISTRIBUTED = ("run", "train", "resume")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+        return _main(args)
+
+
+def _warning_printer(command: str, usual):
+    """Print dia's own warnings as ``dia COMMAND: warning: ...`` lines; others as usual."""
+    package = str(Path(__file__).parent)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(package):
+            print(f"dia {command}: warning: {message}", file=sys.stderr)
+        else:
+            usual(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _main(args: argparse.Namespace) -> int:
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
 
     try:
