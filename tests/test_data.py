@@ -484,7 +484,7 @@ def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> N
 
     with pytest.raises(DataError, match="width >= 1"):
         load_data(DataConfig(spec=str(root), dicom_window=(40, 0)))
-    with pytest.raises(DataError, match="folders of DICOM files only"):
+    with pytest.raises(DataError, match="folders and CSV lists of DICOM files only"):
         load_data(DataConfig(spec="synthetic", dicom_window=(40, 400)))
 
 
@@ -541,6 +541,75 @@ def _split_with(root: Path, bad: Path) -> Path:
     (root / "test/1_abnormal").mkdir(parents=True)
     shutil.copy(bad, root / "test/1_abnormal" / bad.name)
     return root
+
+
+# ---------------------------------------------------------------- CSV list
+
+
+def test_csv_list_with_splits(tmp_path: Path, write_dicom) -> None:
+    for name, value in (("n1", 40), ("n2", 50), ("n3", 60), ("v1", 70), ("t1", 80)):
+        _save(tmp_path / f"scans/{name}.png", _gray(20, 20, value))
+    for name, value in (("a1", 200), ("a2", 210), ("a3", 220)):
+        _save(tmp_path / f"scans/{name}.png", _gray(20, 20, value))
+    write_dicom(tmp_path / "scans/IM9", np.full((20, 20), 4095, np.uint16), bits=12)
+    elsewhere = tmp_path / "other" / "far.png"
+    _save(elsewhere, _gray(20, 20, 30))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists/study.csv").write_text(
+        "patient,Path,LABEL,split\n"  # column names in any case; extra columns ignored
+        "p1,../scans/n1.png,2,train\n"
+        "p2,../scans/n2.png,2,TRAIN\n"
+        f"p3,{elsewhere},2,train\n"  # an absolute path
+        "p4,../scans/a1.png,0,train\n"  # an abnormal training image: only for contamination
+        "p5,../scans/v1.png,2,val\n"
+        "p6,../scans/a2.png,1,val\n"
+        "p7,../scans/t1.png,2,test\n"
+        "p8,../scans/a3.png,0,test\n"
+        "p9,../scans/IM9,1,test\n"
+    )
+    config = DataConfig(spec=str(tmp_path / "lists/study.csv"), normal_class=2, image_size=8)
+    data = load_data(config)
+    _check_image_data(data, channels=1, size=8)
+    assert data.counts() == {
+        "train": 3, "test_normal": 1, "test_abnormal": 2, "val_normal": 1, "val_abnormal": 1
+    }  # fmt: skip
+    assert data.name == "study" and data.info["layout"] == "manifest, split"
+    assert data.info["source"] == "csv" and data.info["dicom_displays"] == ["stored range"]
+    np.testing.assert_allclose(data.train.mean(dim=(1, 2, 3)), [40 / 255, 50 / 255, 30 / 255],
+                               atol=1e-3)  # fmt: skip
+    assert data.test[-1].mean().item() == pytest.approx(1.0)  # the DICOM file, listed last
+    dirty = load_data(DataConfig(spec=config.spec, normal_class=2, image_size=8,
+                                 contamination=0.3))  # fmt: skip
+    assert dirty.info["contaminated"] == 1 and dirty.train.max() > 0.75
+
+
+def test_csv_list_without_splits_and_its_errors(tmp_path: Path) -> None:
+    for i in range(5):
+        _save(tmp_path / f"n{i}.png", _gray(12, 12, 20 * i))
+    _save(tmp_path / "a.png", _gray(12, 12, 250))
+    table = tmp_path / "all.csv"
+    table.write_text("path,label\n" + "".join(f"n{i}.png,0\n" for i in range(5)) + "a.png,1\n")
+    data = load_data(DataConfig(spec=str(table), test_fraction=0.4, image_size=8))
+    assert data.counts() == {"train": 3, "test_normal": 2, "test_abnormal": 1}
+    assert data.info["layout"] == "manifest, flat"
+    again = load_data(DataConfig(spec=str(table), test_fraction=0.4, image_size=8))
+    assert torch.equal(data.train, again.train)  # the split follows the seed
+
+    def fails(text: str, match: str) -> None:
+        table.write_text(text)
+        with pytest.raises(DataError, match=match):
+            load_data(DataConfig(spec=str(table), image_size=8))
+
+    fails("file,label\nn0.png,0\n", "(?s)no column path.*path,label,split")
+    fails("path,label\n", "lists no images")
+    fails("path,label\nn0.png,0\nmissing.png,1\n", "line 3: no image file 'missing.png'")
+    fails("path,label\nn0.png,normal\n", "line 2: label 'normal' is not an integer")
+    fails("path,label,split\nn0.png,0,train\nn1.png,0,tset\n", "line 3: split 'tset'")
+    fails("path,label,split\nn0.png,0,train\nn1.png,0,\n", "line 3: no split")
+    fails("path,label,split\nn0.png,0,train\na.png,1,test\n", "no normal image with split test")
+    fails("path,label\nn0.png,0\na.png,1\n", "lists 1 normal image")
+    fails("path,label,split\nn0.png,0,train\nn1.png,0,test\na.png,1,test\nn2.png,0,val\n",
+          "val rows must hold normal and abnormal")  # fmt: skip
 
 
 # ---------------------------------------------------------------- medmnist

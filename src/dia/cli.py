@@ -30,7 +30,7 @@ DICOM_WINDOW_HELP = (
 )
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
-    "'medmnist:NAME' or a folder of images",
+    "'medmnist:NAME', a folder of images or a CSV list of image files (path,label[,split])",
     (
         "detector",
         "dissolve",

@@ -16,12 +16,12 @@ class DataConfig:
     """Where images come from and how they are shaped.
 
     ``spec`` is a data spec: ``synthetic``, a path to a MedMNIST ``.npz`` file,
-    ``medmnist:NAME`` or a folder. ``image_size`` None means the source's own default
-    (MedMNIST: native size, folder: 64, synthetic: 32); ``channels`` None means automatic
-    (1 for grayscale sources, 3 as soon as one image has colour). ``dicom_window``
-    (centre, width), for folders of DICOM files: show every grayscale file through this window,
-    in the files' own units after rescaling (Hounsfield units for CT; e.g. -600, 1500 for lung),
-    instead of each file's own window.
+    ``medmnist:NAME``, a folder or a ``.csv`` list of image files. ``image_size`` None means the
+    source's own default (MedMNIST: native size, folder and CSV list: 64, synthetic: 32);
+    ``channels`` None means automatic (1 for grayscale sources, 3 as soon as one image has
+    colour). ``dicom_window`` (centre, width), for folders and lists of DICOM files: show every
+    grayscale file through this window, in the files' own units after rescaling (Hounsfield
+    units for CT; e.g. -600, 1500 for lung), instead of each file's own window.
     """
 
     spec: str = "synthetic"

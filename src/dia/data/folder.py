@@ -51,7 +51,7 @@ def load_folder(
     if image_size < 8:
         raise DataError(f"image_size must be >= 8, got {image_size}")
 
-    reader = _Reader(image_size, dicom_window)
+    reader = Reader(image_size, dicom_window)
     if (root / "train").is_dir() and (root / "test").is_dir():
         splits = _split_layout(root, reader)
         layout = "split"
@@ -61,35 +61,42 @@ def load_folder(
     else:
         raise DataError(f"{root} matches no known folder layout. {LAYOUTS}")
 
-    colour = any(not gray for gray in reader.gray)
-    channels = 3 if colour else 1
+    info = {"root": str(root), "layout": layout, "files_skipped": reader.skipped}
+    return image_data(root.name, splits, reader, info, f"the grayscale DICOM files of {root}")
+
+
+def image_data(
+    name: str, splits: dict[str, list[np.ndarray]], reader: Reader, info: dict, files: str
+) -> tuple[ImageData, torch.Tensor]:
+    """The :class:`ImageData` of images read by ``reader`` into ``splits`` (keys ``train``,
+    ``test_normal``, ``test_abnormal``, optional ``train_abnormal``, ``val_normal`` and
+    ``val_abnormal``), and the abnormal training images; ``files`` names them in a warning."""
+    channels = 3 if any(not gray for gray in reader.gray) else 1
 
     def stack(images: list[np.ndarray]) -> torch.Tensor:
-        return _stack(images, channels, image_size)
+        return _stack(images, channels, reader.size)
 
     data = ImageData(
-        name=root.name,
+        name=name,
         train=stack(splits["train"]),
         test=stack(splits["test_normal"] + splits["test_abnormal"]),
         test_labels=_labels(len(splits["test_normal"]), len(splits["test_abnormal"])),
         info={
-            "root": str(root),
-            "layout": layout,
+            **info,
             "files_read": len(reader.gray),
             "colour_files": int(sum(not gray for gray in reader.gray)),
-            "files_skipped": reader.skipped,
         },
     )
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
-        _warn_if_shown_unalike(reader.displays, f"the grayscale DICOM files of {root}")
+        _warn_if_shown_unalike(reader.displays, files)
     if "val_normal" in splits:
         data.val = stack(splits["val_normal"] + splits["val_abnormal"])
         data.val_labels = _labels(len(splits["val_normal"]), len(splits["val_abnormal"]))
     return data, stack(splits.get("train_abnormal", []))
 
 
-def _split_layout(root: Path, reader: _Reader) -> dict[str, list[np.ndarray]]:
+def _split_layout(root: Path, reader: Reader) -> dict[str, list[np.ndarray]]:
     splits = {
         "train": reader.folder(root / "train" / "0_normal"),
         "test_normal": reader.folder(root / "test" / "0_normal"),
@@ -105,16 +112,29 @@ def _split_layout(root: Path, reader: _Reader) -> dict[str, list[np.ndarray]]:
 
 
 def _flat_layout(
-    root: Path, reader: _Reader, split_seed: int, test_fraction: float
+    root: Path, reader: Reader, split_seed: int, test_fraction: float
 ) -> dict[str, list[np.ndarray]]:
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     normal = reader.folder(root / "normal")
     abnormal = reader.folder(root / "abnormal")
+    return held_out_test(normal, abnormal, split_seed, test_fraction, f"{root / 'normal'} holds")
+
+
+def held_out_test(
+    normal: list[np.ndarray],
+    abnormal: list[np.ndarray],
+    split_seed: int,
+    test_fraction: float,
+    where: str,
+) -> dict[str, list[np.ndarray]]:
+    """Splits of images without a split of their own: a seeded ``test_fraction`` of the
+    normal images and every abnormal one are the test set, the other normal ones train.
+    ``where`` begins the error about too few normal images."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if len(normal) < 2:
         raise DataError(
-            f"{root / 'normal'} holds {len(normal)} image(s); the flat layout needs at least 2 "
-            "so that both the train and the test set get a normal image"
+            f"{where} {len(normal)} normal image(s); at least 2 are needed so that both the "
+            "train and the test set get a normal image"
         )
     n_test = min(len(normal) - 1, max(1, round(test_fraction * len(normal))))
     chosen = np.random.default_rng(split_seed).permutation(len(normal))
@@ -139,8 +159,9 @@ def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
         )
 
 
-class _Reader:
-    """Reads class folders into square float arrays, remembering which images had colour."""
+class Reader:
+    """Reads image files into square float arrays, remembering which images had colour and how
+    DICOM files were shown."""
 
     def __init__(self, size: int, dicom_window: tuple[float, float] | None = None) -> None:
         self.size = size
@@ -163,6 +184,10 @@ class _Reader:
                 self.skipped += 1
         if not files:
             raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
+        return self.files(files)
+
+    def files(self, files: list[Path]) -> list[np.ndarray]:
+        """The images of ``files``, in order: (S,S) or (S,S,3) float32."""
         images = []
         for path in files:
             image, display = read_image(path, self.size, self.dicom_window)

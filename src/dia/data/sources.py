@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dia.config import DataConfig
 from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder
+from dia.data.manifest import load_manifest
 from dia.data.medmnist import load_medmnist
 from dia.data.npz import DataError, load_npz
 from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
@@ -21,6 +22,7 @@ SPEC_FORMS = (
     "  synthetic             the built-in procedural chest X-ray set\n"
     "  medmnist:NAME         a MedMNIST 2D set, e.g. medmnist:pneumoniamnist (downloaded once)\n"
     "  /path/to/file.npz     a MedMNIST-style .npz file\n"
+    "  /path/to/list.csv     a CSV list of image files: columns path, label (and split)\n"
     "  /path/to/folder       an image folder (train/0_normal,... or normal/ + abnormal/)"
 )
 # Luminance weights of ITU-R BT.601, the ones PIL uses for RGB -> L.
@@ -93,9 +95,21 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
         return data, abnormal, "medmnist"
 
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        data, abnormal = load_manifest(
+            path,
+            config.image_size or DEFAULT_FOLDER_SIZE,
+            config.normal_class,
+            config.split_seed,
+            config.test_fraction,
+            config.dicom_window,
+        )
+        return data, abnormal, "csv"
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise DataError(f"data spec {spec!r} is a file but not a .npz file; {SPEC_FORMS}")
+            raise DataError(
+                f"data spec {spec!r} is a file but not a .npz or .csv file; {SPEC_FORMS}"
+            )
         data, abnormal = load_npz(path, config.normal_class)
         return data, abnormal, "npz"
     if path.is_dir():
@@ -218,9 +232,11 @@ def _check_config(config: DataConfig) -> None:
     if window is not None:
         if len(window) != 2 or not window[1] >= 1:
             raise DataError(f"dicom_window must be (centre, width) with width >= 1, got {window}")
-        if not Path(config.spec.strip()).expanduser().is_dir():
+        source = Path(config.spec.strip()).expanduser()
+        if not (source.is_dir() or source.suffix.lower() == ".csv"):
             raise DataError(
-                f"dicom_window applies to folders of DICOM files only, not to {config.spec!r}"
+                "dicom_window applies to folders and CSV lists of DICOM files only, not to "
+                f"{config.spec!r}"
             )
 
 
@@ -229,8 +245,8 @@ def _only_default_class(config: DataConfig, source: str) -> None:
     # make a run claim a setting it never used.
     if config.normal_class != 0:
         raise DataError(
-            f"normal_class={config.normal_class} applies only to npz and medmnist sources; the "
-            f"{source} source defines its normal images itself (leave normal_class at 0)"
+            f"normal_class={config.normal_class} applies only to npz, medmnist and CSV sources; "
+            f"the {source} source defines its normal images itself (leave normal_class at 0)"
         )
 
 

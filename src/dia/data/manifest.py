@@ -1,0 +1,122 @@
+"""A CSV list of image files and their labels: data not sorted into class folders.
+
+The CSV has a header with at least the columns ``path`` (relative to the CSV's own folder, or
+absolute) and ``label`` (an integer: ``normal_class`` is normal, every other label abnormal),
+and optionally ``split`` (``train``, ``val`` or ``test`` on every row). Without ``split`` a
+seeded share of the normal images and every abnormal one form the test set, as in a flat
+folder. Other columns are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dia.data.folder import Reader, held_out_test, image_data
+from dia.data.npz import DataError
+from dia.data.types import ImageData
+
+SPLITS = ("train", "val", "test")
+FORM = (
+    "a CSV list needs a header with the columns path and label (an integer) and, optionally, "
+    "split (train, val or test on every row), e.g.\n"
+    "  path,label,split\n"
+    "  scans/0001.dcm,0,train\n"
+    "  scans/0002.png,1,test"
+)
+
+
+def load_manifest(
+    path: str | Path,
+    image_size: int,
+    normal_class: int = 0,
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    dicom_window: tuple[float, float] | None = None,
+) -> tuple[ImageData, torch.Tensor]:
+    """Read the images a CSV lists, as :func:`~dia.data.folder.load_folder` reads a folder's;
+    returns the data and the abnormal training images (rows ``train`` with an abnormal label)."""
+    path = Path(path)
+    rows = _rows(path)
+    groups: dict[str, list[Path]] = {}
+    with_split = [split is not None for _, _, split in rows]
+    if any(with_split) and not all(with_split):
+        line = 2 + with_split.index(False)
+        raise DataError(f"{path}, line {line}: no split, while other rows give one. {FORM}")
+    for file, label, split in rows:
+        kind = "normal" if label == normal_class else "abnormal"
+        groups.setdefault(f"{split or 'all'}_{kind}", []).append(file)
+
+    reader = Reader(image_size, dicom_window)
+
+    def read(key: str) -> list[np.ndarray]:
+        return reader.files(groups.get(key, []))
+
+    if all(with_split):
+        for needed in ("train_normal", "test_normal", "test_abnormal"):
+            if needed not in groups:
+                split, kind = needed.split("_")
+                raise DataError(
+                    f"{path} lists no {kind} image with split {split} "
+                    f"(normal = label {normal_class})"
+                )
+        has_val = [key in groups for key in ("val_normal", "val_abnormal")]
+        if any(has_val) and not all(has_val):
+            raise DataError(f"{path}: the val rows must hold normal and abnormal images both")
+        splits = {
+            "train": read("train_normal"),
+            "test_normal": read("test_normal"),
+            "test_abnormal": read("test_abnormal"),
+            "train_abnormal": read("train_abnormal"),
+        }
+        if all(has_val):
+            splits["val_normal"] = read("val_normal")
+            splits["val_abnormal"] = read("val_abnormal")
+        layout = "manifest, split"
+    else:
+        where = f"{path} lists"
+        splits = held_out_test(
+            read("all_normal"), read("all_abnormal"), split_seed, test_fraction, where
+        )
+        layout = "manifest, flat"
+    info = {"manifest": str(path), "layout": layout}
+    return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")
+
+
+def _rows(path: Path) -> list[tuple[Path, int, str | None]]:
+    """(file, label, split or None) of every row, with errors that name the line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = csv.DictReader(handle)
+            table = list(lines)
+            columns = [(c or "").strip().lower() for c in lines.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read CSV list {path}: {err}") from err
+    if not table:
+        raise DataError(f"{path} lists no images. {FORM}")
+    missing = {"path", "label"} - set(columns)
+    if missing:
+        raise DataError(f"{path} has no column {' or '.join(sorted(missing))}. {FORM}")
+    rows = []
+    for line, raw in enumerate(table, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        file = Path(row["path"]).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        if not row["path"] or not file.is_file():
+            raise DataError(f"{path}, line {line}: no image file {row['path']!r} ({file})")
+        try:
+            label = int(row["label"])
+        except ValueError:
+            raise DataError(
+                f"{path}, line {line}: label {row['label']!r} is not an integer"
+            ) from None
+        split = row.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            raise DataError(
+                f"{path}, line {line}: split {row['split']!r}; expected one of {', '.join(SPLITS)}"
+            )
+        rows.append((file, label, split))
+    return rows
