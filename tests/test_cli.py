@@ -59,8 +59,11 @@ def test_run_writes_metrics_models_and_scores(finished_run, capsys):
     assert f"AUROC {metrics['auroc']:.3f}" in page and "DIA, diffusion dissolving" in page
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)" alt="([^"]+)"', page)
     assert [name for _, name in embedded] == [
-        "roc.png", "score_histogram.png", "anomaly_maps.png", "dissolve_grid.png"
+        "roc.png", "score_histogram.png", "training_curve.png", "anomaly_maps.png",
+        "dissolve_grid.png",
     ]  # fmt: skip
+    with Image.open(finished_run / "training_curve.png") as img:  # detector and diffusion
+        assert img.width > 2 * img.height
     for data, name in embedded:
         assert base64.b64decode(data) == (finished_run / name).read_bytes(), name
 
@@ -244,7 +247,7 @@ def test_plain_csi_and_blur_controls_run(tmp_path):
         assert (out / "dissolve_grid.png").is_file() == (dissolve != "none")
         page = (out / "report.html").read_text()
         assert ("plain CSI" in page) == (dissolve == "none")
-        assert page.count("data:image/png") == (3 if dissolve == "none" else 4)
+        assert page.count("data:image/png") == (4 if dissolve == "none" else 5)
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):

@@ -1,6 +1,9 @@
 """The report page of a run."""
 
-from dia.reports import report_html
+import numpy as np
+from PIL import Image
+
+from dia.reports import _moving_average, report_html, training_plot
 
 
 def test_the_report_page_escapes_text_and_shows_only_the_pictures_it_has():
@@ -18,3 +21,14 @@ def test_the_report_page_escapes_text_and_shows_only_the_pictures_it_has():
     assert "<td>none</td>" in page  # no budget
     empty = report_html({}, {})
     assert "none in this folder" in empty and "AUROC -" in empty
+
+
+def test_the_training_curve_smooths_over_a_fiftieth_of_the_steps(tmp_path):
+    values = np.arange(1.0, 201.0)  # 200 steps: a window of 4
+    smooth = _moving_average(values)
+    assert smooth[:4].tolist() == [1.0, 1.5, 2.0, 2.5] and smooth[-1] == (197 + 200) / 2
+    history = {"loss": values.tolist(), "contrastive": values.tolist(), "shift": [0.0] * 200}
+    one = training_plot(history, tmp_path / "one.png")
+    two = training_plot(history, tmp_path / "two.png", {"loss": [1.0, 0.5]})
+    with Image.open(one) as single, Image.open(two) as double:
+        assert double.width > 1.8 * single.width and double.height == single.height

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train-diffusion": "train only the diffusion model into OUT/diffusion",
         "train": "train the detector into OUT/detector (uses OUT/diffusion when present)",
         "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
-        "OUT/scores.csv, the ROC curve OUT/roc.png, OUT/score_histogram.png and the anomaly "
+        "OUT/scores.csv, the ROC curve OUT/roc.png, OUT/score_histogram.png, the training "
+        "losses OUT/training_curve.png, the anomaly "
         "maps of the lowest-scoring test images OUT/anomaly_maps.png, and OUT/report.html, "
         "one page with all of them",
         "dissolve": "write a PNG grid of images and their dissolved versions",

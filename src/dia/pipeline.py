@@ -40,6 +40,7 @@ from .reports import (
     report_html,
     roc_plot,
     score_histogram,
+    training_plot,
 )
 
 DIFFUSION_DIR = "diffusion"
@@ -268,8 +269,9 @@ def evaluate_step(
     timings: dict | None = None,
 ) -> dict:
     """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``,
-    the score histograms ``score_histogram.png``, the anomaly maps ``anomaly_maps.png`` and the
-    page ``report.html`` that shows them all; return the metrics."""
+    the score histograms ``score_histogram.png``, the training losses ``training_curve.png``,
+    the anomaly maps ``anomaly_maps.png`` and the page ``report.html`` that shows them all;
+    return the metrics."""
     t0 = time.perf_counter()
     scores = detector.score_samples(data.test)
     score_s = time.perf_counter() - t0
@@ -307,12 +309,27 @@ def evaluate_step(
     title = f"{data.name}, test split (AUROC {metrics['auroc']:.3f})"
     roc_plot(labels, scores, out / "roc.png", detector.threshold_, title)
     score_histogram(labels, scores, out / "score_histogram.png", detector.threshold_, title)
+    write_training_curve(out)
     t0 = time.perf_counter()
     write_anomaly_maps(detector, data.test, scores, out / "anomaly_maps.png")
     metrics["wall_s"]["anomaly_maps_s"] = time.perf_counter() - t0
     write_json(out / "metrics.json", metrics)
     write_report(out)
     return metrics
+
+
+def write_training_curve(out: Path) -> Path | None:
+    """``out/training_curve.png`` from the saved training histories of run folder ``out``
+    (None when it holds no detector history)."""
+    detector_history = out / DETECTOR_DIR / "history.json"
+    if not detector_history.is_file():
+        return None
+    diffusion_history = out / DIFFUSION_DIR / "history.json"
+    return training_plot(
+        read_json(detector_history),
+        out / "training_curve.png",
+        read_json(diffusion_history) if diffusion_history.is_file() else None,
+    )
 
 
 def write_report(out: Path) -> Path:

@@ -75,13 +75,13 @@ def dissolve_grid(images: torch.Tensor, dissolver, timesteps: list[int], scale: 
     return image_grid(columns, titles, scale)
 
 
-def _figure(width: float = 5.0, height: float = 4.0):
+def _figure(width: float = 5.0, height: float = 4.0, columns: int = 1):
     # A bare Figure draws with the Agg canvas and never touches pyplot's global backend, so
     # writing a plot does not disturb a notebook's or a GUI's own figures.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
-    return fig, fig.subplots()
+    return fig, fig.subplots(1, columns)
 
 
 def roc_plot(
@@ -132,6 +132,51 @@ def score_histogram(
     ax.set(xlabel="score (higher = more normal)", ylabel="images", title=title)
     ax.legend()
     return _save(fig, path)
+
+
+def training_plot(
+    detector_history: dict, path: str | Path, diffusion_history: dict | None = None
+) -> Path:
+    """Write the detector's training losses per step (``detector_history``: lists ``loss``,
+    ``contrastive``, ``shift``) and, beside them, the diffusion model's loss per epoch
+    (``diffusion_history["loss"]``, when given) to the PNG ``path``.
+
+    Per-step losses are noisy, so each is drawn as a moving average over a fiftieth of the
+    steps, the total's raw values faint behind it.
+    """
+    panels = 2 if diffusion_history and diffusion_history.get("loss") else 1
+    fig, axes = _figure(5.0 * panels, 3.6, columns=panels)
+    axes = np.atleast_1d(axes)
+    total = np.asarray(detector_history.get("loss", []), dtype=np.float64)
+    steps = np.arange(1, len(total) + 1)
+    ax = axes[0]
+    if len(total):
+        ax.plot(steps, total, color="0.8", linewidth=0.6)
+    colours = {"loss": "black", "contrastive": "tab:blue", "shift": "tab:orange"}
+    for key, colour in colours.items():
+        values = np.asarray(detector_history.get(key, []), dtype=np.float64)
+        if len(values):
+            name = "total" if key == "loss" else key
+            ax.plot(
+                np.arange(1, len(values) + 1), _moving_average(values), color=colour, label=name
+            )
+    ax.set(xlabel="step", ylabel="loss", title="detector training")
+    if len(total):
+        ax.legend()
+    if panels == 2:
+        loss = np.asarray(diffusion_history["loss"], dtype=np.float64)
+        axes[1].plot(np.arange(1, len(loss) + 1), loss, color="tab:green", marker=".")
+        axes[1].set(xlabel="epoch", ylabel="noise-prediction loss", title="diffusion training")
+    return _save(fig, path)
+
+
+def _moving_average(values: np.ndarray) -> np.ndarray:
+    """The mean of each value and the ones before it over a fiftieth of the series (at least 1)."""
+    window = max(1, len(values) // 50)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -198,6 +243,11 @@ REPORT_PICTURES = (
         "score_histogram.png",
         "Scores of the normal and abnormal test images (higher = more normal); the dashed line "
         "is the threshold, chosen on the normal training images alone.",
+    ),
+    (
+        "training_curve.png",
+        "Training losses: the detector's per step (moving averages; the total's raw values "
+        "faint) and, when the run dissolves with diffusion, the diffusion model's per epoch.",
     ),
     (
         "anomaly_maps.png",
