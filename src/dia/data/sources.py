@@ -168,7 +168,8 @@ def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -
         raise DataError(
             f"val_fraction={fraction} needs abnormal images outside the test set, but the "
             f"source {config.spec!r} has none (folder: put them in train/1_abnormal, or give "
-            "the folder a val/0_normal + val/1_abnormal split)"
+            "the folder a val/0_normal + val/1_abnormal split; CSV list: train rows with an "
+            "abnormal label, or val rows)"
         )
     n_normal = min(len(data.train) - 1, max(1, round(fraction * len(data.train))))
     n_abnormal = max(1, round(fraction * len(abnormal)))
