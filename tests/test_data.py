@@ -8,6 +8,7 @@ import urllib.error
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -388,7 +389,7 @@ def test_dicom_display_values(tmp_path: Path, write_dicom) -> None:
     # No window: the range 12 stored bits can hold; MONOCHROME1 shows low values bright.
     stored = np.array([[0, 2048, 4095]], dtype=np.uint16)
     plain, display = read_dicom(write_dicom(tmp_path / "plain.dcm", stored, bits=12))
-    assert display == "stored range"
+    assert display == "stored range 0 to 4095"
     np.testing.assert_allclose(plain, [[0.0, 2048 / 4095, 1.0]], atol=1e-6)
     inverted, _ = read_dicom(write_dicom(tmp_path / "m1.dcm", stored, "MONOCHROME1", bits=12))
     np.testing.assert_allclose(inverted, 1.0 - plain, atol=1e-6)
@@ -414,14 +415,46 @@ def test_dicom_display_values(tmp_path: Path, write_dicom) -> None:
         VOILUTSequence=Sequence([lut]),
     )
     looked_up, display = read_dicom(path)
-    assert display == "VOI LUT"
+    assert display == "VOI LUT of 4096 entries from 0, 16 bits"
     np.testing.assert_allclose(looked_up, [[0.0, 32768 / 65535, 65520 / 65535]], atol=1e-6)
+
+    # An empty VOI LUT sequence is no LUT: the file's window is shown.
+    empty_lut = write_dicom(tmp_path / "empty-lut.dcm", stored, bits=12, WindowCenter=2048,
+                            WindowWidth=4096, VOILUTSequence=Sequence([]))  # fmt: skip
+    assert read_dicom(empty_lut)[1] == "window 2048/4096"
+
+    # The window's function, as the file names it (PS3.3 C.11.2.1.3).
+    centred = np.array([[0, 1000, 2000]], dtype=np.uint16)
+    sigmoid, display = read_dicom(write_dicom(tmp_path / "sig.dcm", centred, bits=12,
+                                              WindowCenter=1000, WindowWidth=1000,
+                                              VOILUTFunction="SIGMOID"))  # fmt: skip
+    assert display == "window 1000/1000 sigmoid"
+    np.testing.assert_allclose(sigmoid, [[1 / (1 + np.exp(4)), 0.5, 1 / (1 + np.exp(-4))]],
+                               atol=1e-6)  # fmt: skip
+    exact, display = read_dicom(write_dicom(tmp_path / "exact.dcm", centred, bits=12,
+                                            WindowCenter=1000, WindowWidth=1000,
+                                            VOILUTFunction="LINEAR_EXACT"))  # fmt: skip
+    assert display == "window 1000/1000 linear-exact"
+    np.testing.assert_allclose(exact, [[0.0, 0.5, 1.0]], atol=1e-6)
 
     colour = np.zeros((4, 5, 3), dtype=np.uint8)
     colour[..., 0] = 255
     rgb, display = read_dicom(write_dicom(tmp_path / "rgb.dcm", colour, "RGB"))
     assert display == "colour" and rgb.shape == (4, 5, 3)
     assert rgb[..., 0].min() == 1.0 and rgb[..., 1:].max() == 0.0
+
+    # Palette colour: the indices pick colours from the file's tables.
+    indices = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    palette = write_dicom(tmp_path / "palette.dcm", indices, "PALETTE COLOR")
+    ds = pydicom.dcmread(palette)
+    for name, entries in (("Red", [65535, 0]), ("Green", [0, 65535]), ("Blue", [0, 0])):
+        descriptor = pydicom.datadict.tag_for_keyword(f"{name}PaletteColorLookupTableDescriptor")
+        ds.add_new(descriptor, "US", [2, 0, 16])
+        setattr(ds, f"{name}PaletteColorLookupTableData", np.array(entries, "<u2").tobytes())
+    ds.save_as(palette)
+    shown, display = read_dicom(palette)
+    assert display == "colour" and shown.shape == (2, 2, 3)
+    assert shown[0, 0].tolist() == [1, 0, 0] and shown[0, 1].tolist() == [0, 1, 0]
 
 
 def test_dicom_folder_and_scoring_files(tmp_path: Path, write_dicom) -> None:
@@ -430,8 +463,10 @@ def test_dicom_folder_and_scoring_files(tmp_path: Path, write_dicom) -> None:
     root = tmp_path / "xray"
     for i, value in enumerate((1000, 1100, 1200)):
         write_dicom(root / f"train/0_normal/{i}.dcm", np.full((40, 30), value, np.uint16), bits=12)
-    # Scanners often write DICOM files without a suffix; a DICOMDIR (an index) is no image.
-    write_dicom(root / "test/0_normal/IM0001", np.full((20, 20), 1000, np.uint16), bits=12)
+    # Scanners often write DICOM files without a suffix, or named by a UID (whose last part
+    # looks like one); a DICOMDIR (an index) is no image.
+    write_dicom(root / "test/0_normal/1.2.840.113619.2.55", np.full((20, 20), 1000, np.uint16),
+                bits=12)  # fmt: skip
     write_dicom(root / "test/1_abnormal/IM0002", np.full((20, 20), 4000, np.uint16), bits=12)
     (root / "test/1_abnormal/DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
     (root / "test/1_abnormal/README").write_text("not an image")
@@ -445,7 +480,7 @@ def test_dicom_folder_and_scoring_files(tmp_path: Path, write_dicom) -> None:
     assert data.test[1].mean().item() == pytest.approx(4000 / 4095, abs=1e-4)
 
     images, files = load_images([root / "test"], 16, channels=1)
-    assert [f.name for f in files] == ["IM0001", "IM0002", "photo.png"]
+    assert [f.name for f in files] == ["1.2.840.113619.2.55", "IM0002", "photo.png"]
     assert torch.allclose(images[:2], data.test[:2])
 
 
@@ -497,13 +532,38 @@ def test_dicom_errors(tmp_path: Path, write_dicom) -> None:
     with pytest.raises(DataError, match="cannot read DICOM file .*fake.dcm"):
         read_dicom(tmp_path / "fake.dcm")
 
+    # An older file without the preamble and file meta is still read, by its suffix.
+    plain = pydicom.dcmread(write_dicom(tmp_path / "p.dcm", np.full((4, 4), 7, np.uint16),
+                                        bits=12))  # fmt: skip
+    bare = pydicom.Dataset()
+    for element in plain:
+        bare.add(element)
+    pydicom.dcmwrite(tmp_path / "old.dcm", bare, enforce_file_format=False, implicit_vr=True)
+    assert (tmp_path / "old.dcm").read_bytes()[128:132] != b"DICM"
+    old, display = read_dicom(tmp_path / "old.dcm")
+    assert display == "stored range 0 to 4095" and old.max() == pytest.approx(7 / 4095)
+
+    # A window centre written with a decimal comma names the file.
+    comma = write_dicom(tmp_path / "comma.dcm", np.zeros((4, 4), np.uint16), bits=12,
+                        WindowCenter="12.45", WindowWidth=400)  # fmt: skip
+    comma.write_bytes(comma.read_bytes().replace(b"12.45", b"12,45"))
+    with pytest.raises(DataError, match="comma.dcm: unreadable window centre"):
+        read_dicom(comma)
+
+    # Uncompressed but cut short: no advice about decoders.
+    short = pydicom.dcmread(write_dicom(tmp_path / "short.dcm", np.zeros((4, 4), np.uint16)))
+    short.PixelData = short.PixelData[:10]
+    short.save_as(tmp_path / "short.dcm")
+    with pytest.raises(DataError, match="short.dcm .*Explicit VR Little Endian") as err:
+        read_dicom(tmp_path / "short.dcm")
+    assert "pylibjpeg" not in str(err.value)
+
     volume = np.zeros((3, 8, 8), dtype=np.uint8)
     multi = write_dicom(tmp_path / "volume.dcm", volume)
     with pytest.raises(DataError, match="volume.dcm holds 3 frames.*file of its own"):
         read_dicom(multi)
 
     empty = write_dicom(tmp_path / "report.dcm", np.zeros((2, 2), np.uint8))
-    import pydicom
 
     ds = pydicom.dcmread(empty)
     del ds.PixelData
@@ -558,7 +618,8 @@ def test_csv_list_with_splits(tmp_path: Path, write_dicom) -> None:
     (tmp_path / "lists/study.csv").write_text(
         "patient,Path,LABEL,split\n"  # column names in any case; extra columns ignored
         "p1,../scans/n1.png,2,train\n"
-        "p2,../scans/n2.png,2,TRAIN\n"
+        "p2,..\\scans\\n2.png,2,TRAIN\n"  # a path written on Windows
+        " , , , \n"  # a line of empty fields
         f"p3,{elsewhere},2,train\n"  # an absolute path
         "p4,../scans/a1.png,0,train\n"  # an abnormal training image: only for contamination
         "p5,../scans/v1.png,2,val\n"
@@ -574,7 +635,9 @@ def test_csv_list_with_splits(tmp_path: Path, write_dicom) -> None:
         "train": 3, "test_normal": 1, "test_abnormal": 2, "val_normal": 1, "val_abnormal": 1
     }  # fmt: skip
     assert data.name == "study" and data.info["layout"] == "manifest, split"
-    assert data.info["source"] == "csv" and data.info["dicom_displays"] == ["stored range"]
+    assert data.info["source"] == "csv" and data.info["dicom_displays"] == [
+        "stored range 0 to 4095"
+    ]
     np.testing.assert_allclose(data.train.mean(dim=(1, 2, 3)), [40 / 255, 50 / 255, 30 / 255],
                                atol=1e-3)  # fmt: skip
     assert data.test[-1].mean().item() == pytest.approx(1.0)  # the DICOM file, listed last
@@ -602,7 +665,10 @@ def test_csv_list_without_splits_and_its_errors(tmp_path: Path) -> None:
 
     fails("file,label\nn0.png,0\n", "(?s)no column path.*path,label,split")
     fails("path,label\n", "lists no images")
-    fails("path,label\nn0.png,0\nmissing.png,1\n", "line 3: no image file 'missing.png'")
+    fails("path,label\n\n\nn0.png,0\nmissing.png,1\n", "line 5: no image file 'missing.png'")
+    fails('path,label,note\nn0.png,0,"over\ntwo lines"\nn1.png,x,\n', "line 4: label 'x'")
+    fails("path,label\nn0.png,0,\n", "line 2: 3 fields, but the header names 2")
+    fails("path,label\nn0.png,0\n./n0.png,1\n", "line 3: './n0.png' is listed again .*line 2")
     fails("path,label\nn0.png,normal\n", "line 2: label 'normal' is not an integer")
     fails("path,label,split\nn0.png,0,train\nn1.png,0,tset\n", "line 3: split 'tset'")
     fails("path,label,split\nn0.png,0,train\nn1.png,0,\n", "line 3: no split")

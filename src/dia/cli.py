@@ -25,8 +25,8 @@ FLAG_NAMES = {("data", "spec"): "data"}
 METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
 DICOM_WINDOW_HELP = (
     "show every grayscale DICOM file through this window, in its units after rescaling (CT: "
-    "Hounsfield units, e.g. --dicom-window=-600,1500 for lung) instead of the file's own "
-    "(default: the file's)"
+    "Hounsfield units, e.g. --dicom-window=-600,1500 for lung; write it with '=', or a "
+    "negative centre reads as an option) instead of the file's own (default: the file's)"
 )
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
@@ -467,7 +467,8 @@ def _score(args: argparse.Namespace) -> None:
             print(f"{score:10.4f}  {verdict:8}  {path}")
     print(
         f"{summary['abnormal']} of {summary['images']} images abnormal at threshold "
-        f"{summary['threshold']:.4f} (lets through {1 - summary['threshold_fpr_target']:.0%} "
+        f"{summary['threshold']:.4f} (lets through "
+        f"{100 * (1 - summary['threshold_fpr_target']):.3g}% "
         f"of the normal training images); scores in {csv_path}"
     )
 

@@ -3,25 +3,29 @@
 Grayscale pixels go through the DICOM display chain: the modality LUT (rescale slope and
 intercept, which gives Hounsfield units for CT), then a window given by the user (centre and
 width in those units, e.g. a lung window for chest CT), else the file's VOI LUT or its first
-window, else the whole range the stored bits can hold, so that one scanner's files all map to
-[0, 1] the same way and brightness keeps its meaning across images. MONOCHROME1 files (bright =
-low value) are inverted so that bright means dense in every file.
+window (linear, linear-exact or sigmoid, as the file says), else the whole range the stored bits
+can hold, so that one scanner's files all map to [0, 1] the same way and brightness keeps its
+meaning across images. MONOCHROME1 files (bright = low value) are inverted so that bright means
+dense in every file. Colour files (RGB, YBR, palette colour) are shown in their colours.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pydicom.errors
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dia.data.npz import DataError
 
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# .ima: Siemens' name for its DICOM exports.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
 # Every DICOM file written to the standard's Part 10 starts with a 128-byte preamble and these
-# four bytes; scanners often export such files without a suffix.
+# four bytes; scanners and archives often name such files by a number or a UID instead.
 _MAGIC = b"DICM"
 _MAGIC_OFFSET = 128
 COLOUR = "colour"  # how colour files are shown: as they are, no window
@@ -29,17 +33,18 @@ COMPRESSED_HINT = (
     "compressed DICOM may need a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
     "pylibjpeg-openjpeg"
 )
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
 def is_dicom(path: Path) -> bool:
-    """Whether ``path`` names a DICOM file: a .dcm/.dicom suffix, or none and the DICM marker.
+    """Whether ``path`` names a DICOM file: a .dcm/.dicom/.ima suffix, or the DICM marker of
+    the standard's file format whatever the name (``1.2.840.113619.2.55``, ``IM0001``).
 
     A ``DICOMDIR`` (the index of a DICOM medium) holds no image and is not one.
     """
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
+    if path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    if suffix or path.name.upper() == "DICOMDIR":
+    if path.name.upper() == "DICOMDIR":
         return False
     try:
         with open(path, "rb") as handle:
@@ -53,18 +58,16 @@ def read_dicom(
     path: str | Path, window: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, str]:
     """The image of a single-frame DICOM file as float32 in [0, 1], (H, W) or (H, W, 3), and
-    how it was shown: ``"window C/W"`` (the file's), ``"given window C/W"`` (``window``),
-    ``"VOI LUT"``, ``"stored range"`` or ``"colour"``.
+    how it was shown: ``"window C/W"`` (the file's; a non-linear function named after it),
+    ``"given window C/W"`` (``window``), ``"VOI LUT ..."``, ``"stored range LOW to HIGH"`` or
+    ``"colour"``.
 
     ``window`` (centre, width) overrides the file's own display for grayscale images.
     Raises :class:`DataError` naming the file when it is not DICOM, holds no image, holds
     several frames (a volume or a cine loop: export its slices as files of their own) or
     cannot be decoded.
     """
-    try:
-        ds = pydicom.dcmread(path)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as err:
-        raise DataError(f"cannot read DICOM file {path}: {err}") from err
+    ds = _dataset(Path(path))
     if "PixelData" not in ds:
         raise DataError(f"DICOM file {path} holds no image (no pixel data)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -76,51 +79,108 @@ def read_dicom(
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for undecodable pixel data
-        syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
         name = getattr(syntax, "name", syntax) or "unknown"
+        hint = f"; {COMPRESSED_HINT}" if getattr(syntax, "is_compressed", False) else ""
         raise DataError(
             f"cannot decode the pixel data of DICOM file {path} (transfer syntax {name}): "
-            f"{err}; {COMPRESSED_HINT}"
+            f"{err}{hint}"
         ) from err
     bits = int(ds.get("BitsStored", 8))
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric == "PALETTE COLOR":
+        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        colour = apply_color_lut(pixels, ds).astype(np.float64) / (2**lut_bits - 1)
+        return np.clip(colour, 0.0, 1.0).astype(np.float32), COLOUR
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise DataError(f"DICOM file {path}: colour pixel data of shape {pixels.shape}")
         colour = pixels.astype(np.float64) / (2**bits - 1)
-        return colour.astype(np.float32), COLOUR
+        return np.clip(colour, 0.0, 1.0).astype(np.float32), COLOUR
     if pixels.ndim != 2:
         raise DataError(f"DICOM file {path}: pixel data of shape {pixels.shape}, not 2-D")
-    values, display = _display_values(pixels, ds, bits, window)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    values, display = _display_values(pixels, ds, bits, window, path)
+    if photometric == "MONOCHROME1":
         values = 1.0 - values
     return values.astype(np.float32), display
 
 
+def _dataset(path: Path) -> pydicom.Dataset:
+    """The file's data set. A file named as DICOM but lacking the standard's preamble and file
+    meta (older exports) is read all the same, its encoding guessed from its first elements."""
+    try:
+        return pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError as err:
+        if path.suffix.lower() not in DICOM_SUFFIXES:
+            raise DataError(f"cannot read DICOM file {path}: {err}") from err
+        first_error = err
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"cannot read DICOM file {path}: {err}") from err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on what it had to guess
+            ds = pydicom.dcmread(path, force=True)
+    except Exception as err:  # whatever the bytes were, they were not DICOM
+        raise DataError(f"cannot read DICOM file {path}: {first_error}") from err
+    if len(ds) == 0 or "PixelData" not in ds:
+        raise DataError(f"cannot read DICOM file {path}: {first_error}")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+    return ds
+
+
 def _display_values(
-    pixels: np.ndarray, ds: pydicom.Dataset, bits: int, window: tuple[float, float] | None
+    pixels: np.ndarray,
+    ds: pydicom.Dataset,
+    bits: int,
+    window: tuple[float, float] | None,
+    path: str | Path,
 ) -> tuple[np.ndarray, str]:
     """Grayscale stored values through the modality LUT and the VOI, in [0, 1]; the VOI's name."""
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if window is not None:
         return _windowed(values, *window), f"given window {_window_text(window)}"
-    if "VOILUTSequence" in ds:
-        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    lut = ds.get("VOILUTSequence")
+    if lut:
+        item = lut[0]
+        lut_bits = int(item.LUTDescriptor[2])
         # A LUT is indexed by whole numbers; the modality output is whole whenever the
         # rescale is (and a LUT is only meaningful then).
         shown = apply_voi_lut(np.rint(values).astype(np.int64), ds, prefer_lut=True)
-        shown = np.asarray(shown, dtype=np.float64)
-        return np.clip(shown / (2**lut_bits - 1), 0.0, 1.0), "VOI LUT"
-    own = _first_window(ds)
+        shown = np.asarray(shown, dtype=np.float64) / (2**lut_bits - 1)
+        entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+        name = str(item.get("LUTExplanation", "")).strip()
+        text = f"VOI LUT {name or f'of {entries} entries from {first}, {lut_bits} bits'}"
+        return np.clip(shown, 0.0, 1.0), text
+    own = _first_window(ds, path)
     if own is not None:
-        return _windowed(values, *own), f"window {_window_text(own)}"
+        centre, width, function = own
+        text = f"window {_window_text((centre, width))}"
+        return _windowed(values, centre, width, function), (
+            text if function == "LINEAR" else f"{text} {function.lower().replace('_', '-')}"
+        )
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
     low, high = np.sort(np.asarray(apply_modality_lut(stored, ds), dtype=np.float64))
-    return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0), "stored range"
+    shown = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+    return shown, f"stored range {low:g} to {high:g}"
 
 
-def _windowed(values: np.ndarray, centre: float, width: float) -> np.ndarray:
-    """The standard's linear window (PS3.3 C.11.2.1.2.1), mapped to [0, 1]."""
+def _windowed(
+    values: np.ndarray, centre: float, width: float, function: str = "LINEAR"
+) -> np.ndarray:
+    """A VOI window (PS3.3 C.11.2.1.2 and C.11.2.1.3), mapped to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - centre) / width, -500, 500)))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
     return np.clip((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
 
 
@@ -128,15 +188,24 @@ def _window_text(window: tuple[float, float]) -> str:
     return "/".join(f"{v:g}" for v in window)
 
 
-def _first_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    """The file's first (centre, width) window, or None when it gives none usable."""
-    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if centre is None or width is None:
+def _first_window(ds: pydicom.Dataset, path: str | Path) -> tuple[float, float, str] | None:
+    """The file's first (centre, width, function) window, or None when it gives none usable."""
+    try:
+        centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+        if centre is None or width is None:
+            return None
+        if isinstance(centre, pydicom.multival.MultiValue):
+            centre = centre[0] if len(centre) else ""
+        if isinstance(width, pydicom.multival.MultiValue):
+            width = width[0] if len(width) else ""
+        if centre == "" or width == "":
+            return None
+        centre, width = float(centre), float(width)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"DICOM file {path}: unreadable window centre or width: {err}") from err
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in WINDOW_FUNCTIONS:
+        function = "LINEAR"  # the standard's default for values it does not define
+    if not np.isfinite([centre, width]).all() or width <= 0 or (function == "LINEAR" and width < 1):
         return None
-    if isinstance(centre, pydicom.multival.MultiValue):
-        centre = centre[0]
-    if isinstance(width, pydicom.multival.MultiValue):
-        width = width[0]
-    if centre == "" or width == "" or float(width) < 1:
-        return None
-    return float(centre), float(width)
+    return centre, width, function

@@ -42,11 +42,11 @@ def load_manifest(
     path = Path(path)
     rows = _rows(path)
     groups: dict[str, list[Path]] = {}
-    with_split = [split is not None for _, _, split in rows]
+    with_split = [split is not None for _, _, _, split in rows]
     if any(with_split) and not all(with_split):
-        line = 2 + with_split.index(False)
+        line = rows[with_split.index(False)][0]
         raise DataError(f"{path}, line {line}: no split, while other rows give one. {FORM}")
-    for file, label, split in rows:
+    for _, file, label, split in rows:
         kind = "normal" if label == normal_class else "abnormal"
         groups.setdefault(f"{split or 'all'}_{kind}", []).append(file)
 
@@ -86,27 +86,43 @@ def load_manifest(
     return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")
 
 
-def _rows(path: Path) -> list[tuple[Path, int, str | None]]:
-    """(file, label, split or None) of every row, with errors that name the line."""
+def _rows(path: Path) -> list[tuple[int, Path, int, str | None]]:
+    """(line, file, label, split or None) of every row, with errors that name the line."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             lines = csv.DictReader(handle)
-            table = list(lines)
+            # each row with the number of the line it ends on (a quoted field may span lines)
+            table = [(lines.line_num, row) for row in lines]
             columns = [(c or "").strip().lower() for c in lines.fieldnames or []]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read CSV list {path}: {err}") from err
-    if not table:
-        raise DataError(f"{path} lists no images. {FORM}")
     missing = {"path", "label"} - set(columns)
-    if missing:
+    if columns and missing:
         raise DataError(f"{path} has no column {' or '.join(sorted(missing))}. {FORM}")
-    rows = []
-    for line, raw in enumerate(table, start=2):
+    rows, seen = [], {}
+    for line, raw in table:
+        if None in raw:
+            raise DataError(
+                f"{path}, line {line}: {len(columns) + len(raw[None])} fields, but the header "
+                f"names {len(columns)}"
+            )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-        file = Path(row["path"]).expanduser()
+        if not any(row.values()):
+            continue  # a line of empty fields
+        name = row["path"]
+        if "\\" in name and "/" not in name:
+            name = name.replace("\\", "/")  # written on Windows
+        file = Path(name).expanduser()
         file = file if file.is_absolute() else path.parent / file
-        if not row["path"] or not file.is_file():
+        if not name or not file.is_file():
             raise DataError(f"{path}, line {line}: no image file {row['path']!r} ({file})")
+        if file.resolve() in seen:
+            raise DataError(
+                f"{path}, line {line}: {row['path']!r} is listed again (first on line "
+                f"{seen[file.resolve()]}); an image listed twice could end up in training and "
+                "test both"
+            )
+        seen[file.resolve()] = line
         try:
             label = int(row["label"])
         except ValueError:
@@ -118,5 +134,7 @@ def _rows(path: Path) -> list[tuple[Path, int, str | None]]:
             raise DataError(
                 f"{path}, line {line}: split {row['split']!r}; expected one of {', '.join(SPLITS)}"
             )
-        rows.append((file, label, split))
+        rows.append((line, file, label, split))
+    if not rows:
+        raise DataError(f"{path} lists no images. {FORM}")
     return rows
