@@ -220,13 +220,14 @@ def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch
 
 def test_dissolve_grid(finished_run, tmp_path):
     grid = tmp_path / "grid.png"
+    # no data flags: a run folder's own settings (16 px images, its diffusion model) are used
     args = ["dissolve", "--out", str(finished_run), "--grid", str(grid), "--count", "3",
-            "--timesteps", "0,50,400", *TINY]  # fmt: skip
+            "--timesteps", "0,50,400", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     from PIL import Image
 
     with Image.open(grid) as img:
-        assert img.width > 4 * 16 * 4 and img.height > 3 * 16 * 4
+        assert 4 * 16 * 4 < img.width < 4 * 32 * 4 and img.height > 3 * 16 * 4
 
 
 def test_a_dissolving_grid_without_dissolving_is_a_clear_error(tmp_path, capsys):
@@ -384,6 +385,55 @@ def test_dia_warnings_are_printed_as_plain_lines(finished_run, tmp_path, write_d
     err = capsys.readouterr().err
     assert "dia score: warning: the grayscale DICOM files given are shown in 2 different" in err
     assert "UserWarning" not in err
+
+
+def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys):
+    from dia.config import DataConfig
+    from dia.data import load_data
+    from dia.detector import DIADetector
+
+    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
+                                image_size=16, split_seed=7))  # fmt: skip
+    hospital = tmp_path / "hospital-b"  # test images only: no train/ folder
+    normal = _write_pngs(hospital / "test/0_normal", data.test[data.test_labels == 0])
+    abnormal = _write_pngs(hospital / "test/1_abnormal", data.test[data.test_labels == 1])
+    before = (finished_run / "metrics.json").read_bytes()
+
+    assert main(["evaluate", "--out", str(finished_run), "--data", str(hospital),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    folder = finished_run / "external" / "hospital-b"
+    assert str(folder) in capsys.readouterr().out
+    assert (finished_run / "metrics.json").read_bytes() == before  # the run's own results
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["external"] == {"run": str(finished_run), "trained_on": "synthetic"}
+    assert metrics["data"]["train"] == 0 and metrics["data"]["test_abnormal"] == len(abnormal)
+    detector = DIADetector.from_pretrained(finished_run / "detector", device="cpu")
+    scores = detector.score_samples(torch.cat([normal, abnormal]))
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
+    from sklearn.metrics import roc_auc_score
+
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, -scores), abs=1e-6)
+    assert metrics["threshold"] == detector.threshold_  # chosen on the run's own normal images
+    page = (folder / "report.html").read_text()
+    assert "external test set for" in page and "anomaly_maps.png" in page
+
+    # again: a folder of its own; a flat layout or a CSV list is all test images
+    table = tmp_path / "b.csv"
+    rows = [f"{p},{int(p.parent.name == '1_abnormal')}" for p in sorted(hospital.rglob("*.png"))]
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert main(["evaluate", "--out", str(finished_run), "--data", str(hospital)]) == 0
+    assert (finished_run / "external" / "hospital-b-2" / "metrics.json").is_file()
+    assert main(["evaluate", "--out", str(finished_run), "--data", str(table)]) == 0
+    listed = json.loads((finished_run / "external" / "b" / "metrics.json").read_text())
+    assert listed["auroc"] == pytest.approx(metrics["auroc"], abs=1e-6)
+
+
+def test_flags_a_saved_run_would_ignore_are_refused(finished_run, capsys):
+    for command in ("evaluate", "maps"):
+        assert main([command, "--out", str(finished_run), "--width", "8", "--budget", "9"]) == 2
+        err = capsys.readouterr().err
+        assert "--width, --budget would be ignored" in err
+        assert ("--data DATA alone evaluates" in err) == (command == "evaluate")
 
 
 def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):

@@ -678,6 +678,35 @@ def test_csv_list_without_splits_and_its_errors(tmp_path: Path) -> None:
           "val rows must hold normal and abnormal")  # fmt: skip
 
 
+# ---------------------------------------------------------------- external test sets
+
+
+def test_external_test_sets_hold_test_images_only(tmp_path: Path) -> None:
+    from dia.data import load_test_set
+
+    npz = _write_npz(tmp_path / "a.npz", BINARY, rgb=True)
+    data = load_test_set(DataConfig(spec=str(npz), image_size=8, channels=1))
+    assert data.counts() == {"train": 0, "test_normal": 2, "test_abnormal": 3}
+    assert data.test.shape == (5, 1, 8, 8) and data.val is None  # the detector's shape
+    assert data.info["source"] == "npz"
+
+    flat = tmp_path / "flat"
+    for i in range(3):
+        _save(flat / f"normal/{i}.png", _gray(10, 10, 40))
+    _save(flat / "abnormal/x.png", _gray(10, 10, 200))
+    every = load_test_set(DataConfig(spec=str(flat), image_size=8, channels=3))
+    assert every.counts() == {"train": 0, "test_normal": 3, "test_abnormal": 1}
+    assert every.test.shape == (4, 3, 8, 8) and every.info["layout"].startswith("flat")
+
+    (tmp_path / "one.csv").write_text(f"path,label\n{flat / 'normal/0.png'},0\n")
+    with pytest.raises(DataError, match="one-class test set"):
+        load_test_set(DataConfig(spec=str(tmp_path / "one.csv"), image_size=8, channels=1))
+    with pytest.raises(DataError, match="no test images: expected test/0_normal"):
+        load_test_set(DataConfig(spec=str(flat / "normal"), image_size=8, channels=1))
+    with pytest.raises(ValueError, match="image_size and channels"):
+        load_test_set(DataConfig(spec=str(flat)))
+
+
 # ---------------------------------------------------------------- medmnist
 
 

@@ -62,13 +62,17 @@ def _parse_type(annotation: str):
     return {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
 
 
+def _flag(section: str, name: str) -> str:
+    """The command-line flag of setting ``name`` of config section ``section``."""
+    return "--" + FLAG_NAMES.get((section, name), SECTIONS[section][0] + name.replace("_", "-"))
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
-    for section, (prefix, cls) in SECTIONS.items():
+    for section, (_, cls) in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
         for field in dataclasses.fields(cls):
-            name = FLAG_NAMES.get((section, field.name), prefix + field.name.replace("_", "-"))
             group.add_argument(
-                f"--{name}",
+                _flag(section, field.name),
                 dest=f"{section}.{field.name}",
                 default=None,
                 type=_parse_type(field.type),
@@ -104,18 +108,28 @@ def _add_runtime(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The setting flags given on the command line, as ``{"section.field": value}``."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k.split(".", 1)[0] in SECTIONS and "." in k
+    }
+
+
+def with_settings(config: RunConfig, given: dict[str, object]) -> RunConfig:
+    """``config`` with the settings ``given`` (``{"section.field": value}``) on top."""
+    for section in SECTIONS:
+        values = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith(section + ".")}
+        if values:
+            sub = dataclasses.replace(getattr(config, section), **values)
+            config = dataclasses.replace(config, **{section: sub})
+    return config
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The preset's config with every explicitly given flag applied on top."""
-    config = apply_preset(RunConfig(), args.preset)
-    for section in SECTIONS:
-        given = {
-            k.split(".", 1)[1]: v
-            for k, v in vars(args).items()
-            if k.startswith(section + ".") and v is not None
-        }
-        if given:
-            sub = dataclasses.replace(getattr(config, section), **given)
-            config = dataclasses.replace(config, **{section: sub})
+    config = with_settings(apply_preset(RunConfig(), args.preset), given_settings(args))
     config = dataclasses.replace(
         config, seed=args.seed, device=args.device, precision=args.precision
     )
@@ -325,11 +339,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if metrics is not None:
             _print_metrics(metrics, out)
         return 0
-    if args.command == "dissolve" and config.detector.dissolve == "none":
-        raise ValueError(
-            "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
-            "pass --dissolve diffusion, gaussian or median"
-        )
+    if args.command == "dissolve":
+        config = _dissolve_config(args, config, out)
     if out is None:
         if args.command != "dissolve":
             raise ValueError(f"dia {args.command} needs --out, the run folder")
@@ -368,11 +379,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if main_process:
             print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
     elif args.command == "evaluate":
-        config, detector = _saved_run(args, config, out)
-        t0 = time.perf_counter()
-        metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
-        metrics["wall_s"]["total_s"] = time.perf_counter() - t0
-        _print_metrics(metrics, out)
+        _evaluate(args, config, out)
     elif args.command == "dissolve":
         _dissolve(args, config, out, progress)
     elif args.command == "maps":
@@ -400,6 +407,43 @@ def _resume(args: argparse.Namespace) -> None:
         print(f"detector saved to {args.out / pipeline.DETECTOR_DIR}")
 
 
+def _evaluate(args, config: RunConfig, out: Path) -> None:
+    """Score the test split with the run's detector, or with ``--data`` another data set's
+    test images (an external test set) into ``out/external/NAME``."""
+    from . import pipeline
+
+    given = given_settings(args)
+    spec = given.pop("data.spec", None)
+    normal_class = given.pop("data.normal_class", 0) if spec is not None else 0
+    _refuse_ignored(args, given, out)
+    config, detector = _saved_run(args, config, out)
+    t0 = time.perf_counter()
+    if spec is None:
+        metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
+        where = out
+    else:
+        metrics, where = pipeline.evaluate_external(config, detector, out, spec, normal_class)
+    metrics["wall_s"]["total_s"] = time.perf_counter() - t0
+    _print_metrics(metrics, where)
+
+
+def _refuse_ignored(args, given: dict[str, object], out: Path) -> None:
+    """Refuse setting flags that a command working with a saved detector would ignore."""
+    flags = [_flag(*key.split(".", 1)) for key in given]
+    if args.budget is not None:
+        flags.append("--budget")
+    if flags:
+        hint = (
+            "; --data DATA alone evaluates the saved detector on another data set's test images"
+            if args.command == "evaluate"
+            else ""
+        )
+        raise ValueError(
+            f"dia {args.command} works with the detector and settings saved in {out}; "
+            f"{', '.join(flags)} would be ignored{hint}"
+        )
+
+
 def _saved_run(args, config: RunConfig, out: Path):
     """The run's own config (when saved) on this command's device, and its saved detector."""
     from . import pipeline
@@ -416,6 +460,7 @@ def _maps(args, config: RunConfig, out: Path) -> None:
 
     if args.count < 1:
         raise ValueError(f"--count={args.count}; expected at least 1")
+    _refuse_ignored(args, given_settings(args), out)
     config, detector = _saved_run(args, config, out)
     size = detector.image_size_
     check_patch(size, size, args.patch, args.stride)  # before scoring the whole test split
@@ -427,6 +472,22 @@ def _maps(args, config: RunConfig, out: Path) -> None:
     )
     print(f"anomaly maps of the {shown} lowest-scoring test images saved to {path}")
     pipeline.refresh_report(out)
+
+
+def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
+    """What ``dia dissolve`` dissolves with: a run folder's own settings with the flags given
+    on top (the flags' settings alone without a run folder)."""
+    from . import pipeline
+
+    if out is not None and (out / "config.json").is_file():
+        saved = dataclasses.replace(pipeline.load_config(out), device=args.device)
+        config = with_settings(saved, given_settings(args))
+    if config.detector.dissolve == "none":
+        raise ValueError(
+            "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
+            "pass --dissolve diffusion, gaussian or median"
+        )
+    return config
 
 
 def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:

@@ -21,8 +21,8 @@ import torch
 from . import __version__, distributed
 from . import checkpoint as ckpt
 from .checkpoint import Checkpointing
-from .config import RunConfig, from_dict, to_dict
-from .data import ImageData, load_data
+from .config import DataConfig, RunConfig, from_dict, to_dict
+from .data import ImageData, load_data, load_test_set
 from .data.folder import load_images
 from .detector import FORMAT as DETECTOR_FORMAT
 from .detector import DIADetector
@@ -47,6 +47,7 @@ DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
 REPORT_NAME = "report.html"
+EXTERNAL_DIR = "external"
 
 
 def _git(*args: str) -> str | None:
@@ -267,11 +268,12 @@ def evaluate_step(
     detector: DIADetector,
     out: Path,
     timings: dict | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``,
     the score histograms ``score_histogram.png``, the training losses ``training_curve.png``,
     the anomaly maps ``anomaly_maps.png`` and the page ``report.html`` that shows them all;
-    return the metrics."""
+    return the metrics (with ``extra`` added)."""
     t0 = time.perf_counter()
     scores = detector.score_samples(data.test)
     score_s = time.perf_counter() - t0
@@ -300,6 +302,7 @@ def evaluate_step(
         world_size=history.get("world_size", distributed.world_size()),
         wall_s={**(timings or {}), "test_scoring_s": score_s},
         test_images_per_s=len(labels) / max(score_s, 1e-9),
+        **(extra or {}),
     )
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -316,6 +319,28 @@ def evaluate_step(
     write_json(out / "metrics.json", metrics)
     write_report(out)
     return metrics
+
+
+def evaluate_external(
+    config: RunConfig, detector: DIADetector, out: Path, spec: str, normal_class: int = 0
+) -> tuple[dict, Path]:
+    """Evaluate run ``out``'s detector on the test images of data set ``spec`` (an external
+    test set, :func:`~dia.data.load_test_set`), read at the detector's size, channels and DICOM
+    window, into ``out/external/NAME`` (``-2``, ``-3``, ... rather than overwrite); the run's
+    own results stay as they are. Returns the metrics and that folder."""
+    data_config = DataConfig(
+        spec=spec,
+        normal_class=normal_class,
+        image_size=detector.image_size_,
+        channels=detector.channels_,
+        dicom_window=detector.dicom_window,
+    )
+    data = load_test_set(data_config)
+    folder = free_path(out / EXTERNAL_DIR / data.name)
+    folder.mkdir(parents=True)
+    external = {"run": str(out), "trained_on": config.data.spec}
+    config = dataclasses.replace(config, data=data_config)
+    return evaluate_step(config, data, detector, folder, extra={"external": external}), folder
 
 
 def write_training_curve(out: Path) -> Path | None:

@@ -295,12 +295,15 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
     training, wall = metrics.get("training", {}), metrics.get("wall_s", {})
     dissolve = detector.get("dissolve", "-")
     method = "plain CSI (no dissolving)" if dissolve == "none" else f"DIA, {dissolve} dissolving"
+    external = metrics.get("external")
+    test_images = (
+        f"test {data.get('test_normal', '-')} normal, {data.get('test_abnormal', '-')} abnormal"
+    )
     run = [
         ("data", config.get("data", {}).get("spec", data.get("name", "-"))),
         (
             "images",
-            f"{data.get('train', '-')} normal training; test {data.get('test_normal', '-')} "
-            f"normal, {data.get('test_abnormal', '-')} abnormal",
+            test_images if external else f"{data.get('train', '-')} normal training; {test_images}",
         ),
         ("method", f"{method}, {detector.get('shift', '-')} shifts"),
         ("preset, seed", f"{config.get('preset', '-')}, {metrics.get('seed', '-')}"),
@@ -315,6 +318,12 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ("machine", _machine_text(metrics.get("machine", {}))),
         ("dia version, commit", f"{metrics.get('version', '-')}, {metrics.get('commit', '-')}"),
     ]
+    if external:
+        trained = (
+            f"the detector of run {external.get('run')}, trained on "
+            f"{external.get('trained_on')}; its threshold from those normal training images"
+        )
+        run.insert(2, ("external test set for", trained))
     figures = []
     for name, caption in REPORT_PICTURES:
         if name in pictures:

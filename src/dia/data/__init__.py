@@ -1,7 +1,7 @@
 """Data sources: every one returns an :class:`ImageData` through :func:`load_data`."""
 
 from dia.data.npz import DataError
-from dia.data.sources import load_data
+from dia.data.sources import load_data, load_test_set
 from dia.data.types import ImageData
 
-__all__ = ["DataError", "ImageData", "load_data"]
+__all__ = ["DataError", "ImageData", "load_data", "load_test_set"]

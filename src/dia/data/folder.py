@@ -65,6 +65,35 @@ def load_folder(
     return image_data(root.name, splits, reader, info, f"the grayscale DICOM files of {root}")
 
 
+def load_test_folder(
+    root: str | Path,
+    image_size: int = DEFAULT_FOLDER_SIZE,
+    dicom_window: tuple[float, float] | None = None,
+) -> ImageData:
+    """Every test image of a folder, for evaluating a detector trained on other data:
+    ``test/0_normal`` and ``test/1_abnormal`` of the split layout (``train/`` may be absent),
+    or all of ``normal/`` and ``abnormal/`` of the flat one. Its ``train`` is empty."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    reader = Reader(image_size, dicom_window)
+    if (root / "test").is_dir():
+        normal, abnormal = (reader.folder(root / "test" / c) for c in ("0_normal", "1_abnormal"))
+        layout = "split, test only"
+    elif (root / "normal").is_dir() and (root / "abnormal").is_dir():
+        normal, abnormal = (reader.folder(root / c) for c in ("normal", "abnormal"))
+        layout = "flat, every image a test image"
+    else:
+        raise DataError(
+            f"{root} holds no test images: expected test/0_normal + test/1_abnormal, or "
+            "normal/ + abnormal/"
+        )
+    splits = {"train": [], "test_normal": normal, "test_abnormal": abnormal}
+    info = {"root": str(root), "layout": layout, "files_skipped": reader.skipped}
+    files = f"the grayscale DICOM files of {root}"
+    return image_data(root.name, splits, reader, info, files)[0]
+
+
 def image_data(
     name: str, splits: dict[str, list[np.ndarray]], reader: Reader, info: dict, files: str
 ) -> tuple[ImageData, torch.Tensor]:

@@ -86,6 +86,28 @@ def load_manifest(
     return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")
 
 
+def load_manifest_test(
+    path: str | Path,
+    image_size: int,
+    normal_class: int = 0,
+    dicom_window: tuple[float, float] | None = None,
+) -> ImageData:
+    """The test images a CSV lists, for evaluating a detector trained on other data: its
+    ``test`` rows, or every row when it gives no split. Its ``train`` is empty."""
+    path = Path(path)
+    rows = _rows(path)
+    if any(split is not None for _, _, _, split in rows):
+        rows = [row for row in rows if row[3] == "test"]
+        if not rows:
+            raise DataError(f"{path} lists no image with split test")
+    reader = Reader(image_size, dicom_window)
+    normal = reader.files([file for _, file, label, _ in rows if label == normal_class])
+    abnormal = reader.files([file for _, file, label, _ in rows if label != normal_class])
+    splits = {"train": [], "test_normal": normal, "test_abnormal": abnormal}
+    info = {"manifest": str(path), "layout": "manifest, test only"}
+    return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")[0]
+
+
 def _rows(path: Path) -> list[tuple[int, Path, int, str | None]]:
     """(line, file, label, split or None) of every row, with errors that name the line."""
     try:

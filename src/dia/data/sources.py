@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from dia.config import DataConfig
-from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder
-from dia.data.manifest import load_manifest
+from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
+from dia.data.manifest import load_manifest, load_manifest_test
 from dia.data.medmnist import load_medmnist
 from dia.data.npz import DataError, load_npz
 from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
@@ -67,6 +68,46 @@ def load_data(config: DataConfig) -> ImageData:
         contaminated=len(contaminated),
         contaminated_indices=contaminated,
         counts=data.counts(),
+    )
+    return data
+
+
+def load_test_set(config: DataConfig) -> ImageData:
+    """The images a data set holds for testing, to evaluate a detector trained on other data
+    (an external test set): a folder's ``test/`` (every image of a flat ``normal/`` +
+    ``abnormal/`` layout), a CSV list's test rows (every row when it gives no split), the test
+    split of an npz, MedMNIST or synthetic set. ``config.image_size`` and ``config.channels``
+    must be given: the detector's. Its ``train`` is empty."""
+    _check_config(config)
+    size, channels = config.image_size, config.channels
+    if size is None or channels is None:
+        raise ValueError("an external test set needs the detector's image_size and channels")
+    path = Path(config.spec.strip()).expanduser()
+    if path.is_dir():
+        _only_default_class(config, "folder")
+        data, source = load_test_folder(path, size, config.dicom_window), "folder"
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        data = load_manifest_test(path, size, config.normal_class, config.dicom_window)
+        source = "csv"
+    else:
+        data = load_data(dataclasses.replace(config, val_fraction=0.0, contamination=0.0))
+        data.val = data.val_labels = None
+        source = data.info["source"]
+    data.test = _to_channels(_resize(data.test, size), channels)
+    data.train = data.test[:0]
+    counts = data.counts()
+    if counts["test_normal"] == 0 or counts["test_abnormal"] == 0:
+        raise DataError(
+            f"one-class test set in {config.spec!r}: {counts['test_normal']} normal and "
+            f"{counts['test_abnormal']} abnormal test images; AUROC needs both classes"
+        )
+    data.info.update(
+        source=source,
+        spec=config.spec,
+        normal_class=config.normal_class,
+        image_size=size,
+        channels=channels,
+        counts=counts,
     )
     return data
 
