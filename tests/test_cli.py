@@ -228,6 +228,15 @@ def test_dissolve_grid(finished_run, tmp_path):
 
     with Image.open(grid) as img:
         assert 4 * 16 * 4 < img.width < 4 * 32 * 4 and img.height > 3 * 16 * 4
+    # a flag given on top: another operator on the same images
+    median = tmp_path / "median.png"
+    args = ["dissolve", "--out", str(finished_run), "--grid", str(median), "--count", "3",
+            "--timesteps", "0,50,400", "--dissolve", "median", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    with Image.open(grid) as first, Image.open(median) as second:
+        assert first.size == second.size
+        pixels = [np.asarray(img.convert("L"), dtype=np.float64) for img in (first, second)]
+        assert not np.array_equal(*pixels)
 
 
 def test_a_dissolving_grid_without_dissolving_is_a_clear_error(tmp_path, capsys):
@@ -405,7 +414,8 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
     assert str(folder) in capsys.readouterr().out
     assert (finished_run / "metrics.json").read_bytes() == before  # the run's own results
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["external"] == {"run": str(finished_run), "trained_on": "synthetic"}
+    assert metrics["external"]["run"] == str(finished_run)
+    assert metrics["external"]["trained_on"]["spec"] == "synthetic"
     assert metrics["data"]["train"] == 0 and metrics["data"]["test_abnormal"] == len(abnormal)
     detector = DIADetector.from_pretrained(finished_run / "detector", device="cpu")
     scores = detector.score_samples(torch.cat([normal, abnormal]))
@@ -413,27 +423,60 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
     from sklearn.metrics import roc_auc_score
 
     assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, -scores), abs=1e-6)
-    assert metrics["threshold"] == detector.threshold_  # chosen on the run's own normal images
+    # the threshold stays the one chosen on the run's own normal training images
+    normal_flagged = float(np.mean(scores[: len(normal)] < detector.threshold_))
+    assert metrics["test_fpr_at_threshold"] == pytest.approx(normal_flagged)
     page = (folder / "report.html").read_text()
     assert "external test set for" in page and "anomaly_maps.png" in page
 
     # again: a folder of its own; a flat layout or a CSV list is all test images
-    table = tmp_path / "b.csv"
-    rows = [f"{p},{int(p.parent.name == '1_abnormal')}" for p in sorted(hospital.rglob("*.png"))]
+    table = tmp_path / "b.csv"  # labels 2 (normal) and 5, with --normal-class
+    rows = [f"{p},{2 + 3 * (p.parent.name == '1_abnormal')}" for p in
+            sorted(hospital.rglob("*.png"))]  # fmt: skip
     table.write_text("path,label\n" + "\n".join(rows) + "\n")
     assert main(["evaluate", "--out", str(finished_run), "--data", str(hospital)]) == 0
     assert (finished_run / "external" / "hospital-b-2" / "metrics.json").is_file()
-    assert main(["evaluate", "--out", str(finished_run), "--data", str(table)]) == 0
+    assert main(["evaluate", "--out", str(finished_run), "--data", str(table),
+                 "--normal-class", "2"]) == 0  # fmt: skip
     listed = json.loads((finished_run / "external" / "b" / "metrics.json").read_text())
     assert listed["auroc"] == pytest.approx(metrics["auroc"], abs=1e-6)
+
+    # larger colour images are brought to the detector's 16 px gray, as training images are
+    from PIL import Image
+
+    colour = tmp_path / "colour"
+    for i, image in enumerate(torch.cat([normal, abnormal])[:, 0].numpy()):
+        rgb = np.repeat((image * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        rgb[..., 0] = np.minimum(255, rgb[..., 0].astype(int) + 20)  # a tint: really colour
+        folder = "0_normal" if i < len(normal) else "1_abnormal"
+        (colour / "test" / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).resize((40, 40)).save(colour / "test" / folder / f"{i}.png")
+    capsys.readouterr()
+    assert main(["evaluate", "--out", str(finished_run), "--data", str(colour)]) == 0
+    tinted = json.loads((finished_run / "external" / "colour" / "metrics.json").read_text())
+    assert tinted["data"]["channels"] == 1 and tinted["data"]["image_size"] == 16
+
+    # only the settings of how an external set is read go with --data; and the run's own data
+    # is no external test set: that is said, not refused
+    assert main(["evaluate", "--out", str(finished_run), "--data", "synthetic",
+                 "--synthetic-test", "24"]) == 2  # fmt: skip
+    assert "--synthetic-test would be ignored" in capsys.readouterr().err
+    assert main(["evaluate", "--out", str(finished_run), "--data", "synthetic"]) == 0
+    assert "warning: synthetic is the data set the detector was trained on" in (
+        capsys.readouterr().err
+    )
 
 
 def test_flags_a_saved_run_would_ignore_are_refused(finished_run, capsys):
     for command in ("evaluate", "maps"):
-        assert main([command, "--out", str(finished_run), "--width", "8", "--budget", "9"]) == 2
+        argv = [command, "--out", str(finished_run), "--width", "8", "--seed", "0", "--budget", "9"]
+        assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "--width, --budget would be ignored" in err
-        assert ("--data DATA alone evaluates" in err) == (command == "evaluate")
+        assert "--width, --seed, --budget would be ignored" in err
+        assert ("--data DATA (with --normal-class" in err) == (command == "evaluate")
+    argv = ["evaluate", "--out", str(finished_run), "--data", "x", "--image-size", "32"]
+    assert main(argv) == 2
+    assert "--image-size would be ignored" in capsys.readouterr().err
 
 
 def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):

@@ -82,10 +82,10 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="quick",
+        default=None,
         help="named settings; explicit flags override them (default quick)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument(
         "--budget",
         type=float,
@@ -129,9 +129,9 @@ def with_settings(config: RunConfig, given: dict[str, object]) -> RunConfig:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The preset's config with every explicitly given flag applied on top."""
-    config = with_settings(apply_preset(RunConfig(), args.preset), given_settings(args))
+    config = with_settings(apply_preset(RunConfig(), args.preset or "quick"), given_settings(args))
     config = dataclasses.replace(
-        config, seed=args.seed, device=args.device, precision=args.precision
+        config, seed=args.seed or 0, device=args.device, precision=args.precision
     )
     if args.budget is not None:
         config = dataclasses.replace(config, budget_s=args.budget)
@@ -413,28 +413,37 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
     from . import pipeline
 
     given = given_settings(args)
-    spec = given.pop("data.spec", None)
-    normal_class = given.pop("data.normal_class", 0) if spec is not None else 0
+    external = {}
+    if "data.spec" in given:
+        external = {k: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
     _refuse_ignored(args, given, out)
     config, detector = _saved_run(args, config, out)
     t0 = time.perf_counter()
-    if spec is None:
+    if not external:
         metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
         where = out
     else:
-        metrics, where = pipeline.evaluate_external(config, detector, out, spec, normal_class)
+        settings = {k.split(".", 1)[1]: v for k, v in external.items()}
+        metrics, where = pipeline.evaluate_external(config, detector, out, settings)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t0
     _print_metrics(metrics, where)
 
 
+# What --data may come with in dia evaluate: how the external test set is read.
+EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
+
+
 def _refuse_ignored(args, given: dict[str, object], out: Path) -> None:
-    """Refuse setting flags that a command working with a saved detector would ignore."""
+    """Refuse setting flags that a command working with a run folder's saved settings would
+    ignore (a folder without them, e.g. a detector saved by the library, takes them)."""
+    if not (out / "config.json").is_file():
+        return
     flags = [_flag(*key.split(".", 1)) for key in given]
-    if args.budget is not None:
-        flags.append("--budget")
+    flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
     if flags:
         hint = (
-            "; --data DATA alone evaluates the saved detector on another data set's test images"
+            "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates the "
+            "saved detector on another data set's test images"
             if args.command == "evaluate"
             else ""
         )
@@ -480,8 +489,21 @@ def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
     from . import pipeline
 
     if out is not None and (out / "config.json").is_file():
-        saved = dataclasses.replace(pipeline.load_config(out), device=args.device)
+        if args.preset is not None:
+            raise ValueError(
+                f"dia dissolve uses the settings saved in {out}; --preset would be ignored "
+                "(give single settings such as --dissolve median instead)"
+            )
+        saved = pipeline.load_config(out)
+        saved = dataclasses.replace(
+            saved, device=args.device, seed=saved.seed if args.seed is None else args.seed
+        )
         config = with_settings(saved, given_settings(args))
+        if config.detector.dissolve == "none":
+            raise ValueError(
+                f"the run in {out} was trained without dissolving (--dissolve none); pass "
+                "--dissolve diffusion, gaussian or median to see one"
+            )
     if config.detector.dissolve == "none":
         raise ValueError(
             "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
@@ -540,7 +562,8 @@ def _print_metrics(metrics: dict, out: Path) -> None:
         f"AUROC {metrics['auroc']:.4f}  AUPRC {metrics['auprc']:.4f}  "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.4f}" + (f"  ({wall:.0f} s)" if wall else "")
     )
-    print(f"metrics, scores, models, ROC curve, score histograms and anomaly maps in {out}")
+    held = "metrics, scores" if "external" in metrics else "metrics, scores, models"
+    print(f"{held}, ROC curve, score histograms and anomaly maps in {out}")
     print(f"all on one page: {out / 'report.html'}")
 
 

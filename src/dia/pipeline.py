@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,25 +323,48 @@ def evaluate_step(
 
 
 def evaluate_external(
-    config: RunConfig, detector: DIADetector, out: Path, spec: str, normal_class: int = 0
+    config: RunConfig, detector: DIADetector, out: Path, settings: dict
 ) -> tuple[dict, Path]:
-    """Evaluate run ``out``'s detector on the test images of data set ``spec`` (an external
-    test set, :func:`~dia.data.load_test_set`), read at the detector's size, channels and DICOM
-    window, into ``out/external/NAME`` (``-2``, ``-3``, ... rather than overwrite); the run's
-    own results stay as they are. Returns the metrics and that folder."""
-    data_config = DataConfig(
-        spec=spec,
-        normal_class=normal_class,
-        image_size=detector.image_size_,
-        channels=detector.channels_,
-        dicom_window=detector.dicom_window,
-    )
+    """Evaluate run ``out``'s detector on the test images of another data set (an external
+    test set, :func:`~dia.data.load_test_set`) into ``out/external/NAME`` (``-2``, ``-3``, ...
+    rather than overwrite); the run's own results stay as they are. Returns the metrics and
+    that folder.
+
+    ``settings`` are :class:`~dia.config.DataConfig` fields: ``spec`` and, optionally,
+    ``normal_class``, ``cache_dir`` (else the run's) and ``dicom_window`` (else the
+    detector's). Images are read at the detector's size and channels, and the threshold stays
+    the one chosen on the run's own normal training images.
+    """
+    settings = {
+        "cache_dir": config.data.cache_dir,
+        "dicom_window": detector.dicom_window,
+        **settings,
+        "image_size": detector.image_size_,
+        "channels": detector.channels_,
+    }
+    data_config = DataConfig(**settings)
+    if _same_data(data_config.spec, config.data.spec):
+        warnings.warn(
+            f"{data_config.spec} is the data set the detector was trained on, not an external "
+            "one: its test images are the run's own (and of a flat folder or a CSV list "
+            "without splits every image is tested, the training images among them, which "
+            "flatters the numbers)",
+            stacklevel=2,
+        )
     data = load_test_set(data_config)
-    folder = free_path(out / EXTERNAL_DIR / data.name)
+    folder = free_path(out / EXTERNAL_DIR / (data.name or "data"))
     folder.mkdir(parents=True)
-    external = {"run": str(out), "trained_on": config.data.spec}
+    external = {"run": str(out), "trained_on": to_dict(config.data)}
     config = dataclasses.replace(config, data=data_config)
     return evaluate_step(config, data, detector, folder, extra={"external": external}), folder
+
+
+def _same_data(spec: str, other: str) -> bool:
+    """Whether two data specs name the same data set (the same path, however written)."""
+    paths = [Path(s.strip()).expanduser() for s in (spec, other)]
+    if all(p.exists() for p in paths):
+        return paths[0].resolve() == paths[1].resolve()
+    return spec.strip().lower() == other.strip().lower()
 
 
 def write_training_curve(out: Path) -> Path | None:

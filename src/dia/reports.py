@@ -319,9 +319,10 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ("dia version, commit", f"{metrics.get('version', '-')}, {metrics.get('commit', '-')}"),
     ]
     if external:
+        trained_on = external.get("trained_on", {})
         trained = (
             f"the detector of run {external.get('run')}, trained on "
-            f"{external.get('trained_on')}; its threshold from those normal training images"
+            f"{trained_on.get('spec', '-')}; its threshold from those normal training images"
         )
         run.insert(2, ("external test set for", trained))
     figures = []
@@ -332,6 +333,7 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
                 f'<figure><img src="data:image/png;base64,{encoded}" alt="{name}">'
                 f"<figcaption>{html.escape(caption)} ({name})</figcaption></figure>"
             )
+    settings = "metrics.json" if external else "metrics.json, config.json"
     title = html.escape(f"dia: {data.get('name', 'run')}, AUROC {number(metrics.get('auroc'))}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -355,7 +357,7 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 </table>
 <h2>Pictures</h2>
 {"".join(figures) or "<p>none in this folder</p>"}
-<p>Per-image scores: scores.csv; every number and setting: metrics.json, config.json.</p>
+<p>Per-image scores: scores.csv; every number and setting: {settings}.</p>
 </body></html>
 """
 

@@ -62,7 +62,8 @@ def load_folder(
         raise DataError(f"{root} matches no known folder layout. {LAYOUTS}")
 
     info = {"root": str(root), "layout": layout, "files_skipped": reader.skipped}
-    return image_data(root.name, splits, reader, info, f"the grayscale DICOM files of {root}")
+    name = root.resolve().name  # "." names the folder it stands for
+    return image_data(name, splits, reader, info, f"the grayscale DICOM files of {root}")
 
 
 def load_test_folder(
@@ -91,7 +92,7 @@ def load_test_folder(
     splits = {"train": [], "test_normal": normal, "test_abnormal": abnormal}
     info = {"root": str(root), "layout": layout, "files_skipped": reader.skipped}
     files = f"the grayscale DICOM files of {root}"
-    return image_data(root.name, splits, reader, info, files)[0]
+    return image_data(root.resolve().name, splits, reader, info, files)[0]
 
 
 def image_data(
