@@ -498,8 +498,9 @@ def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
         saved = dataclasses.replace(
             saved, device=args.device, seed=saved.seed if args.seed is None else args.seed
         )
-        config = with_settings(saved, given_settings(args))
-        if config.detector.dissolve == "none":
+        given = given_settings(args)
+        config = with_settings(saved, given)
+        if config.detector.dissolve == "none" and "detector.dissolve" not in given:
             raise ValueError(
                 f"the run in {out} was trained without dissolving (--dissolve none); pass "
                 "--dissolve diffusion, gaussian or median to see one"
