@@ -340,6 +340,14 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
     assert gray.shape == (3, 1, 8, 8) and gray.dtype == torch.float32
     assert gray[0].mean().item() == pytest.approx(80 / 255, abs=1e-3)
     assert gray[2].mean().item() == pytest.approx(200 / 255, abs=1e-3)
+    # a CSV list names files in its own order; only its path column is read
+    (tmp_path / "list.csv").write_text("path,note\none.bmp,first\nscans/b.png,\n")
+    listed, files = load_images([tmp_path / "list.csv"], 8, channels=1)
+    assert [f.name for f in files] == ["one.bmp", "b.png"]
+    assert torch.equal(listed, gray[[2, 0]])
+    (tmp_path / "bad.csv").write_text("file\none.bmp\n")
+    with pytest.raises(DataError, match="bad.csv has no column path"):
+        load_images([tmp_path / "bad.csv"], 8, 1)
     rgb, _ = load_images([tmp_path / "one.bmp"], 8, channels=3)
     assert rgb.shape == (1, 3, 8, 8) and torch.equal(rgb[0, 0], rgb[0, 2])
 

@@ -326,7 +326,8 @@ def load_images(
 
     Gray images are repeated into 3 channels for a colour model; colour images are averaged
     into one channel for a gray one. Hidden files and files with other suffixes are skipped
-    inside folders; a path given explicitly must be an image. ``dicom_window`` as in
+    inside folders; a path given explicitly must be an image, or a CSV list whose ``path``
+    column names images (:func:`~dia.data.manifest.listed_files`). ``dicom_window`` as in
     :func:`load_folder`.
     """
     if channels not in (1, 3):
@@ -344,6 +345,10 @@ def load_images(
             if not found:
                 raise DataError(f"folder {given} holds no image files ({_SUFFIX_LIST})")
             files.extend(found)
+        elif given.is_file() and given.suffix.lower() == ".csv":
+            from dia.data.manifest import listed_files  # here: that module imports this one
+
+            files.extend(listed_files(given))
         elif given.is_file():
             files.append(given)
         else:

@@ -108,8 +108,15 @@ def load_manifest_test(
     return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")[0]
 
 
-def _rows(path: Path) -> list[tuple[int, Path, int, str | None]]:
-    """(line, file, label, split or None) of every row, with errors that name the line."""
+def listed_files(path: str | Path) -> list[Path]:
+    """The image files a CSV lists, in its order, for scoring: only its ``path`` column is
+    needed (any ``label`` or ``split`` is not looked at)."""
+    return [file for _, file, _, _ in _rows(Path(path), labelled=False)]
+
+
+def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Path, int | None, str | None]]:
+    """(line, file, label, split or None) of every row, with errors that name the line;
+    ``labelled`` False: the label and split columns are neither needed nor read."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             lines = csv.DictReader(handle)
@@ -118,7 +125,7 @@ def _rows(path: Path) -> list[tuple[int, Path, int, str | None]]:
             columns = [(c or "").strip().lower() for c in lines.fieldnames or []]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read CSV list {path}: {err}") from err
-    missing = {"path", "label"} - set(columns)
+    missing = ({"path", "label"} if labelled else {"path"}) - set(columns)
     if columns and missing:
         raise DataError(f"{path} has no column {' or '.join(sorted(missing))}. {FORM}")
     rows, seen = [], {}
@@ -145,6 +152,9 @@ def _rows(path: Path) -> list[tuple[int, Path, int, str | None]]:
                 "test both"
             )
         seen[file.resolve()] = line
+        if not labelled:
+            rows.append((line, file, None, None))
+            continue
         try:
             label = int(row["label"])
         except ValueError:
