@@ -222,7 +222,12 @@ def _add_score_command(sub) -> None:
         "folder and call each normal or abnormal at the threshold chosen on normal data"
     )
     p = sub.add_parser("score", help=text, description=text)
-    p.add_argument("paths", nargs="+", type=Path, help="image files, folders of images or CSV lists of image files (a path column)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="image files, folders of images or CSV lists of image files (a path column)",
+    )
     p.add_argument(
         "--out",
         type=Path,
