@@ -884,3 +884,26 @@ def test_shared_covid_ct() -> None:
     assert data.counts() == {"train": 318, "test_normal": 79, "test_abnormal": 70}
     _check_image_data(data, channels=data.channels, size=32)
     assert data.info["layout"] == "split"
+
+
+def test_shared_covid_ct_as_dicom_reads_as_its_pngs(tmp_path: Path, write_dicom) -> None:
+    """Real scans written as DICOM (no suffix, as scanners do) load as their PNGs do."""
+    from dia.data.folder import load_images
+
+    root = SHARED / "covid-ct"
+    if not root.is_dir():
+        pytest.skip(f"shared data missing: {root}")
+    pngs = sorted((root / "test").rglob("*.png"))[::12]
+    for i, png in enumerate(pngs):
+        with Image.open(png) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        if int((pixels.max(axis=2) - pixels.min(axis=2)).max()) <= 2:
+            write_dicom(tmp_path / f"IM{i:04d}", pixels.mean(axis=2).round().astype(np.uint8))
+        else:
+            write_dicom(tmp_path / f"IM{i:04d}", pixels, "RGB")
+    from_png, _ = load_images(pngs, 64, channels=3)
+    from_dicom, files = load_images([tmp_path], 64, channels=3)
+    assert len(files) == len(pngs) >= 10
+    # the same pixels; only the resizing differs (8-bit steps for PNG, float for DICOM)
+    assert (from_png - from_dicom).abs().mean() < 0.003
+    assert (from_png - from_dicom).abs().max() < 0.05
