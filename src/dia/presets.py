@@ -29,8 +29,10 @@ PRESETS: dict[str, dict] = {
     # test-time crop area of 0.3 or 1.0 (pneumoniamnist-search.json, -s32.json). All of that
     # was measured in fp32 on a CPU without AMX; on a CPU with AMX, where bf16 bought CSI 2.2
     # to 3.1 times the steps, the same preset gave CSI test 0.917 +- 0.010 and val
-    # 0.958 +- 0.003 over three seeds; DIA stayed behind it, and cut-permutation shifts
-    # instead of rotation helped neither (pneumoniamnist-amx.json).
+    # 0.958 +- 0.003 over three seeds; DIA stayed behind it. With cut-permutation shifts
+    # instead of rotation (three seeds each) DIA led CSI on test (+0.011 +- 0.007) but not on
+    # validation (+0.003 +- 0.006), and both fell far behind rotation CSI on test while level
+    # with it on validation, so rotation stays (pneumoniamnist-amx.json).
     "cpu": {
         "budget_s": 1800.0,
         "diffusion": {"max_seconds": 180.0},
