@@ -13,7 +13,9 @@ from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom
 from dia.data.npz import DataError
 from dia.data.types import ImageData
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}) | DICOM_SUFFIXES
+# Files PIL reads; any other file may be DICOM, which its content tells.
+PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
 DEFAULT_FOLDER_SIZE = 64
 # An RGB image whose channels differ by at most this much (out of 255) counts as grayscale:
 # JPEG compression leaves a little colour noise in gray pictures.
@@ -240,7 +242,8 @@ def read_image(
     file was shown (:func:`~dia.data.dicom.read_dicom`; None for other files)."""
     path = Path(path)
     display = None
-    if is_dicom(path):
+    # A picture's suffix settles it without opening the file a second time for the marker.
+    if path.suffix.lower() not in PICTURE_SUFFIXES and is_dicom(path):
         values, display = read_dicom(path, dicom_window)
         array = _resized_float(values, size)
     else:
