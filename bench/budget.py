@@ -201,6 +201,7 @@ def one_run(
         "wall_s": round(wall, 1),
         "train_images_per_s": round(detector.history_["images_per_s"], 1),
         "steps": detector.history_["steps"],
+        "dissolved_steps": detector.history_.get("dissolved_steps", 0),
         "epochs": round(detector.history_["epochs"], 2),
         "timings_s": {
             **{k: round(v, 1) for k, v in detector.timings_.items()},

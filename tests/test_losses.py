@@ -106,6 +106,40 @@ def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
         DetectorTrainer(bad, images, dissolver=blur, device=cpu)
 
 
+def test_dissolved_views_join_after_the_configured_share_of_training(monkeypatch):
+    import dia.training
+    from dia.config import DetectorConfig
+    from dia.dissolve import build_dissolver
+    from dia.training import DetectorTrainer
+
+    calls = []
+
+    def spy(z, group_size, temperature, mask, dissolved_of=None):
+        calls.append((z.shape[0], dissolved_of is not None))
+        return contrastive_loss(z, group_size, temperature, mask, dissolved_of)
+
+    monkeypatch.setattr(dia.training, "contrastive_loss", spy)
+    images = torch.rand(8, 1, 8, 8)
+    config = DetectorConfig(
+        dissolve="gaussian",
+        dissolve_start=0.5,
+        width=4,
+        batch_size=8,
+        epochs=4,
+        max_seconds=None,
+        dissolve_cache_steps=2,
+    )
+    blur, cpu = build_dissolver("gaussian"), torch.device("cpu")
+    _, history = DetectorTrainer(config, images, dissolver=blur, device=cpu).train(progress=False)
+    # Steps 0 and 1 are plain CSI (two views of 4 shifts of 8 images), steps 2 and 3 add the
+    # dissolved view.
+    assert calls == [(64, False), (64, False), (96, True), (96, True)]
+    assert (history["steps"], history["dissolved_steps"]) == (4, 2)
+    bad = DetectorConfig(dissolve="gaussian", dissolve_start=1.0)
+    with pytest.raises(ValueError, match="dissolve_start"):
+        DetectorTrainer(bad, images, dissolver=blur, device=cpu)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="mask='sideways'"):
         contrastive_loss(Z, 2, mask="sideways")

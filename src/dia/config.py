@@ -63,6 +63,8 @@ class DetectorConfig:
     ``ema``: decay of a moving average of the weights, updated every step; the average is the
     trained network (0 = off, the last weights themselves). ``dissolve_fraction``: the share
     of each batch's images that also get a dissolved view (1 = all, METHOD.md section 3).
+    ``dissolve_start``: the share of training (of its steps or its time, whichever runs out
+    first) done as plain CSI before the dissolved views join (0 = from the first step).
     """
 
     dissolve: str = "diffusion"
@@ -88,6 +90,7 @@ class DetectorConfig:
     gray_prob: float = 0.2
     dissolve_cache_steps: int = 4
     dissolve_fraction: float = 1.0
+    dissolve_start: float = 0.0
     ema: float = 0.0
 
 

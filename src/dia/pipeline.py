@@ -298,7 +298,9 @@ def evaluate_step(
         precision=resolve_precision(config.precision, device),
         machine=machine(),
         training={
-            k: history[k] for k in ("steps", "epochs", "images_per_s", "train_s") if k in history
+            k: history[k]
+            for k in ("steps", "dissolved_steps", "epochs", "images_per_s", "train_s")
+            if k in history
         },
         world_size=history.get("world_size", distributed.world_size()),
         wall_s={**(timings or {}), "test_scoring_s": score_s},

@@ -109,6 +109,8 @@ class DetectorTrainer:
             raise ValueError(f"ema={config.ema}; expected 0 (off) or a decay in (0, 1)")
         if not 0.0 < config.dissolve_fraction <= 1.0:
             raise ValueError(f"dissolve_fraction={config.dissolve_fraction}; expected (0, 1]")
+        if not 0.0 <= config.dissolve_start < 1.0:
+            raise ValueError(f"dissolve_start={config.dissolve_start}; expected [0, 1)")
         self.cache: DissolveCache | None = None
 
     def train(
@@ -193,12 +195,19 @@ class DetectorTrainer:
         total_steps = cfg.epochs * steps_per_epoch
         warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
 
-        history: dict = {**{k: [] for k in LOSSES}, "dissolve_cache_s": cache_s}
+        history: dict = {
+            **{k: [] for k in LOSSES},
+            "dissolve_cache_s": cache_s,
+            "dissolved_steps": 0,
+        }
         state = _State(net, optimizer, average, order, gen, history, max_seconds)
         train_s, step, perm, first = 0.0, 0, None, 0
         if saved is not None:
             train_s, step, perm, first = self._restore(*saved, state)
             history.update({k: saved[1]["history"][k] for k in LOSSES})
+            # A checkpoint saved before the count was kept: every step dissolved or none did.
+            every = step if self.dissolver is not None and cfg.dissolve_start == 0 else 0
+            history["dissolved_steps"] = saved[1]["history"].get("dissolved_steps", every)
             history["resumed_at_step"] = step
         main = distributed.is_main()
         quiet = not progress or not main
@@ -237,7 +246,9 @@ class DetectorTrainer:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
                     idx = distributed.shard(perm, i, batch, rank, world)
-                    losses = self._step(model, optimizer, augment, idx, gen, fmt)
+                    dissolving = self.dissolver is not None and fraction >= cfg.dissolve_start
+                    losses = self._step(model, optimizer, augment, idx, gen, fmt, dissolving)
+                    history["dissolved_steps"] += dissolving
                     if average is not None:
                         average.update(net)
                     step += 1
@@ -265,12 +276,12 @@ class DetectorTrainer:
         # rank 0's make the returned network the same everywhere (the weights already are).
         distributed.broadcast_module(trained)
         trained.eval()
-        per_step = 2 * batch + (self._dissolved_count(batch) if self.dissolver is not None else 0)
+        images = 2 * batch * step + self._dissolved_count(batch) * history["dissolved_steps"]
         history.update(
             steps=step,
             epochs=step / max(steps_per_epoch, 1),
             train_s=train_s,
-            images_per_s=world * step * per_step * NUM_SHIFTS / max(train_s, 1e-9),
+            images_per_s=world * images * NUM_SHIFTS / max(train_s, 1e-9),
             world_size=world,
         )
         return trained, history
@@ -319,7 +330,10 @@ class DetectorTrainer:
                 "max_seconds": state.max_seconds,
                 "average_updates": average.updates if average is not None else 0,
                 "optimizer_groups": groups,
-                "history": {k: state.history[k] for k in LOSSES},
+                "history": {
+                    **{k: state.history[k] for k in LOSSES},
+                    "dissolved_steps": state.history["dissolved_steps"],
+                },
             }
             ckpt.save(checkpoint.folder, tensors, meta)
         distributed.barrier()
@@ -345,12 +359,12 @@ class DetectorTrainer:
         except (KeyError, RuntimeError, ValueError) as err:
             raise ValueError(f"the checkpoint cannot be read back: {err}") from err
 
-    def _step(self, net, optimizer, augment, idx, gen, fmt) -> dict:
+    def _step(self, net, optimizer, augment, idx, gen, fmt, dissolving: bool) -> dict:
         cfg = self.config
         x = self.images[idx].to(self.device, non_blocking=True)
         views = [random_hflip(x, gen), random_hflip(x, gen)]
         dissolved_of = None
-        if self.dissolver is not None:
+        if dissolving:
             b = self._dissolved_count(x.shape[0])
             views.append(self._dissolved(x[:b], idx[:b], gen))
             # Shift-major layout: dissolved item (k, j) copies item (k, j) of v1 and v2.
