@@ -24,9 +24,10 @@ SECTIONS = {
 FLAG_NAMES = {("data", "spec"): "data"}
 METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
 DICOM_WINDOW_HELP = (
-    "show every grayscale DICOM file through this window, in its units after rescaling (CT: "
-    "Hounsfield units, e.g. --dicom-window=-600,1500 for lung; write it with '=', or a "
-    "negative centre reads as an option) instead of the file's own (default: the file's)"
+    "show every grayscale DICOM or NIfTI file through this window, in its units after "
+    "rescaling (CT: Hounsfield units, e.g. --dicom-window=-600,1500 for lung; write it with "
+    "'=', or a negative centre reads as an option) instead of the file's own (default: a "
+    "DICOM file's own window, a NIfTI volume's 0.5-99.5 percentile range)"
 )
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "

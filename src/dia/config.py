@@ -19,9 +19,10 @@ class DataConfig:
     ``medmnist:NAME``, a folder or a ``.csv`` list of image files. ``image_size`` None means the
     source's own default (MedMNIST: native size, folder and CSV list: 64, synthetic: 32);
     ``channels`` None means automatic (1 for grayscale sources, 3 as soon as one image has
-    colour). ``dicom_window`` (centre, width), for folders and lists of DICOM files: show every
-    grayscale file through this window, in the files' own units after rescaling (Hounsfield
-    units for CT; e.g. -600, 1500 for lung), instead of each file's own window.
+    colour). ``dicom_window`` (centre, width), for folders and lists of DICOM and NIfTI files:
+    show every grayscale file through this window, in the files' own units after rescaling
+    (Hounsfield units for CT; e.g. -600, 1500 for lung), instead of each file's own window
+    (a NIfTI volume's: its 0.5 to 99.5 percentile range).
     """
 
     spec: str = "synthetic"

@@ -1,4 +1,4 @@
-"""DICOM files: one 2-D image a file, shown the way the file itself asks to be shown.
+"""DICOM files: 2-D images, or volumes of frames, shown the way the file itself asks.
 
 Grayscale pixels go through the DICOM display chain: the modality LUT (rescale slope and
 intercept, which gives Hounsfield units for CT), then a window given by the user (centre and
@@ -6,7 +6,10 @@ width in those units, e.g. a lung window for chest CT), else the file's VOI LUT 
 window (linear, linear-exact or sigmoid, as the file says), else the whole range the stored bits
 can hold, so that one scanner's files all map to [0, 1] the same way and brightness keeps its
 meaning across images. MONOCHROME1 files (bright = low value) are inverted so that bright means
-dense in every file. Colour files (RGB, YBR, palette colour) are shown in their colours.
+dense in every file. Colour files (RGB, YBR, palette colour) are shown in their colours. The
+frames of a multi-frame file (the slices of an enhanced CT or MR volume, a cine loop) each go
+through the same chain, with the rescale and window of the frame's functional groups where the
+file gives them there.
 """
 
 from __future__ import annotations
@@ -64,18 +67,26 @@ def read_dicom(
 
     ``window`` (centre, width) overrides the file's own display for grayscale images.
     Raises :class:`DataError` naming the file when it is not DICOM, holds no image, holds
-    several frames (a volume or a cine loop: export its slices as files of their own) or
-    cannot be decoded.
+    several frames (read those with :func:`read_dicom_frames`) or cannot be decoded.
     """
+    frames, displays = read_dicom_frames(path, window)
+    if len(frames) > 1:
+        raise DataError(
+            f"DICOM file {path} holds {len(frames)} frames, not one image; in a folder or a "
+            "CSV list each frame is read as an image of its own"
+        )
+    return frames[0], displays[0]
+
+
+def read_dicom_frames(
+    path: str | Path, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Every frame of a DICOM file as float32 in [0, 1], (F, H, W) or (F, H, W, 3), and how
+    each was shown (as in :func:`read_dicom`); a single-frame file gives F = 1."""
     ds = _dataset(Path(path))
     if "PixelData" not in ds:
         raise DataError(f"DICOM file {path} holds no image (no pixel data)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise DataError(
-            f"DICOM file {path} holds {frames} frames; dia reads one 2-D image a file: "
-            "save each frame (slice) as a file of its own"
-        )
+    count = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for undecodable pixel data
@@ -86,23 +97,48 @@ def read_dicom(
             f"cannot decode the pixel data of DICOM file {path} (transfer syntax {name}): "
             f"{err}{hint}"
         ) from err
+    if count == 1:
+        pixels = pixels[None]
     bits = int(ds.get("BitsStored", 8))
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         colour = apply_color_lut(pixels, ds).astype(np.float64) / (2**lut_bits - 1)
-        return np.clip(colour, 0.0, 1.0).astype(np.float32), COLOUR
+        return np.clip(colour, 0.0, 1.0).astype(np.float32), [COLOUR] * len(pixels)
     if int(ds.get("SamplesPerPixel", 1)) == 3:
-        if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise DataError(f"DICOM file {path}: colour pixel data of shape {pixels.shape}")
         colour = pixels.astype(np.float64) / (2**bits - 1)
-        return np.clip(colour, 0.0, 1.0).astype(np.float32), COLOUR
-    if pixels.ndim != 2:
-        raise DataError(f"DICOM file {path}: pixel data of shape {pixels.shape}, not 2-D")
-    values, display = _display_values(pixels, ds, bits, window, path)
-    if photometric == "MONOCHROME1":
-        values = 1.0 - values
-    return values.astype(np.float32), display
+        return np.clip(colour, 0.0, 1.0).astype(np.float32), [COLOUR] * len(pixels)
+    if pixels.ndim != 3:
+        shape = pixels.shape[1:] if count == 1 else pixels.shape
+        raise DataError(f"DICOM file {path}: pixel data of shape {shape}, not 2-D")
+    frames, displays = [], []
+    for k in range(len(pixels)):
+        groups = {key: _functional_item(ds, k, key) for key in _FRAME_GROUPS}
+        values, display = _display_values(pixels[k], ds, bits, window, path, groups)
+        frames.append(1.0 - values if photometric == "MONOCHROME1" else values)
+        displays.append(display)
+    return np.stack(frames).astype(np.float32), displays
+
+
+# Functional groups of enhanced multi-frame files that hold what a frame's display needs.
+_FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def _functional_item(ds: pydicom.Dataset, frame: int, keyword: str) -> pydicom.Dataset | None:
+    """The first item of functional group ``keyword`` for ``frame``: the frame's own, else the
+    one its file shares between frames, else None."""
+    for groups, index in (
+        ("PerFrameFunctionalGroupsSequence", frame),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        sequence = ds.get(groups)
+        if sequence and len(sequence) > index:
+            item = sequence[index].get(keyword)
+            if item:
+                return item[0]
+    return None
 
 
 def _dataset(path: Path) -> pydicom.Dataset:
@@ -142,11 +178,26 @@ def _display_values(
     bits: int,
     window: tuple[float, float] | None,
     path: str | Path,
+    groups: dict[str, pydicom.Dataset | None],
 ) -> tuple[np.ndarray, str]:
-    """Grayscale stored values through the modality LUT and the VOI, in [0, 1]; the VOI's name."""
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    """Grayscale stored values through the modality LUT and the VOI, in [0, 1]; the VOI's name.
+    ``groups``: the frame's functional group items (:data:`_FRAME_GROUPS`), used where the
+    file's own elements give no rescale or window."""
+    transform = groups["PixelValueTransformationSequence"]
+
+    def modality(stored: np.ndarray) -> np.ndarray:
+        if transform is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+            try:
+                slope = float(transform.get("RescaleSlope", 1) or 1)
+                intercept = float(transform.get("RescaleIntercept", 0) or 0)
+            except (ValueError, TypeError) as err:
+                raise DataError(f"DICOM file {path}: unreadable rescale: {err}") from err
+            return stored * slope + intercept
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+
+    values = modality(pixels)
     if window is not None:
-        return _windowed(values, *window), f"given window {_window_text(window)}"
+        return windowed(values, *window), f"given window {window_text(window)}"
     lut = ds.get("VOILUTSequence")
     if lut:
         item = lut[0]
@@ -160,20 +211,22 @@ def _display_values(
         text = f"VOI LUT {name or f'of {entries} entries from {first}, {lut_bits} bits'}"
         return np.clip(shown, 0.0, 1.0), text
     own = _first_window(ds, path)
+    if own is None and groups["FrameVOILUTSequence"] is not None:
+        own = _first_window(groups["FrameVOILUTSequence"], path)
     if own is not None:
         centre, width, function = own
-        text = f"window {_window_text((centre, width))}"
-        return _windowed(values, centre, width, function), (
+        text = f"window {window_text((centre, width))}"
+        return windowed(values, centre, width, function), (
             text if function == "LINEAR" else f"{text} {function.lower().replace('_', '-')}"
         )
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
-    low, high = np.sort(np.asarray(apply_modality_lut(stored, ds), dtype=np.float64))
+    low, high = np.sort(modality(stored))
     shown = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
     return shown, f"stored range {low:g} to {high:g}"
 
 
-def _windowed(
+def windowed(
     values: np.ndarray, centre: float, width: float, function: str = "LINEAR"
 ) -> np.ndarray:
     """A VOI window (PS3.3 C.11.2.1.2 and C.11.2.1.3), mapped to [0, 1]."""
@@ -184,7 +237,7 @@ def _windowed(
     return np.clip((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
 
 
-def _window_text(window: tuple[float, float]) -> str:
+def window_text(window: tuple[float, float]) -> str:
     return "/".join(f"{v:g}" for v in window)
 
 

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom
+from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom_frames
 from dia.data.npz import DataError
 from dia.data.types import ImageData
+from dia.data.volumes import (
+    NIFTI_SUFFIXES,
+    chosen,
+    is_nifti,
+    read_nifti,
+    slice_name,
+    split_selection,
+)
 
 # Files PIL reads; any other file may be DICOM, which its content tells.
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES | {".nii"}
 DEFAULT_FOLDER_SIZE = 64
 # An RGB image whose channels differ by at most this much (out of 255) counts as grayscale:
 # JPEG compression leaves a little colour noise in gray pictures.
 GRAY_TOLERANCE = 2
 
-_SUFFIX_LIST = " ".join(sorted(IMAGE_SUFFIXES)) + ", or DICOM without a suffix"
+_SUFFIX_LIST = (
+    " ".join(sorted(IMAGE_SUFFIXES | set(NIFTI_SUFFIXES))) + ", or DICOM without a suffix"
+)
 LAYOUTS = (
     "Expected one of two layouts:\n"
     "  1. split:  ROOT/train/0_normal, ROOT/test/0_normal, ROOT/test/1_abnormal\n"
@@ -29,7 +40,8 @@ LAYOUTS = (
     "              val_fraction; optional ROOT/val/0_normal + ROOT/val/1_abnormal)\n"
     "  2. flat:   ROOT/normal, ROOT/abnormal (a seeded test_fraction of the normal images\n"
     "             plus all abnormal images form the test set)\n"
-    f"Each class folder must hold image files ({_SUFFIX_LIST})."
+    f"Each class folder must hold image files ({_SUFFIX_LIST}); a volume (NIfTI,\n"
+    "multi-frame DICOM) gives one image a slice."
 )
 
 
@@ -97,38 +109,69 @@ def load_test_folder(
     return image_data(root.resolve().name, splits, reader, info, files)[0]
 
 
+@dataclass
+class FileImages:
+    """The images of one file: one for a 2-D file, one a slice for a volume."""
+
+    path: Path
+    images: list[np.ndarray]
+    every_slice: bool = False  # a volume read whole, not a chosen range of its slices
+
+
+Splits = dict[str, list[FileImages]]
+
+
 def image_data(
-    name: str, splits: dict[str, list[np.ndarray]], reader: Reader, info: dict, files: str
+    name: str, splits: Splits, reader: Reader, info: dict, files: str
 ) -> tuple[ImageData, torch.Tensor]:
     """The :class:`ImageData` of images read by ``reader`` into ``splits`` (keys ``train``,
     ``test_normal``, ``test_abnormal``, optional ``train_abnormal``, ``val_normal`` and
     ``val_abnormal``), and the abnormal training images; ``files`` names them in a warning."""
     channels = 3 if any(not gray for gray in reader.gray) else 1
+    flat = {key: [img for f in group for img in f.images] for key, group in splits.items()}
 
     def stack(images: list[np.ndarray]) -> torch.Tensor:
         return _stack(images, channels, reader.size)
 
     data = ImageData(
         name=name,
-        train=stack(splits["train"]),
-        test=stack(splits["test_normal"] + splits["test_abnormal"]),
-        test_labels=_labels(len(splits["test_normal"]), len(splits["test_abnormal"])),
+        train=stack(flat["train"]),
+        test=stack(flat["test_normal"] + flat["test_abnormal"]),
+        test_labels=_labels(len(flat["test_normal"]), len(flat["test_abnormal"])),
         info={
             **info,
-            "files_read": len(reader.gray),
-            "colour_files": int(sum(not gray for gray in reader.gray)),
+            "files_read": reader.files_read,
+            "colour_files": reader.colour_files,
         },
     )
+    training = splits["train"] + splits.get("train_abnormal", [])
+    # Slices of one volume are near copies of each other: a validation split held out of
+    # the training images would have to keep them together (sources refuse to, for now).
+    data.info["training_volumes"] = sum(len(f.images) > 1 for f in training)
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)
     if "val_normal" in splits:
-        data.val = stack(splits["val_normal"] + splits["val_abnormal"])
-        data.val_labels = _labels(len(splits["val_normal"]), len(splits["val_abnormal"]))
-    return data, stack(splits.get("train_abnormal", []))
+        data.val = stack(flat["val_normal"] + flat["val_abnormal"])
+        data.val_labels = _labels(len(flat["val_normal"]), len(flat["val_abnormal"]))
+    whole = [
+        f.path
+        for key in ("test_abnormal", "val_abnormal")
+        for f in splits.get(key, [])
+        if f.every_slice and len(f.images) > 1
+    ]
+    if whole:
+        warnings.warn(
+            f"every slice of {len(whole)} abnormal volume(s) ({whole[0].name}"
+            f"{', ...' if len(whole) > 1 else ''}) counts as abnormal, also slices that show "
+            "nothing abnormal; to label slices, list them in a CSV list (path,label with path "
+            "FILE#FIRST-LAST)",
+            stacklevel=3,
+        )
+    return data, stack(flat.get("train_abnormal", []))
 
 
-def _split_layout(root: Path, reader: Reader) -> dict[str, list[np.ndarray]]:
+def _split_layout(root: Path, reader: Reader) -> Splits:
     splits = {
         "train": reader.folder(root / "train" / "0_normal"),
         "test_normal": reader.folder(root / "test" / "0_normal"),
@@ -143,37 +186,44 @@ def _split_layout(root: Path, reader: Reader) -> dict[str, list[np.ndarray]]:
     return splits
 
 
-def _flat_layout(
-    root: Path, reader: Reader, split_seed: int, test_fraction: float
-) -> dict[str, list[np.ndarray]]:
+def _flat_layout(root: Path, reader: Reader, split_seed: int, test_fraction: float) -> Splits:
     normal = reader.folder(root / "normal")
     abnormal = reader.folder(root / "abnormal")
     return held_out_test(normal, abnormal, split_seed, test_fraction, f"{root / 'normal'} holds")
 
 
 def held_out_test(
-    normal: list[np.ndarray],
-    abnormal: list[np.ndarray],
+    normal: list[FileImages],
+    abnormal: list[FileImages],
     split_seed: int,
     test_fraction: float,
     where: str,
-) -> dict[str, list[np.ndarray]]:
+) -> Splits:
     """Splits of images without a split of their own: a seeded ``test_fraction`` of the
-    normal images and every abnormal one are the test set, the other normal ones train.
-    ``where`` begins the error about too few normal images."""
+    normal files and every abnormal one are the test set, the other normal ones train.
+
+    A file is never split: the slices of a volume listed in several parts stay together, and
+    a volume with abnormal slices goes to the test set whole, so that training never sees a
+    test image's neighbouring slices. ``where`` begins the error about too few normal files.
+    """
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if len(normal) < 2:
+    by_file: dict[Path, list[FileImages]] = {}
+    for f in normal:
+        by_file.setdefault(f.path.resolve(), []).append(f)
+    with_abnormal = {f.path.resolve() for f in abnormal}
+    files = [key for key in by_file if key not in with_abnormal]
+    if len(files) < 2:
         raise DataError(
-            f"{where} {len(normal)} normal image(s); at least 2 are needed so that both the "
-            "train and the test set get a normal image"
+            f"{where} {len(files)} normal image file(s) without abnormal slices; at least 2 "
+            "are needed so that both the train and the test set get a normal image"
         )
-    n_test = min(len(normal) - 1, max(1, round(test_fraction * len(normal))))
-    chosen = np.random.default_rng(split_seed).permutation(len(normal))
-    test_idx = set(chosen[:n_test].tolist())
+    n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
+    order = np.random.default_rng(split_seed).permutation(len(files))
+    train = {files[i] for i in order[n_test:].tolist()}
     return {
-        "train": [img for i, img in enumerate(normal) if i not in test_idx],
-        "test_normal": [img for i, img in enumerate(normal) if i in test_idx],
+        "train": [f for f in normal if f.path.resolve() in train],
+        "test_normal": [f for f in normal if f.path.resolve() not in train],
         "test_abnormal": abnormal,
     }
 
@@ -193,7 +243,7 @@ def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
 
 class Reader:
     """Reads image files into square float arrays, remembering which images had colour and how
-    DICOM files were shown."""
+    DICOM files and volumes were shown."""
 
     def __init__(self, size: int, dicom_window: tuple[float, float] | None = None) -> None:
         self.size = size
@@ -201,9 +251,11 @@ class Reader:
         self.gray: list[bool] = []
         self.displays: set[str] = set()
         self.skipped = 0
+        self.files_read = 0
+        self.colour_files = 0
 
-    def folder(self, folder: Path) -> list[np.ndarray]:
-        """All images of one class folder, sorted by file name: (S,S) or (S,S,3) float32."""
+    def folder(self, folder: Path) -> list[FileImages]:
+        """All images of one class folder, file by file, sorted by file name."""
         if not folder.is_dir():
             raise DataError(f"missing class folder {folder}. {LAYOUTS}")
         files = []
@@ -218,46 +270,71 @@ class Reader:
             raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
         return self.files(files)
 
-    def files(self, files: list[Path]) -> list[np.ndarray]:
-        """The images of ``files``, in order: (S,S) or (S,S,3) float32."""
-        images = []
-        for path in files:
-            image, display = read_image(path, self.size, self.dicom_window)
-            images.append(image)
-            if display is not None:
-                self.displays.add(display)
-        self.gray.extend(img.ndim == 2 for img in images)
-        return images
+    def files(self, files: list[Path | tuple[Path, range | None]]) -> list[FileImages]:
+        """The images of ``files``, in order, file by file: (S,S) or (S,S,3) float32. An item
+        may be a (volume, range of slices) pair, which reads only those slices."""
+        out = []
+        for item in files:
+            path, selection = item if isinstance(item, tuple) else (item, None)
+            named, displays = read_images(path, self.size, self.dicom_window, selection)
+            images = [image for _, image in named]
+            volume = len(named) > 1 or named[0][0] != path
+            out.append(FileImages(path, images, volume and selection is None))
+            self.displays.update(d for d in displays if d is not None)
+            self.gray.extend(img.ndim == 2 for img in images)
+            self.files_read += 1
+            self.colour_files += any(img.ndim == 3 for img in images)
+        return out
 
 
 def is_image_file(path: Path) -> bool:
     """Whether a file in a data folder is an image: by its suffix, or DICOM by its content."""
-    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_nifti(path) or is_dicom(path)
 
 
-def read_image(
-    path: str | Path, size: int, dicom_window: tuple[float, float] | None = None
-) -> tuple[np.ndarray, str | None]:
-    """One image file as float32 in [0,1], (S,S) if grayscale, else (S,S,3); and how a DICOM
-    file was shown (:func:`~dia.data.dicom.read_dicom`; None for other files)."""
+def read_images(
+    path: str | Path,
+    size: int,
+    dicom_window: tuple[float, float] | None = None,
+    selection: range | None = None,
+) -> tuple[list[tuple[Path, np.ndarray]], list[str | None]]:
+    """The images of one file as float32 in [0,1], (S,S) if grayscale, else (S,S,3), each
+    with its name: the file's own for a 2-D file, ``FILE#K`` for slice K of a volume (a NIfTI
+    file or a multi-frame DICOM file; ``selection`` picks slices, None all). Also how each
+    DICOM file or volume was shown (:func:`~dia.data.dicom.read_dicom`,
+    :func:`~dia.data.volumes.read_nifti`; None for pictures)."""
     path = Path(path)
-    display = None
+    if is_nifti(path):
+        slices, display = read_nifti(path, dicom_window)
+        displays = [display] * len(slices)
     # A picture's suffix settles it without opening the file a second time for the marker.
-    if path.suffix.lower() not in PICTURE_SUFFIXES and is_dicom(path):
-        values, display = read_dicom(path, dicom_window)
-        array = _resized_float(values, size)
+    elif path.suffix.lower() not in PICTURE_SUFFIXES and is_dicom(path):
+        slices, displays = read_dicom_frames(path, dicom_window)
     else:
+        if selection is not None:
+            raise DataError(f"{path} is a 2-D image, not a volume: it has no slices to choose")
         try:
             with Image.open(path) as img:
                 img.load()
                 array = _resized_array(img, size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
+        return [(path, _gray_if_alike(array))], [None]
+    picked = chosen(slices, selection, path)
+    named = [
+        (slice_name(path, k) if len(slices) > 1 else path, _gray_if_alike(_resized_float(v, size)))
+        for k, v in picked
+    ]
+    return named, [displays[k] for k, _ in picked]
+
+
+def _gray_if_alike(array: np.ndarray) -> np.ndarray:
+    """A colour image whose channels agree (within JPEG's noise) as gray, clipped to [0, 1]."""
     if array.ndim == 3:
         spread = array.max(axis=2) - array.min(axis=2)
         if spread.max() <= GRAY_TOLERANCE / 255 + 1e-6:
             array = array.mean(axis=2)
-    return np.clip(array, 0.0, 1.0).astype(np.float32), display
+    return np.clip(array, 0.0, 1.0).astype(np.float32)
 
 
 def _central_box(width: int, height: int) -> tuple[float, float, float, float]:
@@ -325,7 +402,9 @@ def load_images(
     dicom_window: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, list[Path]]:
     """Image files, and the image files found under folders (recursively, sorted), as float32
-    (N, ``channels``, S, S) in [0, 1], resized like a data folder's; also the files' paths.
+    (N, ``channels``, S, S) in [0, 1], resized like a data folder's; also the images' names:
+    a file's path, ``FILE#K`` for slice K of a volume. A path ``FILE#K`` or ``FILE#FIRST-LAST``
+    reads only those slices of the volume ``FILE``.
 
     Gray images are repeated into 3 channels for a colour model; colour images are averaged
     into one channel for a gray one. Hidden files and files with other suffixes are skipped
@@ -335,7 +414,7 @@ def load_images(
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}; expected 1 or 3")
-    files: list[Path] = []
+    files: list[Path | tuple[Path, range | None]] = []
     for given in map(Path, paths):
         if given.is_dir():
             found = sorted(
@@ -355,19 +434,22 @@ def load_images(
         elif given.is_file():
             files.append(given)
         else:
-            raise FileNotFoundError(f"no such image file or folder: {given}")
+            base, selection = split_selection(str(given))
+            if selection is None or not Path(base).is_file():
+                raise FileNotFoundError(f"no such image file or folder: {given}")
+            files.append((Path(base), selection))
     if not files:
         raise DataError("no images given")
-    images, displays = [], set()
-    for path in files:
-        img, display = read_image(path, image_size, dicom_window)
-        if img.ndim == 3 and channels == 1:
-            img = img.mean(axis=2)
-        images.append(img)
-        if display is not None:
-            displays.add(display)
+    images, names, displays = [], [], set()
+    for item in files:
+        path, selection = item if isinstance(item, tuple) else (item, None)
+        named, shown = read_images(path, image_size, dicom_window, selection)
+        for name, img in named:
+            images.append(img.mean(axis=2) if img.ndim == 3 and channels == 1 else img)
+            names.append(name)
+        displays.update(d for d in shown if d is not None)
     _warn_if_shown_unalike(displays, "the grayscale DICOM files given")
-    return _stack(images, channels, image_size), files
+    return _stack(images, channels, image_size), names
 
 
 def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:

@@ -3,8 +3,13 @@
 The CSV has a header with at least the columns ``path`` (relative to the CSV's own folder, or
 absolute) and ``label`` (an integer: ``normal_class`` is normal, every other label abnormal),
 and optionally ``split`` (``train``, ``val`` or ``test`` on every row). Without ``split`` a
-seeded share of the normal images and every abnormal one form the test set, as in a flat
+seeded share of the normal files and every abnormal one form the test set, as in a flat
 folder. Other columns are ignored.
+
+A volume (a NIfTI file, a multi-frame DICOM file) listed as ``FILE`` gives every slice the
+row's label; ``FILE#K`` lists slice K alone and ``FILE#FIRST-LAST`` a range of slices (from
+0, both ends included), so that one volume's slices can have labels of their own, e.g. the
+slices that show a lesion abnormal and the rest normal.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from dia.data.folder import Reader, held_out_test, image_data
 from dia.data.npz import DataError
 from dia.data.types import ImageData
+from dia.data.volumes import split_selection
 
 SPLITS = ("train", "val", "test")
 FORM = (
@@ -25,8 +31,10 @@ FORM = (
     "split (train, val or test on every row), e.g.\n"
     "  path,label,split\n"
     "  scans/0001.dcm,0,train\n"
-    "  scans/0002.png,1,test"
+    "  scans/0002.png,1,test\n"
+    "  volumes/case7.nii.gz#40-52,1,test"
 )
+Listed = tuple[Path, range | None]  # a file and the slices chosen of it (None: all)
 
 
 def load_manifest(
@@ -41,7 +49,7 @@ def load_manifest(
     returns the data and the abnormal training images (rows ``train`` with an abnormal label)."""
     path = Path(path)
     rows = _rows(path)
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, list[Listed]] = {}
     with_split = [split is not None for _, _, _, split in rows]
     if any(with_split) and not all(with_split):
         line = rows[with_split.index(False)][0]
@@ -108,14 +116,15 @@ def load_manifest_test(
     return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")[0]
 
 
-def listed_files(path: str | Path) -> list[Path]:
-    """The image files a CSV lists, in its order, for scoring: only its ``path`` column is
-    needed (any ``label`` or ``split`` is not looked at)."""
+def listed_files(path: str | Path) -> list[Listed]:
+    """The image files a CSV lists (with the slices chosen of a volume), in its order, for
+    scoring: only its ``path`` column is needed (any ``label`` or ``split`` is not looked
+    at)."""
     return [file for _, file, _, _ in _rows(Path(path), labelled=False)]
 
 
-def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Path, int | None, str | None]]:
-    """(line, file, label, split or None) of every row, with errors that name the line;
+def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Listed, int | None, str | None]]:
+    """(line, (file, slices), label, split or None) of every row, with errors that name the line;
     ``labelled`` False: the label and split columns are neither needed nor read."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -128,7 +137,8 @@ def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Path, int | None
     missing = ({"path", "label"} if labelled else {"path"}) - set(columns)
     if columns and missing:
         raise DataError(f"{path} has no column {' or '.join(sorted(missing))}. {FORM}")
-    rows, seen = [], {}
+    rows: list[tuple[int, Listed, int | None, str | None]] = []
+    seen: dict[Path, list[tuple[int, range | None]]] = {}
     for line, raw in table:
         if None in raw:
             raise DataError(
@@ -141,19 +151,20 @@ def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Path, int | None
         name = row["path"]
         if "\\" in name and "/" not in name:
             name = name.replace("\\", "/")  # written on Windows
-        file = Path(name).expanduser()
-        file = file if file.is_absolute() else path.parent / file
+        file, selection = _listed_file(path, name, line)
         if not name or not file.is_file():
             raise DataError(f"{path}, line {line}: no image file {row['path']!r} ({file})")
-        if file.resolve() in seen:
-            raise DataError(
-                f"{path}, line {line}: {row['path']!r} is listed again (first on line "
-                f"{seen[file.resolve()]}); an image listed twice could end up in training and "
-                "test both"
-            )
-        seen[file.resolve()] = line
+        for before, earlier in seen.get(file.resolve(), []):
+            if earlier is None or selection is None or _overlap(earlier, selection):
+                what = "is listed again" if earlier == selection else "lists slices again"
+                raise DataError(
+                    f"{path}, line {line}: {row['path']!r} {what} (first on line {before}); "
+                    "an image listed twice could end up in training and test both"
+                )
+        seen.setdefault(file.resolve(), []).append((line, selection))
+        listed = (file, selection)
         if not labelled:
-            rows.append((line, file, None, None))
+            rows.append((line, listed, None, None))
             continue
         try:
             label = int(row["label"])
@@ -166,7 +177,30 @@ def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Path, int | None
             raise DataError(
                 f"{path}, line {line}: split {row['split']!r}; expected one of {', '.join(SPLITS)}"
             )
-        rows.append((line, file, label, split))
+        rows.append((line, listed, label, split))
     if not rows:
         raise DataError(f"{path} lists no images. {FORM}")
     return rows
+
+
+def _listed_file(csv_path: Path, name: str, line: int) -> Listed:
+    """The file a row names (relative to the CSV's folder unless absolute) and the slices it
+    chooses: ``FILE#K`` or ``FILE#FIRST-LAST`` when ``FILE`` exists (a file whose own name
+    ends so is read whole)."""
+
+    def located(text: str) -> Path:
+        file = Path(text).expanduser()
+        return file if file.is_absolute() else csv_path.parent / file
+
+    file = located(name)
+    if file.is_file():
+        return file, None
+    try:
+        base, selection = split_selection(name)
+    except DataError as err:
+        raise DataError(f"{csv_path}, line {line}: {err}") from None
+    return (located(base), selection) if selection is not None else (file, None)
+
+
+def _overlap(a: range, b: range) -> bool:
+    return a.start < b.stop and b.start < a.stop

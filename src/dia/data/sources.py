@@ -205,6 +205,13 @@ def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -
             f"val_fraction={fraction}: {config.spec!r} has its own validation split "
             f"({len(data.val)} images); leave val_fraction at 0 to use it"
         )
+    if data.info.get("training_volumes"):
+        raise DataError(
+            f"val_fraction={fraction}: {data.info['training_volumes']} training file(s) of "
+            f"{config.spec!r} are volumes, and a validation split drawn slice by slice would "
+            "hold neighbours of training slices; give whole volumes a val split instead (a "
+            "folder's val/0_normal + val/1_abnormal, or val rows in a CSV list)"
+        )
     if len(abnormal) == 0:
         raise DataError(
             f"val_fraction={fraction} needs abnormal images outside the test set, but the "
@@ -277,8 +284,8 @@ def _check_config(config: DataConfig) -> None:
         source = Path(config.spec.strip()).expanduser()
         if not (source.is_dir() or source.suffix.lower() == ".csv"):
             raise DataError(
-                "dicom_window applies to folders and CSV lists of DICOM files only, not to "
-                f"{config.spec!r}"
+                "dicom_window applies to folders and CSV lists of DICOM files only (and of "
+                f"NIfTI files), not to {config.spec!r}"
             )
 
 

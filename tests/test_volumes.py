@@ -1,0 +1,163 @@
+"""Volumes: NIfTI files and multi-frame DICOM files, read slice by slice."""
+
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+
+from dia.config import DataConfig
+from dia.data import load_data
+from dia.data.npz import DataError
+
+
+def _nifti(path: Path, voxels: np.ndarray, affine: np.ndarray | None = None, **scaling) -> Path:
+    """Write ``voxels`` as a NIfTI file; ``scaling``: slope and inter of its header."""
+    image = nibabel.Nifti1Image(voxels, np.eye(4) if affine is None else affine)
+    if scaling:
+        image.header.set_slope_inter(scaling["slope"], scaling["inter"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(image, path)
+    return path
+
+
+def _ramp(shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+    """int16 voxels 100 z + 10 y + x (+ ``offset``): each one tells where it lies."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape[:3]), indexing="ij")
+    return (100 * z + 10 * y + x + offset).astype(np.int16)
+
+
+def test_nifti_slices_their_orientation_scaling_and_display(tmp_path: Path) -> None:
+    from dia.data.volumes import VOLUME_RANGE, read_nifti
+
+    voxels = _ramp((4, 3, 2))
+    # Stored left-to-right (x axis flipped against RAS), with a rescale in the header.
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    path = _nifti(tmp_path / "ct.nii.gz", voxels, flipped, slope=2.0, inter=-5.0)
+    slices, display = read_nifti(path, window=(300.0, 1001.0))
+    assert slices.shape == (2, 3, 4) and slices.dtype == np.float32
+    assert display == "given window 300/1001"
+    values = 2.0 * voxels - 5.0  # the header's scaling
+    values = values[::-1]  # to RAS: x runs the other way
+    expected = values.transpose(2, 1, 0)[:, ::-1, :]  # slice z; anterior (high y) on top
+    expected = np.clip((expected - 299.5) / 1000.0 + 0.5, 0, 1)
+    np.testing.assert_allclose(slices, expected, atol=1e-6)
+
+    own, display = read_nifti(path)
+    assert display == VOLUME_RANGE
+    assert own.min() == 0.0 and own.max() == 1.0
+    assert (np.diff(own.mean(axis=(1, 2))) > 0).all()  # higher slices are brighter here
+
+    # A 4-D file is refused, unless its fourth axis holds one volume.
+    with pytest.raises(DataError, match="series.nii is 4-D"):
+        read_nifti(_nifti(tmp_path / "series.nii", np.zeros((4, 4, 3, 2), np.float32)))
+    single, _ = read_nifti(_nifti(tmp_path / "one.nii", np.ones((4, 4, 3, 1), np.float32)))
+    assert single.shape == (3, 4, 4)
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
+    with pytest.raises(DataError, match="cannot read NIfTI file .*broken.nii.gz"):
+        read_nifti(tmp_path / "broken.nii.gz")
+
+
+def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path) -> None:
+    from dia.data.folder import load_images
+
+    root = tmp_path / "mri"
+    for i in range(3):
+        _nifti(root / f"normal/case{i}.nii.gz", _ramp((16, 16, 4), offset=i))
+    _nifti(root / "abnormal/case9.nii", _ramp((16, 16, 4), offset=50))
+    with pytest.warns(UserWarning, match="every slice of 1 abnormal volume.*case9.nii"):
+        data = load_data(DataConfig(spec=str(root), image_size=8))
+    # 3 normal volumes of 4 slices: one volume is test, two train; every abnormal slice tests.
+    assert data.counts() == {"train": 8, "test_normal": 4, "test_abnormal": 4}
+    assert data.info["training_volumes"] == 2
+    with (
+        pytest.warns(UserWarning, match="every slice"),
+        pytest.raises(DataError, match="val_fraction=0.25: 2 training file.*volumes"),
+    ):
+        load_data(DataConfig(spec=str(root), image_size=8, val_fraction=0.25))
+
+    volume = root / "normal/case1.nii.gz"
+    every, names = load_images([volume], 8, channels=1)
+    assert [n.name for n in names] == [f"case1.nii.gz#{k}" for k in range(4)]
+    some, names = load_images([f"{volume}#1-2"], 8, channels=1)
+    assert [n.name for n in names] == ["case1.nii.gz#1", "case1.nii.gz#2"]
+    assert torch.equal(some, every[1:3])
+    with pytest.raises(DataError, match="has 4 slice.*slice 7 was asked for"):
+        load_images([f"{volume}#7"], 8, channels=1)
+
+
+def test_csv_list_labels_slices_of_a_volume(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name in ("a", "b", "c"):
+        _nifti(tmp_path / f"{name}.nii.gz", _ramp((8, 8, 4)))
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "pic.png")
+
+    def listed(*rows: str) -> DataConfig:
+        (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+        return DataConfig(spec=str(tmp_path / "list.csv"), image_size=8)
+
+    # Slices 0-1 of a train as normal, slice 2 tests as abnormal, slice 3 as normal.
+    split = ("path,label,split", "a.nii.gz#0-1,0,train", "a.nii.gz#2,1,test")
+    data = load_data(listed(*split, "a.nii.gz#3,0,test", "b.nii.gz,0,test"))
+    assert data.counts() == {"train": 2, "test_normal": 5, "test_abnormal": 1}
+
+    # Without a split column a volume with abnormal slices goes to the test set whole.
+    data = load_data(
+        listed("path,label", "a.nii.gz#0-1,0", "a.nii.gz#2-3,1", "b.nii.gz,0", "c.nii.gz,0")
+    )
+    assert data.counts() == {"train": 4, "test_normal": 6, "test_abnormal": 2}
+
+    with pytest.raises(DataError, match="line 3: 'a.nii.gz#1-3' lists slices again .*line 2"):
+        load_data(listed(*split[:2], "a.nii.gz#1-3,1,test"))
+    with pytest.raises(DataError, match="line 3: 'a.nii.gz' lists slices again"):
+        load_data(listed(*split[:2], "a.nii.gz,1,test"))
+    with pytest.raises(DataError, match="line 2: slice range '3-1' of a.nii.gz"):
+        load_data(listed("path,label", "a.nii.gz#3-1,0"))
+    with pytest.raises(DataError, match="pic.png is a 2-D image, not a volume"):
+        load_data(listed(*split, "pic.png#0,0,test"))
+
+
+def test_multi_frame_dicom_frames_with_their_functional_groups(tmp_path: Path, write_dicom) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dia.data.dicom import read_dicom_frames
+    from dia.data.folder import load_images
+
+    def item(**elements: object) -> Dataset:
+        ds = Dataset()
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    frames = np.stack([np.full((8, 8), v, np.uint16) for v in (100, 200, 300)])
+    rescale = item(RescaleSlope="2", RescaleIntercept="-100", RescaleType="HU")
+    window = item(WindowCenter="100", WindowWidth="201")
+    path = write_dicom(
+        tmp_path / "enhanced.dcm",
+        frames,
+        bits=12,
+        SharedFunctionalGroupsSequence=Sequence(
+            [item(PixelValueTransformationSequence=Sequence([rescale]))]
+        ),
+        # Frames 0 and 1 give a window of their own, frame 2 none.
+        PerFrameFunctionalGroupsSequence=Sequence(
+            [item(FrameVOILUTSequence=Sequence([window])) for _ in range(2)] + [item()]
+        ),
+    )
+    shown, displays = read_dicom_frames(path)
+    assert shown.shape == (3, 8, 8)
+    assert displays == ["window 100/201", "window 100/201", "stored range -100 to 8090"]
+    # frame 0: 2 * 100 - 100 = 100 HU at the window's centre; frame 2: 500 HU in the range
+    assert shown[0].mean() == pytest.approx((100 - 99.5) / 200 + 0.5)
+    assert shown[2].mean() == pytest.approx((500 + 100) / 8190)
+    given, displays = read_dicom_frames(path, window=(300.0, 401.0))
+    assert set(displays) == {"given window 300/401"}
+    assert given[1].mean() == pytest.approx(0.5 + 0.5 / 400)  # 300 HU at the centre
+
+    with pytest.warns(UserWarning, match="shown in 2 different ways"):
+        images, names = load_images([tmp_path], 8, channels=1)
+    assert [n.name for n in names] == [f"enhanced.dcm#{k}" for k in range(3)]
+    assert torch.allclose(images[:, 0], torch.from_numpy(shown), atol=1e-6)
