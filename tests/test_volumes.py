@@ -1,5 +1,6 @@
 """Volumes: NIfTI files and multi-frame DICOM files, read slice by slice."""
 
+import dataclasses
 from pathlib import Path
 
 import nibabel
@@ -32,15 +33,16 @@ def test_nifti_slices_their_orientation_scaling_and_display(tmp_path: Path) -> N
     from dia.data.volumes import VOLUME_RANGE, read_nifti
 
     voxels = _ramp((4, 3, 2))
-    # Stored left-to-right (x axis flipped against RAS), with a rescale in the header.
+    # Stored from the patient's right to left (x runs against RAS), with a rescale.
     flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
     path = _nifti(tmp_path / "ct.nii.gz", voxels, flipped, slope=2.0, inter=-5.0)
     slices, display = read_nifti(path, window=(300.0, 1001.0))
     assert slices.shape == (2, 3, 4) and slices.dtype == np.float32
     assert display == "given window 300/1001"
     values = 2.0 * voxels - 5.0  # the header's scaling
-    values = values[::-1]  # to RAS: x runs the other way
-    expected = values.transpose(2, 1, 0)[:, ::-1, :]  # slice z; anterior (high y) on top
+    # Slice z with anterior (high y) at the top and the patient's right (here x = 0, as
+    # stored) on the left, as DICOM viewers show axial images.
+    expected = values.transpose(2, 1, 0)[:, ::-1, :]
     expected = np.clip((expected - 299.5) / 1000.0 + 0.5, 0, 1)
     np.testing.assert_allclose(slices, expected, atol=1e-6)
 
@@ -54,13 +56,22 @@ def test_nifti_slices_their_orientation_scaling_and_display(tmp_path: Path) -> N
         read_nifti(_nifti(tmp_path / "series.nii", np.zeros((4, 4, 3, 2), np.float32)))
     single, _ = read_nifti(_nifti(tmp_path / "one.nii", np.ones((4, 4, 3, 1), np.float32)))
     assert single.shape == (3, 4, 4)
+    # One slice, stored against RAS too: read as one image, its x reversed the same way.
+    plane = _ramp((4, 3, 1))[..., 0]
+    flat, _ = read_nifti(_nifti(tmp_path / "plane.nii", plane, flipped), window=(300.0, 1001.0))
+    expected = np.clip((plane.T[::-1, :] - 299.5) / 1000.0 + 0.5, 0, 1)
+    np.testing.assert_allclose(flat, expected[None], atol=1e-6)
+    with pytest.raises(DataError, match="complex voxels"):
+        read_nifti(_nifti(tmp_path / "phase.nii", np.ones((2, 2, 2), np.complex64)))
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
     with pytest.raises(DataError, match="cannot read NIfTI file .*broken.nii.gz"):
         read_nifti(tmp_path / "broken.nii.gz")
 
 
-def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path) -> None:
+def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeypatch) -> None:
+    import dia.data.folder
     from dia.data.folder import load_images
+    from dia.data.volumes import read_nifti as read
 
     root = tmp_path / "mri"
     for i in range(3):
@@ -83,6 +94,11 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path) -> None
     some, names = load_images([f"{volume}#1-2"], 8, channels=1)
     assert [n.name for n in names] == ["case1.nii.gz#1", "case1.nii.gz#2"]
     assert torch.equal(some, every[1:3])
+    # Slices named one by one: the volume is read once, not once a slice.
+    reads = []
+    monkeypatch.setattr(dia.data.folder, "read_nifti", lambda *a: reads.append(a) or read(*a))
+    one_by_one, _ = load_images([f"{volume}#{k}" for k in range(4)], 8, channels=1)
+    assert torch.equal(one_by_one, every) and len(reads) == 1
     with pytest.raises(DataError, match="has 4 slice.*slice 7 was asked for"):
         load_images([f"{volume}#7"], 8, channels=1)
 
@@ -98,10 +114,18 @@ def test_csv_list_labels_slices_of_a_volume(tmp_path: Path) -> None:
         (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
         return DataConfig(spec=str(tmp_path / "list.csv"), image_size=8)
 
-    # Slices 0-1 of a train as normal, slice 2 tests as abnormal, slice 3 as normal.
+    # Slices 0-1 of a train as normal, slice 2 tests as abnormal, slice 3 as normal: the
+    # split the list gives is kept, with a warning about the shared volume.
     split = ("path,label,split", "a.nii.gz#0-1,0,train", "a.nii.gz#2,1,test")
-    data = load_data(listed(*split, "a.nii.gz#3,0,test", "b.nii.gz,0,test"))
+    with pytest.warns(UserWarning, match="1 volume.*a.nii.gz.*in training and in the test"):
+        data = load_data(listed(*split, "a.nii.gz#3,0,test", "b.nii.gz,0,test"))
     assert data.counts() == {"train": 2, "test_normal": 5, "test_abnormal": 1}
+
+    # Slice by slice, a volume is still one volume: no validation split drawn across it.
+    rows = [f"c.nii.gz#{k},0,train" for k in range(4)] + ["b.nii.gz#0-1,1,train"]
+    config = listed("path,label,split", *rows, "a.nii.gz#0,0,test", "a.nii.gz#1,1,test")
+    with pytest.raises(DataError, match="val_fraction=0.5: 2 training file.*volumes"):
+        load_data(dataclasses.replace(config, val_fraction=0.5))
 
     # Without a split column a volume with abnormal slices goes to the test set whole.
     data = load_data(
@@ -161,3 +185,15 @@ def test_multi_frame_dicom_frames_with_their_functional_groups(tmp_path: Path, w
         images, names = load_images([tmp_path], 8, channels=1)
     assert [n.name for n in names] == [f"enhanced.dcm#{k}" for k in range(3)]
     assert torch.allclose(images[:, 0], torch.from_numpy(shown), atol=1e-6)
+
+    # One per-frame item a frame, as the standard asks; fewer would leave frames unscaled.
+    short = write_dicom(
+        tmp_path / "short" / "short.dcm",
+        frames,
+        bits=12,
+        PerFrameFunctionalGroupsSequence=Sequence(
+            [item(PixelValueTransformationSequence=Sequence([rescale]))]
+        ),
+    )
+    with pytest.raises(DataError, match="short.dcm: 1 per-frame functional group items for 3"):
+        read_dicom_frames(short)

@@ -227,7 +227,8 @@ def _add_score_command(sub) -> None:
         "paths",
         nargs="+",
         type=Path,
-        help="image files, folders of images or CSV lists of image files (a path column)",
+        help="image files, folders of images or CSV lists of image files (a path column); "
+        "FILE#K or FILE#FIRST-LAST scores only those slices of a volume",
     )
     p.add_argument(
         "--out",

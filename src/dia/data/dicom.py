@@ -113,6 +113,12 @@ def read_dicom_frames(
     if pixels.ndim != 3:
         shape = pixels.shape[1:] if count == 1 else pixels.shape
         raise DataError(f"DICOM file {path}: pixel data of shape {shape}, not 2-D")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and len(per_frame) != len(pixels):
+        raise DataError(
+            f"DICOM file {path}: {len(per_frame)} per-frame functional group items for "
+            f"{len(pixels)} frames; the standard asks for one a frame"
+        )
     frames, displays = [], []
     for k in range(len(pixels)):
         groups = {key: _functional_item(ds, k, key) for key in _FRAME_GROUPS}
@@ -186,7 +192,8 @@ def _display_values(
     transform = groups["PixelValueTransformationSequence"]
 
     def modality(stored: np.ndarray) -> np.ndarray:
-        if transform is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+        own = ds.get("RescaleSlope") is not None or ds.get("ModalityLUTSequence")
+        if transform is not None and not own:
             try:
                 slope = float(transform.get("RescaleSlope", 1) or 1)
                 intercept = float(transform.get("RescaleIntercept", 0) or 0)

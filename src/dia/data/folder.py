@@ -115,6 +115,7 @@ class FileImages:
 
     path: Path
     images: list[np.ndarray]
+    volume: bool = False  # slices of a volume, read whole or a chosen range of them
     every_slice: bool = False  # a volume read whole, not a chosen range of its slices
 
 
@@ -144,10 +145,28 @@ def image_data(
             "colour_files": reader.colour_files,
         },
     )
-    training = splits["train"] + splits.get("train_abnormal", [])
     # Slices of one volume are near copies of each other: a validation split held out of
     # the training images would have to keep them together (sources refuse to, for now).
-    data.info["training_volumes"] = sum(len(f.images) > 1 for f in training)
+    volumes = {
+        key: {f.path.resolve() for f in splits.get(key, []) if f.volume}
+        for key in ("train", "train_abnormal", "val_normal", "val_abnormal")
+    }
+    trained = volumes["train"] | volumes["train_abnormal"]
+    data.info["training_volumes"] = len(trained)
+    tested = {
+        f.path.resolve()
+        for key in ("test_normal", "test_abnormal")
+        for f in splits[key]
+        if f.volume
+    }
+    shared = trained & (tested | volumes["val_normal"] | volumes["val_abnormal"])
+    if shared:
+        warnings.warn(
+            f"{_volumes(shared)} have slices in training and in the test or validation set: "
+            "their neighbouring slices look alike, so those test slices will look more normal "
+            "than new scans would",
+            stacklevel=3,
+        )
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)
@@ -162,13 +181,18 @@ def image_data(
     ]
     if whole:
         warnings.warn(
-            f"every slice of {len(whole)} abnormal volume(s) ({whole[0].name}"
-            f"{', ...' if len(whole) > 1 else ''}) counts as abnormal, also slices that show "
-            "nothing abnormal; to label slices, list them in a CSV list (path,label with path "
-            "FILE#FIRST-LAST)",
+            f"every slice of {_volumes(whole, 'abnormal ')} counts as abnormal, also slices "
+            "that show nothing abnormal; to label slices, list them in a CSV list (path,label "
+            "with path FILE#FIRST-LAST)",
             stacklevel=3,
         )
     return data, stack(flat.get("train_abnormal", []))
+
+
+def _volumes(paths, kind: str = "") -> str:
+    """``"2 abnormal volume(s) (a.nii.gz, ...)"``: how many, and the first by name."""
+    first = sorted(paths)[0].name
+    return f"{len(paths)} {kind}volume(s) ({first}{', ...' if len(paths) > 1 else ''})"
 
 
 def _split_layout(root: Path, reader: Reader) -> Splits:
@@ -234,7 +258,8 @@ def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
     gray = sorted(displays - {COLOUR})
     if len(gray) > 1:
         warnings.warn(
-            f"{files} are shown in {len(gray)} different ways ({', '.join(gray)}), so equal "
+            f"{files} are shown in {len(gray)} different ways ({', '.join(gray[:3])}"
+            f"{', ...' if len(gray) > 3 else ''}), so equal "
             "tissue can look different from file to file; give one window to all "
             "(--dicom-window=CENTRE,WIDTH)",
             stacklevel=3,
@@ -253,6 +278,7 @@ class Reader:
         self.skipped = 0
         self.files_read = 0
         self.colour_files = 0
+        self._last_volume: dict = {}  # rows of a CSV list often name one volume in turn
 
     def folder(self, folder: Path) -> list[FileImages]:
         """All images of one class folder, file by file, sorted by file name."""
@@ -276,10 +302,12 @@ class Reader:
         out = []
         for item in files:
             path, selection = item if isinstance(item, tuple) else (item, None)
-            named, displays = read_images(path, self.size, self.dicom_window, selection)
+            named, displays = read_images(
+                path, self.size, self.dicom_window, selection, self._last_volume
+            )
             images = [image for _, image in named]
             volume = len(named) > 1 or named[0][0] != path
-            out.append(FileImages(path, images, volume and selection is None))
+            out.append(FileImages(path, images, volume, volume and selection is None))
             self.displays.update(d for d in displays if d is not None)
             self.gray.extend(img.ndim == 2 for img in images)
             self.files_read += 1
@@ -297,14 +325,20 @@ def read_images(
     size: int,
     dicom_window: tuple[float, float] | None = None,
     selection: range | None = None,
+    cache: dict | None = None,
 ) -> tuple[list[tuple[Path, np.ndarray]], list[str | None]]:
     """The images of one file as float32 in [0,1], (S,S) if grayscale, else (S,S,3), each
     with its name: the file's own for a 2-D file, ``FILE#K`` for slice K of a volume (a NIfTI
     file or a multi-frame DICOM file; ``selection`` picks slices, None all). Also how each
     DICOM file or volume was shown (:func:`~dia.data.dicom.read_dicom`,
-    :func:`~dia.data.volumes.read_nifti`; None for pictures)."""
+    :func:`~dia.data.volumes.read_nifti`; None for pictures). ``cache``, a dict, keeps the last
+    DICOM file or volume read, so that the next call for other slices of it reads it no more.
+    """
     path = Path(path)
-    if is_nifti(path):
+    key = (path.resolve(), dicom_window)
+    if cache is not None and key in cache:
+        slices, displays = cache[key]
+    elif is_nifti(path):
         slices, display = read_nifti(path, dicom_window)
         displays = [display] * len(slices)
     # A picture's suffix settles it without opening the file a second time for the marker.
@@ -320,6 +354,9 @@ def read_images(
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
         return [(path, _gray_if_alike(array))], [None]
+    if cache is not None:
+        cache.clear()
+        cache[key] = (slices, displays)
     picked = chosen(slices, selection, path)
     named = [
         (slice_name(path, k) if len(slices) > 1 else path, _gray_if_alike(_resized_float(v, size)))
@@ -440,10 +477,10 @@ def load_images(
             files.append((Path(base), selection))
     if not files:
         raise DataError("no images given")
-    images, names, displays = [], [], set()
+    images, names, displays, last = [], [], set(), {}
     for item in files:
         path, selection = item if isinstance(item, tuple) else (item, None)
-        named, shown = read_images(path, image_size, dicom_window, selection)
+        named, shown = read_images(path, image_size, dicom_window, selection, last)
         for name, img in named:
             images.append(img.mean(axis=2) if img.ndim == 3 and channels == 1 else img)
             names.append(name)

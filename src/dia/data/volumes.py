@@ -69,42 +69,56 @@ def read_nifti(
     """The axial slices of a NIfTI file as float32 (K, H, W) in [0, 1], and how they were shown.
 
     The volume is turned to the closest RAS orientation, so that slice K lies at the K-th
-    position from the feet up and each slice is shown with anterior at the top, whatever order
-    the file stores its axes in. Intensities are the file's after its scaling (``scl_slope``,
-    ``scl_inter``: Hounsfield units for most CT). ``window`` (centre, width) shows them through
-    that window (``"given window C/W"``); without one, each volume is shown over its own 0.5 to
-    99.5 percentile range. Raises :class:`DataError` naming the file when it cannot be read, is
-    4-D (a time series: save the volumes apart) or holds colour.
+    position from the feet up, and each slice is shown as a DICOM viewer shows an axial image:
+    anterior at the top, the patient's right on the left, whatever order the file stores its
+    axes in. Intensities are the file's after its scaling (``scl_slope``, ``scl_inter``:
+    Hounsfield units for most CT). ``window`` (centre, width) shows them through that window
+    (``"given window C/W"``); without one, each volume is shown over its own 0.5 to 99.5
+    percentile range. Raises :class:`DataError` naming the file when it cannot be read, is 4-D
+    (a time series: save the volumes apart) or holds colour or complex values.
     """
     import nibabel  # here: only volumes need it
 
     path = Path(path)
     try:
-        image = nibabel.as_closest_canonical(nibabel.load(path))
+        image = nibabel.load(path)
         shape = tuple(int(n) for n in image.shape)
         if len(shape) > 3 and any(n > 1 for n in shape[3:]):
             raise DataError(
                 f"NIfTI file {path} is {len(shape)}-D {shape} (a time series or several "
                 "volumes); dia reads 3-D volumes: save each volume as a file of its own"
             )
-        if image.get_data_dtype().fields is not None:
-            raise DataError(f"NIfTI file {path} holds colour (RGB) voxels; dia reads gray volumes")
+        dtype = image.get_data_dtype()
+        if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
+            kind = "complex" if dtype.fields is None else "colour (RGB)"
+            raise DataError(f"NIfTI file {path} holds {kind} voxels; dia reads gray volumes")
+        if len(shape) != 3:
+            # One slice, or one volume on a 4-D grid: three axes, as reorienting needs.
+            three = shape[:3] + (1,) * (3 - min(len(shape), 3))
+            voxels = np.asarray(image.dataobj, dtype=np.float32).reshape(three)
+            image = nibabel.Nifti1Image(voxels, image.affine)
+        image = nibabel.as_closest_canonical(image)
         voxels = np.asarray(image.dataobj, dtype=np.float32)
     except DataError:
         raise
     except Exception as err:  # nibabel raises many types for a damaged or foreign file
         raise DataError(f"cannot read NIfTI file {path}: {err}") from err
-    voxels = voxels.reshape(shape[:3] + (1,) * (3 - len(shape[:3])))
     finite = np.isfinite(voxels)
     if not finite.any():
         raise DataError(f"NIfTI file {path} holds no finite voxel value")
     if window is not None:
-        shown = windowed(np.where(finite, voxels, window[0] - window[1]), *window)
+        low, high = window[0] - window[1], window[0] + window[1]
         display = f"given window {window_text(window)}"
     else:
         low, high = np.percentile(voxels[finite], PERCENTILES)
-        shown = np.clip((np.where(finite, voxels, low) - low) / max(high - low, 1e-12), 0, 1)
         display = VOLUME_RANGE
-    # (x, y, z) to (z, y, x), one slice per z; y reversed, so that anterior is at the top.
-    slices = shown.transpose(2, 1, 0)[:, ::-1, :]
+    # Not-a-number as the darkest value, infinities as the darkest and brightest.
+    voxels = np.nan_to_num(voxels, nan=low, posinf=high, neginf=low)
+    if window is not None:
+        shown = windowed(voxels, *window)
+    else:
+        shown = np.clip((voxels - low) / max(high - low, 1e-12), 0.0, 1.0)
+    # (x, y, z) to (z, y, x), one slice per z; y and x reversed: anterior at the top, the
+    # patient's right (high x in RAS) on the left.
+    slices = shown.transpose(2, 1, 0)[:, ::-1, ::-1]
     return np.ascontiguousarray(slices, dtype=np.float32), display
