@@ -70,7 +70,10 @@ def test_loss_with_a_partial_dissolved_view_matches_hand_computation():
         contrastive_loss(Z[:5], 2, dissolved_of=torch.arange(2))
 
 
-def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
+def _train_tiny(monkeypatch, epochs: int = 1, **settings) -> tuple[list, dict]:
+    """Train a width-4 detector on 8 random images, 8 a step, with Gaussian dissolving and
+    ``settings``; returns each step's (rows, group size, dissolved_of) given to the
+    contrastive loss, and the history."""
     import dia.training
     from dia.config import DetectorConfig
     from dia.dissolve import build_dissolver
@@ -83,61 +86,44 @@ def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
         return contrastive_loss(z, group_size, temperature, mask, dissolved_of)
 
     monkeypatch.setattr(dia.training, "contrastive_loss", spy)
-    images = torch.rand(8, 1, 8, 8)
     config = DetectorConfig(
         dissolve="gaussian",
-        dissolve_fraction=0.25,
         width=4,
         batch_size=8,
-        epochs=1,
+        epochs=epochs,
         max_seconds=None,
         dissolve_cache_steps=2,
+        **settings,
     )
-    blur, cpu = build_dissolver("gaussian"), torch.device("cpu")
-    trainer = DetectorTrainer(config, images, dissolver=blur, device=cpu)
-    _, history = trainer.train(progress=False)
+    blur, images = build_dissolver("gaussian"), torch.rand(8, 1, 8, 8)
+    trainer = DetectorTrainer(config, images, dissolver=blur, device=torch.device("cpu"))
+    return calls, trainer.train(progress=False)[1]
+
+
+def test_the_trainer_dissolves_the_configured_share_of_each_batch(monkeypatch):
+    calls, history = _train_tiny(monkeypatch, dissolve_fraction=0.25)
     rows, group_size, dissolved_of = calls[0]
     # 4 shifts of 8 images in v1 and v2, 4 shifts of 2 images dissolved, shift-major
     assert (rows, group_size) == (72, 32)
     assert dissolved_of.tolist() == [0, 1, 8, 9, 16, 17, 24, 25]
     assert history["steps"] == 1
-    bad = DetectorConfig(dissolve="gaussian", dissolve_fraction=0.0)
     with pytest.raises(ValueError, match="dissolve_fraction"):
-        DetectorTrainer(bad, images, dissolver=blur, device=cpu)
+        _train_tiny(monkeypatch, dissolve_fraction=0.0)
 
 
 def test_dissolved_views_join_after_the_configured_share_of_training(monkeypatch):
-    import dia.training
-    from dia.config import DetectorConfig
-    from dia.dissolve import build_dissolver
-    from dia.training import DetectorTrainer
-
-    calls = []
-
-    def spy(z, group_size, temperature, mask, dissolved_of=None):
-        calls.append((z.shape[0], dissolved_of is not None))
-        return contrastive_loss(z, group_size, temperature, mask, dissolved_of)
-
-    monkeypatch.setattr(dia.training, "contrastive_loss", spy)
-    images = torch.rand(8, 1, 8, 8)
-    config = DetectorConfig(
-        dissolve="gaussian",
-        dissolve_start=0.5,
-        width=4,
-        batch_size=8,
-        epochs=4,
-        max_seconds=None,
-        dissolve_cache_steps=2,
-    )
-    blur, cpu = build_dissolver("gaussian"), torch.device("cpu")
-    _, history = DetectorTrainer(config, images, dissolver=blur, device=cpu).train(progress=False)
+    calls, history = _train_tiny(monkeypatch, epochs=4, dissolve_start=0.5)
     # Steps 0 and 1 are plain CSI (two views of 4 shifts of 8 images), steps 2 and 3 add the
     # dissolved view.
-    assert calls == [(64, False), (64, False), (96, True), (96, True)]
+    assert [(rows, dissolved is not None) for rows, _, dissolved in calls] == [
+        (64, False),
+        (64, False),
+        (96, True),
+        (96, True),
+    ]
     assert (history["steps"], history["dissolved_steps"]) == (4, 2)
-    bad = DetectorConfig(dissolve="gaussian", dissolve_start=1.0)
     with pytest.raises(ValueError, match="dissolve_start"):
-        DetectorTrainer(bad, images, dissolver=blur, device=cpu)
+        _train_tiny(monkeypatch, dissolve_start=1.0)
 
 
 def test_bad_arguments_are_named():
