@@ -145,34 +145,36 @@ def image_data(
             "colour_files": reader.colour_files,
         },
     )
-    # Slices of one volume are near copies of each other: a validation split held out of
-    # the training images would have to keep them together (sources refuse to, for now).
-    volumes = {
-        key: {f.path.resolve() for f in splits.get(key, []) if f.volume}
-        for key in ("train", "train_abnormal", "val_normal", "val_abnormal")
-    }
-    trained = volumes["train"] | volumes["train_abnormal"]
-    data.info["training_volumes"] = len(trained)
-    tested = {
-        f.path.resolve()
-        for key in ("test_normal", "test_abnormal")
-        for f in splits[key]
-        if f.volume
-    }
-    shared = trained & (tested | volumes["val_normal"] | volumes["val_abnormal"])
-    if shared:
-        warnings.warn(
-            f"{_volumes(shared)} have slices in training and in the test or validation set: "
-            "their neighbouring slices look alike, so those test slices will look more normal "
-            "than new scans would",
-            stacklevel=3,
-        )
+    data.info["training_volumes"] = _check_volumes(splits)
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)
     if "val_normal" in splits:
         data.val = stack(flat["val_normal"] + flat["val_abnormal"])
         data.val_labels = _labels(len(flat["val_normal"]), len(flat["val_abnormal"]))
+    return data, stack(flat.get("train_abnormal", []))
+
+
+def _check_volumes(splits: Splits) -> int:
+    """Warn when a volume has slices in training and in the test or validation set, and when
+    every slice of an abnormal volume counts as abnormal; returns how many volumes have
+    training slices (a validation split held out of the training images would have to keep
+    each one together: sources refuse to draw one then)."""
+    volumes = {key: {f.path.resolve() for f in group if f.volume} for key, group in splits.items()}
+    trained = volumes["train"] | volumes.get("train_abnormal", set())
+    held_out = set().union(
+        *(
+            volumes.get(key, set())
+            for key in ("test_normal", "test_abnormal", "val_normal", "val_abnormal")
+        )
+    )
+    if trained & held_out:
+        warnings.warn(
+            f"{_volumes(trained & held_out)} have slices in training and in the test or "
+            "validation set: neighbouring slices look alike, so those test slices will look "
+            "more normal than new scans would",
+            stacklevel=4,
+        )
     whole = [
         f.path
         for key in ("test_abnormal", "val_abnormal")
@@ -184,9 +186,9 @@ def image_data(
             f"every slice of {_volumes(whole, 'abnormal ')} counts as abnormal, also slices "
             "that show nothing abnormal; to label slices, list them in a CSV list (path,label "
             "with path FILE#FIRST-LAST)",
-            stacklevel=3,
+            stacklevel=4,
         )
-    return data, stack(flat.get("train_abnormal", []))
+    return len(trained)
 
 
 def _volumes(paths, kind: str = "") -> str:
