@@ -205,9 +205,7 @@ class DetectorTrainer:
         if saved is not None:
             train_s, step, perm, first = self._restore(*saved, state)
             history.update({k: saved[1]["history"][k] for k in LOSSES})
-            # A checkpoint saved before the count was kept: every step dissolved or none did.
-            every = step if self.dissolver is not None and cfg.dissolve_start == 0 else 0
-            history["dissolved_steps"] = saved[1]["history"].get("dissolved_steps", every)
+            history["dissolved_steps"] = saved[1]["history"]["dissolved_steps"]
             history["resumed_at_step"] = step
         main = distributed.is_main()
         quiet = not progress or not main
