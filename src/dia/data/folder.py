@@ -24,7 +24,7 @@ from dia.data.volumes import (
 
 # Files PIL reads; any other file may be DICOM, which its content tells.
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES | {".nii"}
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
 DEFAULT_FOLDER_SIZE = 64
 # An RGB image whose channels differ by at most this much (out of 255) counts as grayscale:
 # JPEG compression leaves a little colour noise in gray pictures.
@@ -111,12 +111,18 @@ def load_test_folder(
 
 @dataclass
 class FileImages:
-    """The images of one file: one for a 2-D file, one a slice for a volume."""
+    """The images of one file and their names: one for a 2-D file, named by its path; one a
+    slice for a volume, named ``FILE#K``."""
 
     path: Path
+    names: list[Path]
     images: list[np.ndarray]
-    volume: bool = False  # slices of a volume, read whole or a chosen range of them
     every_slice: bool = False  # a volume read whole, not a chosen range of its slices
+
+    @property
+    def volume(self) -> bool:
+        """Slices of a volume, read whole or a chosen range of them."""
+        return len(self.names) > 1 or self.names[0] != self.path
 
 
 Splits = dict[str, list[FileImages]]
@@ -307,9 +313,10 @@ class Reader:
             named, displays = read_images(
                 path, self.size, self.dicom_window, selection, self._last_volume
             )
-            images = [image for _, image in named]
-            volume = len(named) > 1 or named[0][0] != path
-            out.append(FileImages(path, images, volume, volume and selection is None))
+            names, images = [name for name, _ in named], [image for _, image in named]
+            read = FileImages(path, names, images)
+            read.every_slice = read.volume and selection is None
+            out.append(read)
             self.displays.update(d for d in displays if d is not None)
             self.gray.extend(img.ndim == 2 for img in images)
             self.files_read += 1
@@ -479,16 +486,13 @@ def load_images(
             files.append((Path(base), selection))
     if not files:
         raise DataError("no images given")
-    images, names, displays, last = [], [], set(), {}
-    for item in files:
-        path, selection = item if isinstance(item, tuple) else (item, None)
-        named, shown = read_images(path, image_size, dicom_window, selection, last)
-        for name, img in named:
-            images.append(img.mean(axis=2) if img.ndim == 3 and channels == 1 else img)
-            names.append(name)
-        displays.update(d for d in shown if d is not None)
-    _warn_if_shown_unalike(displays, "the grayscale DICOM files given")
-    return _stack(images, channels, image_size), names
+    reader = Reader(image_size, dicom_window)
+    read = reader.files(files)
+    images = [img for f in read for img in f.images]
+    if channels == 1:
+        images = [img.mean(axis=2) if img.ndim == 3 else img for img in images]
+    _warn_if_shown_unalike(reader.displays, "the grayscale DICOM files given")
+    return _stack(images, channels, image_size), [name for f in read for name in f.names]
 
 
 def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:
