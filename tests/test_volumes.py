@@ -1,6 +1,7 @@
 """Volumes: NIfTI files and multi-frame DICOM files, read slice by slice."""
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import nibabel
@@ -81,10 +82,37 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
         data = load_data(DataConfig(spec=str(root), image_size=8))
     # 3 normal volumes of 4 slices: one volume is test, two train; every abnormal slice tests.
     assert data.counts() == {"train": 8, "test_normal": 4, "test_abnormal": 4}
-    assert data.info["training_volumes"] == 2
+    # A validation split holds out whole volumes: here one normal and one abnormal of a split
+    # layout's training volumes, every slice of each and no slice of the others.
+    split = tmp_path / "split"
+    for i in range(4):
+        _nifti(split / f"train/0_normal/case{i}.nii.gz", _ramp((16, 16, 4), offset=10 * i))
+    for i in range(2):
+        _nifti(split / f"train/1_abnormal/sick{i}.nii.gz", _ramp((16, 16, 4), offset=500 + i))
+    _nifti(split / "test/0_normal/t.nii.gz", _ramp((16, 16, 4), offset=5))
+    _nifti(split / "test/1_abnormal/u.nii.gz", _ramp((16, 16, 4), offset=505))
+    window = (500.0, 2001.0)  # one display for all, so that volumes differ by their offsets
+    config = DataConfig(spec=str(split), image_size=8, val_fraction=0.25, dicom_window=window)
+    with pytest.warns(UserWarning, match="every slice of 2 abnormal volume"):
+        held = load_data(config)
+    assert held.counts() == {
+        "train": 12,
+        "test_normal": 4,
+        "test_abnormal": 4,
+        "val_normal": 4,
+        "val_abnormal": 4,
+    }
+    assert held.info["val_held_out"] == {"normal": 4, "abnormal": 4}
+    volumes = {f.name: load_images([f], 8, 1, window)[0] for f in split.glob("train/*/*")}
+    val_normal = [n for n, v in volumes.items() if torch.equal(v, held.val[:4])]
+    val_abnormal = [n for n, v in volumes.items() if torch.equal(v, held.val[4:])]
+    assert len(val_normal) == 1 and val_abnormal[0].startswith("sick")
+    trained = [v for n, v in volumes.items() if n.startswith("case") and n != val_normal[0]]
+    assert torch.equal(torch.cat(trained).sort(0).values, held.train.sort(0).values)
+    # A flat folder sends every abnormal volume to the test set: none is left for validation.
     with (
         pytest.warns(UserWarning, match="every slice"),
-        pytest.raises(DataError, match="val_fraction=0.25: 2 training file.*volumes"),
+        pytest.raises(DataError, match="val_fraction=0.25 needs abnormal images outside"),
     ):
         load_data(DataConfig(spec=str(root), image_size=8, val_fraction=0.25))
 
@@ -121,11 +149,21 @@ def test_csv_list_labels_slices_of_a_volume(tmp_path: Path) -> None:
         data = load_data(listed(*split, "a.nii.gz#3,0,test", "b.nii.gz,0,test"))
     assert data.counts() == {"train": 2, "test_normal": 5, "test_abnormal": 1}
 
-    # Slice by slice, a volume is still one volume: no validation split drawn across it.
-    rows = [f"c.nii.gz#{k},0,train" for k in range(4)] + ["b.nii.gz#0-1,1,train"]
-    config = listed("path,label,split", *rows, "a.nii.gz#0,0,test", "a.nii.gz#1,1,test")
-    with pytest.raises(DataError, match="val_fraction=0.5: 2 training file.*volumes"):
-        load_data(dataclasses.replace(config, val_fraction=0.5))
+    # Slice by slice, a volume is still one volume: a validation split takes it whole, and a
+    # volume with abnormal training slices takes its normal ones along.
+    volumes = [f"c.nii.gz#{k},0,train" for k in range(4)] + ["b.nii.gz#0-1,1,train"]
+    volumes += ["b.nii.gz#2-3,0,train", "a.nii.gz#0,0,test", "a.nii.gz#1,1,test"]
+    config = listed("path,label,split", "pic.png,0,train", *volumes)
+    for seed in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no volume on two sides
+            data = load_data(dataclasses.replace(config, val_fraction=0.5, split_seed=seed))
+        train = data.counts()["train"]  # c's 4 slices or pic.png alone
+        assert train in (1, 4) and data.counts()["val_normal"] == 7 - train
+        assert data.counts()["val_abnormal"] == 2
+    assert data.info["files_read"] == 4  # a, b, c and pic.png, each once for all its rows
+    with pytest.raises(DataError, match="needs at least 2 normal training files in .*list.csv"):
+        load_data(dataclasses.replace(listed("path,label,split", *volumes), val_fraction=0.5))
 
     # Without a split column a volume with abnormal slices goes to the test set whole.
     data = load_data(
@@ -197,3 +235,35 @@ def test_multi_frame_dicom_frames_with_their_functional_groups(tmp_path: Path, w
     )
     with pytest.raises(DataError, match="short.dcm: 1 per-frame functional group items for 3"):
         read_dicom_frames(short)
+
+    # Slices stored out of order come in the order of their position along the normal of
+    # their planes: here axial planes stored at heights 20, 0 and 10 mm.
+    def placed(height: float) -> Dataset:
+        return item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0, 0, height])]))
+
+    axial = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    ct = write_dicom(
+        tmp_path / "ct" / "ct.dcm",
+        frames,
+        bits=12,
+        SharedFunctionalGroupsSequence=Sequence([item(PlaneOrientationSequence=Sequence([axial]))]),
+        PerFrameFunctionalGroupsSequence=Sequence([placed(h) for h in (20, 0, 10)]),
+    )
+    ordered, _ = read_dicom_frames(ct)
+    assert [round(f.mean() * 4095) for f in ordered] == [200, 300, 100]
+    # Planes facing two ways (a localizer) keep the stored order.
+    sagittal = item(
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[0, 1, 0, 0, 0, -1])])
+    )
+    mixed = [placed(h) for h in (20, 0, 10)]
+    mixed[0].PlaneOrientationSequence = sagittal.PlaneOrientationSequence
+    for k in (1, 2):
+        mixed[k].PlaneOrientationSequence = Sequence([axial])
+    scout = write_dicom(
+        tmp_path / "scout" / "scout.dcm",
+        frames,
+        bits=12,
+        PerFrameFunctionalGroupsSequence=Sequence(mixed),
+    )
+    stored, _ = read_dicom_frames(scout)
+    assert [round(f.mean() * 4095) for f in stored] == [100, 200, 300]

@@ -41,7 +41,8 @@ HELP = {
     "(each image standardised on its own)",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
     ("data", "val_fraction"): "hold out this fraction of the normal training images and of "
-    "train/1_abnormal as a validation split, for a folder without val/ (default 0: none)",
+    "train/1_abnormal as a validation split, for a folder without val/; whole files, so a "
+    "volume's slices stay together (default 0: none)",
     ("data", "dicom_window"): DICOM_WINDOW_HELP,
 }
 

@@ -9,7 +9,7 @@ meaning across images. MONOCHROME1 files (bright = low value) are inverted so th
 dense in every file. Colour files (RGB, YBR, palette colour) are shown in their colours. The
 frames of a multi-frame file (the slices of an enhanced CT or MR volume, a cine loop) each go
 through the same chain, with the rescale and window of the frame's functional groups where the
-file gives them there.
+file gives them there, and the slices of a volume come in the order of their position.
 """
 
 from __future__ import annotations
@@ -82,8 +82,23 @@ def read_dicom_frames(
     path: str | Path, window: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Every frame of a DICOM file as float32 in [0, 1], (F, H, W) or (F, H, W, 3), and how
-    each was shown (as in :func:`read_dicom`); a single-frame file gives F = 1."""
+    each was shown (as in :func:`read_dicom`); a single-frame file gives F = 1.
+
+    Frames that are planes of one orientation at known positions (enhanced CT and MR) come in
+    the order of their position along the planes' normal (for axial slices: feet to head, as
+    NIfTI slices come), whatever order the file stores them in; other frames (a cine loop)
+    come in the order stored.
+    """
     ds = _dataset(Path(path))
+    frames, displays = _frames_as_stored(ds, path, window)
+    order = _spatial_order(ds, len(frames))
+    return frames[order], [displays[k] for k in order]
+
+
+def _frames_as_stored(
+    ds: pydicom.Dataset, path: str | Path, window: tuple[float, float] | None
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`read_dicom_frames` of the file's data set, its frames in the order stored."""
     if "PixelData" not in ds:
         raise DataError(f"DICOM file {path} holds no image (no pixel data)")
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -130,6 +145,34 @@ def read_dicom_frames(
 
 # Functional groups of enhanced multi-frame files that hold what a frame's display needs.
 _FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def _spatial_order(ds: pydicom.Dataset, count: int) -> np.ndarray:
+    """The frames' order along the normal of their planes, from the plane position and
+    orientation functional groups; the stored order when a frame lacks either, when the
+    frames lie in planes of different orientations, or when two share a position."""
+    stored = np.arange(count)
+    if count < 2 or not ds.get("PerFrameFunctionalGroupsSequence"):
+        return stored
+    positions, orientations = [], []
+    for k in range(count):
+        plane = _functional_item(ds, k, "PlanePositionSequence")
+        facing = _functional_item(ds, k, "PlaneOrientationSequence")
+        try:
+            positions.append([float(v) for v in plane.ImagePositionPatient])
+            orientations.append([float(v) for v in facing.ImageOrientationPatient])
+        except (AttributeError, TypeError, ValueError):
+            return stored
+    positions, orientations = np.array(positions), np.array(orientations)
+    if positions.shape != (count, 3) or orientations.shape != (count, 6):
+        return stored
+    if not np.allclose(orientations, orientations[0], atol=1e-4):
+        return stored
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    depth = positions @ normal
+    if not np.isfinite(depth).all() or len(np.unique(np.round(depth, 4))) < count:
+        return stored
+    return np.argsort(depth, kind="stable")
 
 
 def _functional_item(ds: pydicom.Dataset, frame: int, keyword: str) -> pydicom.Dataset | None:

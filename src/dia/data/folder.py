@@ -12,6 +12,7 @@ from PIL import Image
 
 from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom_frames
 from dia.data.npz import DataError
+from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
 from dia.data.volumes import (
     NIFTI_SUFFIXES,
@@ -51,13 +52,15 @@ def load_folder(
     split_seed: int = 0,
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
+    val_fraction: float = 0.0,
 ) -> tuple[ImageData, torch.Tensor]:
     """Read an image folder: train (N,C,S,S) normals; also the abnormal train images.
 
     Every image is resized so its shorter side is ``image_size``, then centre-cropped to a
     square. C is 1 when every image is grayscale, else 3 (gray images are replicated).
     ``dicom_window`` (centre, width) shows every grayscale DICOM file through that window
-    instead of its own (:func:`~dia.data.dicom.read_dicom`).
+    instead of its own (:func:`~dia.data.dicom.read_dicom`). ``val_fraction`` holds out whole
+    training files as a validation split (:func:`~dia.data.splits.held_out_val`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -76,6 +79,7 @@ def load_folder(
         raise DataError(f"{root} matches no known folder layout. {LAYOUTS}")
 
     info = {"root": str(root), "layout": layout, "files_skipped": reader.skipped}
+    splits = held_out_val(splits, val_fraction, split_seed, str(root), info)
     name = root.resolve().name  # "." names the folder it stands for
     return image_data(name, splits, reader, info, f"the grayscale DICOM files of {root}")
 
@@ -151,7 +155,7 @@ def image_data(
             "colour_files": reader.colour_files,
         },
     )
-    data.info["training_volumes"] = _check_volumes(splits)
+    _check_volumes(splits)
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)
@@ -161,11 +165,10 @@ def image_data(
     return data, stack(flat.get("train_abnormal", []))
 
 
-def _check_volumes(splits: Splits) -> int:
-    """Warn when a volume has slices in training and in the test or validation set, and when
-    every slice of an abnormal volume counts as abnormal; returns how many volumes have
-    training slices (a validation split held out of the training images would have to keep
-    each one together: sources refuse to draw one then)."""
+def _check_volumes(splits: Splits) -> None:
+    """Warn when a volume has slices in training and in the test or validation set (only a
+    split the data gives can do that), and when every slice of an abnormal volume counts as
+    abnormal."""
     volumes = {key: {f.path.resolve() for f in group if f.volume} for key, group in splits.items()}
     trained = volumes["train"] | volumes.get("train_abnormal", set())
     held_out = set().union(
@@ -194,7 +197,6 @@ def _check_volumes(splits: Splits) -> int:
             "with path FILE#FIRST-LAST)",
             stacklevel=4,
         )
-    return len(trained)
 
 
 def _volumes(paths, kind: str = "") -> str:
@@ -224,42 +226,6 @@ def _flat_layout(root: Path, reader: Reader, split_seed: int, test_fraction: flo
     return held_out_test(normal, abnormal, split_seed, test_fraction, f"{root / 'normal'} holds")
 
 
-def held_out_test(
-    normal: list[FileImages],
-    abnormal: list[FileImages],
-    split_seed: int,
-    test_fraction: float,
-    where: str,
-) -> Splits:
-    """Splits of images without a split of their own: a seeded ``test_fraction`` of the
-    normal files and every abnormal one are the test set, the other normal ones train.
-
-    A file is never split: the slices of a volume listed in several parts stay together, and
-    a volume with abnormal slices goes to the test set whole, so that training never sees a
-    test image's neighbouring slices. ``where`` begins the error about too few normal files.
-    """
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    by_file: dict[Path, list[FileImages]] = {}
-    for f in normal:
-        by_file.setdefault(f.path.resolve(), []).append(f)
-    with_abnormal = {f.path.resolve() for f in abnormal}
-    files = [key for key in by_file if key not in with_abnormal]
-    if len(files) < 2:
-        raise DataError(
-            f"{where} {len(files)} normal image file(s) without abnormal slices; at least 2 "
-            "are needed so that both the train and the test set get a normal image"
-        )
-    n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
-    order = np.random.default_rng(split_seed).permutation(len(files))
-    train = {files[i] for i in order[n_test:].tolist()}
-    return {
-        "train": [f for f in normal if f.path.resolve() in train],
-        "test_normal": [f for f in normal if f.path.resolve() not in train],
-        "test_abnormal": abnormal,
-    }
-
-
 def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
     """Warn when grayscale DICOM files were shown through more than one display (a given
     window shows them all alike, so it never warns)."""
@@ -284,9 +250,17 @@ class Reader:
         self.gray: list[bool] = []
         self.displays: set[str] = set()
         self.skipped = 0
-        self.files_read = 0
-        self.colour_files = 0
+        self._read: set[Path] = set()  # each file once, however many rows name its slices
+        self._colour: set[Path] = set()
         self._last_volume: dict = {}  # rows of a CSV list often name one volume in turn
+
+    @property
+    def files_read(self) -> int:
+        return len(self._read)
+
+    @property
+    def colour_files(self) -> int:
+        return len(self._colour)
 
     def folder(self, folder: Path) -> list[FileImages]:
         """All images of one class folder, file by file, sorted by file name."""
@@ -319,8 +293,9 @@ class Reader:
             out.append(read)
             self.displays.update(d for d in displays if d is not None)
             self.gray.extend(img.ndim == 2 for img in images)
-            self.files_read += 1
-            self.colour_files += any(img.ndim == 3 for img in images)
+            self._read.add(path.resolve())
+            if any(img.ndim == 3 for img in images):
+                self._colour.add(path.resolve())
         return out
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dia.data.folder import Reader, held_out_test, image_data
+from dia.data.folder import Reader, image_data
 from dia.data.npz import DataError
+from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
 from dia.data.volumes import split_selection
 
@@ -44,6 +45,7 @@ def load_manifest(
     split_seed: int = 0,
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
+    val_fraction: float = 0.0,
 ) -> tuple[ImageData, torch.Tensor]:
     """Read the images a CSV lists, as :func:`~dia.data.folder.load_folder` reads a folder's;
     returns the data and the abnormal training images (rows ``train`` with an abnormal label)."""
@@ -91,6 +93,7 @@ def load_manifest(
         )
         layout = "manifest, flat"
     info = {"manifest": str(path), "layout": layout}
+    splits = held_out_val(splits, val_fraction, split_seed, str(path), info)
     return image_data(path.stem, splits, reader, info, f"the grayscale DICOM files {path} lists")
 
 

@@ -14,6 +14,7 @@ from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
 from dia.data.manifest import load_manifest, load_manifest_test
 from dia.data.medmnist import load_medmnist
 from dia.data.npz import DataError, load_npz
+from dia.data.splits import val_draw
 from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
 from dia.data.types import ImageData
 
@@ -144,6 +145,7 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
             config.split_seed,
             config.test_fraction,
             config.dicom_window,
+            config.val_fraction,
         )
         return data, abnormal, "csv"
     if path.is_file():
@@ -157,7 +159,12 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
         _only_default_class(config, "folder")
         size = config.image_size or DEFAULT_FOLDER_SIZE
         data, abnormal = load_folder(
-            path, size, config.split_seed, config.test_fraction, config.dicom_window
+            path,
+            size,
+            config.split_seed,
+            config.test_fraction,
+            config.dicom_window,
+            config.val_fraction,
         )
         return data, abnormal, "folder"
     raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")
@@ -196,44 +203,31 @@ def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -
 
     This gives a source without a validation split one to choose settings on, without
     touching its test split. The abnormal images that stay remain available to contamination.
+    Folders and CSV lists draw it themselves, by whole files (a volume's slices stay
+    together), and say so in ``info["val_held_out"]``.
     """
     fraction = config.val_fraction
-    if fraction == 0:
+    if fraction == 0 or "val_held_out" in data.info:
         return abnormal
     if data.val is not None:
         raise DataError(
             f"val_fraction={fraction}: {config.spec!r} has its own validation split "
             f"({len(data.val)} images); leave val_fraction at 0 to use it"
         )
-    if data.info.get("training_volumes"):
-        raise DataError(
-            f"val_fraction={fraction}: {data.info['training_volumes']} training file(s) of "
-            f"{config.spec!r} are volumes, and a validation split drawn slice by slice would "
-            "hold neighbours of training slices; give whole volumes a val split instead (a "
-            "folder's val/0_normal + val/1_abnormal, or val rows in a CSV list)"
-        )
-    if len(abnormal) == 0:
-        raise DataError(
-            f"val_fraction={fraction} needs abnormal images outside the test set, but the "
-            f"source {config.spec!r} has none (folder: put them in train/1_abnormal, or give "
-            "the folder a val/0_normal + val/1_abnormal split; CSV list: train rows with an "
-            "abnormal label, or val rows)"
-        )
-    n_normal = min(len(data.train) - 1, max(1, round(fraction * len(data.train))))
-    n_abnormal = max(1, round(fraction * len(abnormal)))
-    if n_normal < 1:
-        raise DataError(f"val_fraction={fraction} needs at least 2 normal training images")
-    # A stream apart from contamination's and max_train's.
-    rng = np.random.default_rng([config.split_seed, 2])
-    normal_order = torch.from_numpy(rng.permutation(len(data.train)))
-    abnormal_order = torch.from_numpy(rng.permutation(len(abnormal)))
-    val_normal = data.train[normal_order[:n_normal].sort().values]
-    val_abnormal = abnormal[abnormal_order[:n_abnormal].sort().values]
-    data.train = data.train[normal_order[n_normal:].sort().values]
-    data.val = torch.cat([val_normal, val_abnormal])
-    data.val_labels = torch.cat([torch.zeros(n_normal), torch.ones(n_abnormal)]).long()
-    data.info["val_held_out"] = {"normal": n_normal, "abnormal": n_abnormal}
-    return abnormal[abnormal_order[n_abnormal:].sort().values]
+    picks = val_draw(
+        len(data.train), len(abnormal), fraction, config.split_seed, repr(config.spec), "images"
+    )
+    normal_val, abnormal_val = (torch.from_numpy(p) for p in picks)
+    normal_kept = torch.ones(len(data.train), dtype=torch.bool)
+    normal_kept[normal_val] = False
+    abnormal_kept = torch.ones(len(abnormal), dtype=torch.bool)
+    abnormal_kept[abnormal_val] = False
+    data.val = torch.cat([data.train[normal_val], abnormal[abnormal_val]])
+    data.val_labels = torch.cat([torch.zeros(len(normal_val)), torch.ones(len(abnormal_val))])
+    data.val_labels = data.val_labels.long()
+    data.train = data.train[normal_kept]
+    data.info["val_held_out"] = {"normal": len(normal_val), "abnormal": len(abnormal_val)}
+    return abnormal[abnormal_kept]
 
 
 def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> list[int]:
