@@ -237,33 +237,44 @@ def test_multi_frame_dicom_frames_with_their_functional_groups(tmp_path: Path, w
         read_dicom_frames(short)
 
     # Slices stored out of order come in the order of their position along the normal of
-    # their planes: here axial planes stored at heights 20, 0 and 10 mm.
-    def placed(height: float) -> Dataset:
-        return item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0, 0, height])]))
+    # their planes, feet to head for axial ones however their rows run.
+    axial, feet_first = [1, 0, 0, 0, 1, 0], [-1, 0, 0, 0, 1, 0]
+    sagittal = [0, 1, 0, 0, 0, -1]
 
-    axial = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-    ct = write_dicom(
-        tmp_path / "ct" / "ct.dcm",
-        frames,
-        bits=12,
-        SharedFunctionalGroupsSequence=Sequence([item(PlaneOrientationSequence=Sequence([axial]))]),
-        PerFrameFunctionalGroupsSequence=Sequence([placed(h) for h in (20, 0, 10)]),
-    )
-    ordered, _ = read_dicom_frames(ct)
-    assert [round(f.mean() * 4095) for f in ordered] == [200, 300, 100]
-    # Planes facing two ways (a localizer) keep the stored order.
-    sagittal = item(
-        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[0, 1, 0, 0, 0, -1])])
-    )
-    mixed = [placed(h) for h in (20, 0, 10)]
-    mixed[0].PlaneOrientationSequence = sagittal.PlaneOrientationSequence
-    for k in (1, 2):
-        mixed[k].PlaneOrientationSequence = Sequence([axial])
-    scout = write_dicom(
-        tmp_path / "scout" / "scout.dcm",
-        frames,
-        bits=12,
-        PerFrameFunctionalGroupsSequence=Sequence(mixed),
-    )
-    stored, _ = read_dicom_frames(scout)
-    assert [round(f.mean() * 4095) for f in stored] == [100, 200, 300]
+    def order(name: str, positions: list, orientations: list) -> list[int]:
+        planes = [
+            item(
+                PlanePositionSequence=Sequence([item(ImagePositionPatient=position)]),
+                PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=facing)]),
+            )
+            for position, facing in zip(positions, orientations, strict=True)
+        ]
+        path = write_dicom(
+            tmp_path / name / f"{name}.dcm",
+            frames,
+            bits=12,
+            PerFrameFunctionalGroupsSequence=Sequence(planes),
+        )
+        return [round(f.mean() * 4095) for f in read_dicom_frames(path)[0]]
+
+    heights = [[0, 0, z] for z in (20, 0, 10)]
+    assert order("ct", heights, [axial] * 3) == [200, 300, 100]
+    assert order("feet", heights, [feet_first] * 3) == [200, 300, 100]
+    # The stored order stays when the planes face two ways (a localizer; positions that
+    # would sort along the first plane's normal), when two share a position, and when a
+    # position is malformed.
+    both = [[x, 0, x] for x in (20, 0, 10)]
+    assert order("scout", both, [sagittal, axial, axial]) == [100, 200, 300]
+    assert order("twice", [[0, 0, z] for z in (10, 0, 10)], [axial] * 3) == [100, 200, 300]
+    assert order("bad", [[0, 0, 20], [0, 0], [0, 0, 10]], [axial] * 3) == [100, 200, 300]
+
+    # A colour cine loop named frame by frame is one colour file read once.
+    from dia.data.folder import Reader
+
+    red = np.zeros((2, 8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    cine = write_dicom(tmp_path / "cine" / "cine.dcm", red, "RGB")
+    reader = Reader(8)
+    read = reader.files([(cine, range(0, 1)), (cine, range(1, 2))])
+    assert [len(f.images) for f in read] == [1, 1]
+    assert reader.files_read == 1 and reader.colour_files == 1

@@ -40,9 +40,10 @@ HELP = {
     ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
     "(each image standardised on its own)",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
-    ("data", "val_fraction"): "hold out this fraction of the normal training images and of "
-    "train/1_abnormal as a validation split, for a folder without val/; whole files, so a "
-    "volume's slices stay together (default 0: none)",
+    ("data", "val_fraction"): "hold out this fraction of the normal training files and of the "
+    "abnormal ones (a folder's train/1_abnormal, a CSV list's abnormal train rows) as a "
+    "validation split, for data without one; whole files, so a volume's slices stay "
+    "together (default 0: none)",
     ("data", "dicom_window"): DICOM_WINDOW_HELP,
 }
 

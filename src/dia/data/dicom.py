@@ -148,9 +148,10 @@ _FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 
 def _spatial_order(ds: pydicom.Dataset, count: int) -> np.ndarray:
-    """The frames' order along the normal of their planes, from the plane position and
-    orientation functional groups; the stored order when a frame lacks either, when the
-    frames lie in planes of different orientations, or when two share a position."""
+    """The frames' order along the normal of their planes (towards the patient's left, back or
+    head), from the plane position and orientation functional groups; the stored order when a
+    frame lacks either or has a malformed one, when the frames lie in planes of different
+    orientations, or when two share a position."""
     stored = np.arange(count)
     if count < 2 or not ds.get("PerFrameFunctionalGroupsSequence"):
         return stored
@@ -159,16 +160,23 @@ def _spatial_order(ds: pydicom.Dataset, count: int) -> np.ndarray:
         plane = _functional_item(ds, k, "PlanePositionSequence")
         facing = _functional_item(ds, k, "PlaneOrientationSequence")
         try:
-            positions.append([float(v) for v in plane.ImagePositionPatient])
-            orientations.append([float(v) for v in facing.ImageOrientationPatient])
+            position = [float(v) for v in plane.ImagePositionPatient]
+            orientation = [float(v) for v in facing.ImageOrientationPatient]
         except (AttributeError, TypeError, ValueError):
             return stored
+        if len(position) != 3 or len(orientation) != 6:
+            return stored
+        positions.append(position)
+        orientations.append(orientation)
     positions, orientations = np.array(positions), np.array(orientations)
-    if positions.shape != (count, 3) or orientations.shape != (count, 6):
-        return stored
     if not np.allclose(orientations, orientations[0], atol=1e-4):
         return stored
     normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    # Along the patient axis the normal is closest to, in DICOM's direction (x to the
+    # patient's left, y to the back, z to the head): axial slices run feet to head whichever
+    # way the rows run.
+    if normal[np.argmax(np.abs(normal))] < 0:
+        normal = -normal
     depth = positions @ normal
     if not np.isfinite(depth).all() or len(np.unique(np.round(depth, 4))) < count:
         return stored

@@ -235,16 +235,18 @@ def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) ->
     needed = round(config.contamination * len(data.train))
     if needed == 0:
         return []
+    held = data.info.get("val_held_out", {}).get("abnormal", 0)
+    after_val = f" left after val_fraction took {held} for validation" if held else ""
     if len(abnormal) == 0:
         raise DataError(
             f"contamination={config.contamination} needs abnormal training images, but the "
-            f"source {config.spec!r} has none (npz: train images of other labels; folder: "
-            "train/1_abnormal)"
+            f"source {config.spec!r} has none{after_val} (npz: train images of other labels; "
+            "folder: train/1_abnormal)"
         )
     if len(abnormal) < needed:
         raise DataError(
             f"contamination={config.contamination} needs {needed} abnormal training images, "
-            f"but {config.spec!r} has only {len(abnormal)}"
+            f"but {config.spec!r} has only {len(abnormal)}{after_val}"
         )
     # A stream apart from max_train's, so the two choices do not correlate.
     rng = np.random.default_rng([config.split_seed, 1])

@@ -63,7 +63,8 @@ def held_out_val(
     if fraction == 0 or "val_normal" in splits or not abnormal:
         return splits
     abnormal_files = list(_by_file(abnormal))
-    normal_files = [key for key in _by_file(splits["train"]) if key not in set(abnormal_files)]
+    with_abnormal = set(abnormal_files)
+    normal_files = [key for key in _by_file(splits["train"]) if key not in with_abnormal]
     normal_picks, abnormal_picks = val_draw(
         len(normal_files), len(abnormal_files), fraction, split_seed, where, "files"
     )
@@ -101,7 +102,7 @@ def val_draw(
     if n_val_normal < 1:
         raise DataError(
             f"val_fraction={fraction} needs at least 2 normal training {unit} in {where}"
-            + (" without abnormal slices" if unit == "files" else "")
+            + (" without abnormal images (slices)" if unit == "files" else "")
         )
     n_val_abnormal = max(1, round(fraction * n_abnormal))
     # A stream apart from contamination's and max_train's.
