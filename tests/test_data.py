@@ -700,6 +700,15 @@ def test_external_test_sets_hold_test_images_only(tmp_path: Path) -> None:
     assert data.counts() == {"train": 0, "test_normal": 2, "test_abnormal": 3}
     assert data.test.shape == (5, 1, 8, 8) and data.val is None  # the detector's shape
     assert data.info["source"] == "npz"
+    # A file of test arrays alone will do, and gives the same images.
+    alone = _write_npz(tmp_path / "b.npz", {"test": BINARY["test"]}, rgb=True)
+    only = load_test_set(DataConfig(spec=str(alone), image_size=8, channels=1))
+    assert torch.equal(only.test, data.test) and torch.equal(only.test_labels, data.test_labels)
+    with pytest.raises(DataError, match="lacks the keys \\['test_labels'\\].* for a test set"):
+        bare = _write_npz(tmp_path / "c.npz", {"test": [0, 1]}, drop=("test_labels",))
+        load_test_set(DataConfig(spec=str(bare), image_size=8, channels=1))
+    with pytest.raises(DataError, match="lacks the keys"):  # training still needs them all
+        load_data(DataConfig(spec=str(alone)))
 
     flat = tmp_path / "flat"
     for i in range(3):

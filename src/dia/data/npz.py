@@ -18,6 +18,7 @@ REQUIRED_KEYS = (
     "test_images",
     "test_labels",
 )
+TEST_KEYS = ("test_images", "test_labels")  # all an external test set needs
 
 
 class DataError(ValueError):
@@ -68,16 +69,35 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
     return data, _to_tensor(train_images[~is_normal])
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def load_npz_test(path: str | Path, normal_class: int = 0) -> ImageData:
+    """The test split of a MedMNIST-style ``.npz``, for evaluating a detector trained on other
+    data: only ``test_images`` and ``test_labels`` need be there. Its ``train`` is empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz file not found: {path}")
+    arrays = _read_arrays(path, TEST_KEYS)
+    images = _images(arrays["test_images"], path, "test")
+    labels = _labels(arrays["test_labels"], path, "test", len(images))
+    test = _to_tensor(images)
+    return ImageData(
+        name=path.stem,
+        train=test[:0],
+        test=test,
+        test_labels=_binary(labels, normal_class),
+        info={"file": str(path), "labels_present": sorted(int(x) for x in np.unique(labels))},
+    )
+
+
+def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in REQUIRED_KEYS if key not in archive.files]
+            missing = [key for key in keys if key not in archive.files]
             if missing:
                 raise DataError(
                     f"{path} lacks the keys {missing}; a MedMNIST-style npz needs "
-                    f"{list(REQUIRED_KEYS)}"
+                    f"{list(keys)}{' for a test set' if keys == TEST_KEYS else ''}"
                 )
-            return {key: archive[key] for key in REQUIRED_KEYS}
+            return {key: archive[key] for key in keys}
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:

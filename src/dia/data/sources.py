@@ -13,7 +13,7 @@ from dia.config import DataConfig
 from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
 from dia.data.manifest import load_manifest, load_manifest_test
 from dia.data.medmnist import load_medmnist
-from dia.data.npz import DataError, load_npz
+from dia.data.npz import DataError, load_npz, load_npz_test
 from dia.data.splits import val_draw
 from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
 from dia.data.types import ImageData
@@ -77,8 +77,9 @@ def load_test_set(config: DataConfig) -> ImageData:
     """The images a data set holds for testing, to evaluate a detector trained on other data
     (an external test set): a folder's ``test/`` (every image of a flat ``normal/`` +
     ``abnormal/`` layout), a CSV list's test rows (every row when it gives no split), the test
-    split of an npz, MedMNIST or synthetic set. ``config.image_size`` and ``config.channels``
-    must be given: the detector's. Its ``train`` is empty."""
+    split of an npz (which needs no other arrays), MedMNIST or synthetic set.
+    ``config.image_size`` and ``config.channels`` must be given: the detector's. Its ``train``
+    is empty."""
     _check_config(config)
     size, channels = config.image_size, config.channels
     if size is None or channels is None:
@@ -90,6 +91,8 @@ def load_test_set(config: DataConfig) -> ImageData:
     elif path.is_file() and path.suffix.lower() == ".csv":
         data = load_manifest_test(path, size, config.normal_class, config.dicom_window)
         source = "csv"
+    elif path.is_file() and path.suffix.lower() == ".npz":
+        data, source = load_npz_test(path, config.normal_class), "npz"
     else:
         data = load_data(dataclasses.replace(config, val_fraction=0.0, contamination=0.0))
         data.val = data.val_labels = None
