@@ -192,6 +192,7 @@ def one_run(
         callback_every_s=curve_every,
         deadline=deadline,
         keep_features=True,
+        groups=data.train_groups,
     )
     wall = time.perf_counter() - t_start - paused
     record = {

@@ -29,6 +29,26 @@ def test_fit_sets_learned_state(fitted):
     assert np.mean(det.train_scores_ >= det.threshold_) == pytest.approx(0.95, abs=0.05)
 
 
+def test_the_threshold_leaves_whole_groups_out():
+    from dia.scoring import csi_score
+
+    images = torch.rand(12, 1, 16, 16).repeat_interleave(2, dim=0)  # pairs of near copies
+    groups = torch.arange(12).repeat_interleave(2)  # as two slices of one volume
+    det = DIADetector(TINY, SCORE, device="cpu", progress=False)
+    det.fit(images, groups=groups.numpy(), keep_features=True)
+    feats = det.train_features_
+    by_group = csi_score(feats, det.bank_, SCORE, exclude_self=True, groups=groups).numpy()
+    by_image = csi_score(feats, det.bank_, SCORE, exclude_self=True).numpy()
+    np.testing.assert_allclose(det.train_scores_, by_group, rtol=1e-6)
+    # Leaving more out never raises a score, and lowers those whose copy was their match.
+    assert (by_group <= by_image).all() and (by_group < by_image).any()
+    assert det.threshold_ == pytest.approx(float(np.quantile(by_group, det.fpr)))
+    with pytest.warns(UserWarning, match="every training image comes from one file"):
+        DIADetector(TINY, SCORE, device="cpu", progress=False).fit(images, groups=[7] * 24)
+    with pytest.raises(ValueError, match="groups must be 24 integers"):
+        det.fit(images, groups=[0.5] * 24)
+
+
 def test_scores_are_deterministic_and_decisions_follow_the_threshold(fitted):
     det, images = fitted
     a, b = det.score_samples(images[:5]), det.score_samples(images[:5])

@@ -53,6 +53,21 @@ def test_exclude_self_never_matches_own_entry():
     assert (sim_loo < sim_all).all()  # an item's best match is itself
 
 
+def test_groups_leave_a_whole_group_out():
+    train = make_feats(0, 5)
+    bank = build_bank(train, CSI)
+    groups = torch.tensor([0, 0, 1, 1, 2])  # say items 0 and 1 are slices of one volume
+    sim, _ = score_terms(train, bank, CSI, exclude_self=True, groups=groups)
+    for n in range(5):
+        others = [m for m in range(5) if groups[m] != groups[n]]
+        best = torch.stack([(train.z[:, n] * bank.bank[:, m]).sum(1) for m in others]).amax(0)
+        assert torch.isclose(sim[n], (bank.w_sim * best).mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="every image is in one group"):
+        score_terms(train, bank, CSI, exclude_self=True, groups=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="only with exclude_self"):
+        score_terms(train, bank, CSI, groups=groups)
+
+
 def test_higher_for_images_like_the_bank():
     z = torch.zeros(4, 2, 3)
     z[:, 0, 0] = 1.0  # like the bank

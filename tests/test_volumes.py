@@ -82,6 +82,7 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
         data = load_data(DataConfig(spec=str(root), image_size=8))
     # 3 normal volumes of 4 slices: one volume is test, two train; every abnormal slice tests.
     assert data.counts() == {"train": 8, "test_normal": 4, "test_abnormal": 4}
+    assert data.train_groups.tolist() == [0] * 4 + [1] * 4  # each slice's volume
     # A validation split holds out whole volumes: here one normal and one abnormal of a split
     # layout's training volumes, every slice of each and no slice of the others.
     split = tmp_path / "split"
@@ -109,6 +110,16 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
     assert len(val_normal) == 1 and val_abnormal[0].startswith("sick")
     trained = [v for n, v in volumes.items() if n.startswith("case") and n != val_normal[0]]
     assert torch.equal(torch.cat(trained).sort(0).values, held.train.sort(0).values)
+    assert held.train_groups.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # Fewer training slices and contamination keep each image's volume; an abnormal image
+    # put in counts as a file of its own.
+    with pytest.warns(UserWarning, match="every slice"):
+        dirty = load_data(dataclasses.replace(config, max_train=10, contamination=0.25))
+    groups = dirty.train_groups.tolist()
+    put_in = dirty.info["contaminated_indices"]
+    assert len(groups) == 10 and len(put_in) == 2
+    assert sorted(groups[i] for i in put_in) == [3, 4]
+    assert {g for i, g in enumerate(groups) if i not in put_in} <= {0, 1, 2}
     # A flat folder sends every abnormal volume to the test set: none is left for validation.
     with (
         pytest.warns(UserWarning, match="every slice"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,30 @@ def as_images(x, channels: int | None = None, size: int | None = None) -> torch.
     return x.contiguous()
 
 
+def _groups(groups, n: int) -> torch.Tensor | None:
+    """``groups`` as an int64 tensor of shape (n,), or None when every image is its own group
+    or all are in one (no other group to score against: a warning says what that costs)."""
+    if groups is None:
+        return None
+    groups = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
+    if groups.shape != (n,) or groups.is_floating_point() or groups.is_complex():
+        raise ValueError(f"groups must be {n} integers, one an image; got {tuple(groups.shape)}")
+    groups = groups.long()
+    count = len(torch.unique(groups))
+    if count == n:
+        return None
+    if count == 1:
+        warnings.warn(
+            "every training image comes from one file, so the decision threshold is chosen "
+            "on images scored against their own neighbours (slices of one volume look alike): "
+            "new normal scans may be called abnormal more often than fpr says; train on "
+            "several volumes",
+            stacklevel=3,
+        )
+        return None
+    return groups
+
+
 class DIADetector:
     """DIA anomaly detector with the scikit-learn/PyOD contract.
 
@@ -136,8 +161,16 @@ class DIADetector:
         deadline: float | None = None,
         keep_features: bool = False,
         checkpoint: Checkpointing | None = None,
+        groups=None,
     ) -> DIADetector:
         """Train on normal images X; returns self. See :func:`as_images` for accepted X.
+
+        ``groups`` ((N,) integers, optional) names the file, volume or patient each image came
+        from. The decision threshold is chosen on the training images' scores, each image
+        scored against the images of other groups only: the slices of one volume are near
+        copies of each other, and scored against their neighbours they would look more normal
+        than a new scan, so that new normal scans would be called abnormal more often than
+        ``fpr`` says. None: every image its own group.
 
         ``deadline`` (a ``time.perf_counter()`` value) is when fitting must be done: detector
         training stops early enough for the feature bank to be built by then.
@@ -156,6 +189,7 @@ class DIADetector:
                 f"score features={self.score_config.features!r}; expected one of {FEATURES}"
             )
         images = as_images(X)
+        groups = _groups(groups, len(images))
         cfg = self.detector_config
         device, precision = self._runtime()
         self.timings_ = {}
@@ -193,7 +227,7 @@ class DIADetector:
         )
         self.timings_["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        feats = self._fit_bank(images)
+        feats = self._fit_bank(images, groups)
         self.timings_["bank_s"] = time.perf_counter() - t0
         if keep_features:
             self.train_features_ = feats
@@ -201,14 +235,16 @@ class DIADetector:
             del self.train_features_  # from an earlier fit: not these images' features
         return self
 
-    def _fit_bank(self, images: torch.Tensor) -> ShiftedFeatures:
+    def _fit_bank(self, images: torch.Tensor, groups: torch.Tensor | None) -> ShiftedFeatures:
         device, precision = self._runtime()
         feats = shifted_features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
         self.bank_ = build_bank(feats, self.score_config)
         self.channels_, self.image_size_ = int(images.shape[1]), int(images.shape[-1])
-        train_scores = csi_score(feats, self.bank_, self.score_config, exclude_self=True).numpy()
+        train_scores = csi_score(
+            feats, self.bank_, self.score_config, exclude_self=True, groups=groups
+        ).numpy()
         self.train_scores_ = train_scores
         self.threshold_ = self.threshold_at(self.fpr)
         return feats

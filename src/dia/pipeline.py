@@ -170,7 +170,11 @@ def train_detector_step(
     """
     detector = make_detector(config, progress)
     detector.fit(
-        data.train, diffusion_model=diffusion_model, deadline=deadline, checkpoint=checkpoint
+        data.train,
+        diffusion_model=diffusion_model,
+        deadline=deadline,
+        checkpoint=checkpoint,
+        groups=data.train_groups,
     )
     if distributed.is_main():
         detector.save_pretrained(out / DETECTOR_DIR)

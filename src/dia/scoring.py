@@ -200,6 +200,7 @@ def score_terms(
     bank: FeatureBank,
     score: ScoreConfig | None = None,
     exclude_self: bool = False,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two weighted score terms, each (N,), averaged over shifts: similarity and shift.
 
@@ -207,22 +208,33 @@ def score_terms(
     cosine max_b f_k(x).b / ||f_k(x)||; with ``score.neighbours`` = n > 1 the max becomes the
     mean of the n largest (all of the bank's when it has fewer). ``exclude_self`` scores the
     bank's own images leave-one-out (item n never matches bank entry n), which makes their
-    scores comparable to those of unseen images.
+    scores comparable to those of unseen images. With it, ``groups`` ((N,) integers: the file,
+    say a volume, each image came from) leaves a whole group out: item n never matches an
+    entry of its own group, whose images would be near copies of it (neighbouring slices).
     """
     score = score or ScoreConfig()
     if score.neighbours < 1:
         raise ValueError(f"neighbours={score.neighbours}; expected at least 1")
+    if groups is not None and not exclude_self:
+        raise ValueError("groups leave images out only with exclude_self")
     f = feats.select(score.features)
     if score.cosine:
         f = F.normalize(f, dim=2)
     sim = torch.einsum("knd,kmd->knm", f, bank.bank)
+    available = sim.shape[2]
     if exclude_self:
         n = sim.shape[1]
         if n != sim.shape[2]:
             raise ValueError("exclude_self needs the features of exactly the bank's images")
-        sim = sim.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
-    available = sim.shape[2] - 1 if exclude_self else sim.shape[2]
-    nearest = sim.topk(max(min(score.neighbours, available), 1), dim=2).values.mean(dim=2)
+        if groups is None:
+            groups = torch.arange(n)
+        if groups.shape != (n,):
+            raise ValueError(f"groups of shape {tuple(groups.shape)} for {n} images")
+        available -= int(torch.unique(groups, return_counts=True)[1].max())
+        if available < 1:
+            raise ValueError("every image is in one group: no other group to score against")
+        sim = sim.masked_fill(groups[:, None] == groups[None, :], float("-inf"))
+    nearest = sim.topk(min(score.neighbours, available), dim=2).values.mean(dim=2)
     k = torch.arange(NUM_SHIFTS)
     w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
     sim_term = (nearest * w_sim[:, None]).mean(dim=0)
@@ -235,14 +247,15 @@ def csi_score(
     bank: FeatureBank,
     score: ScoreConfig | None = None,
     exclude_self: bool = False,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) scores (1/K) sum_k [w_sim_k max_b z_k(x).b + w_shift_k logit_k(x)[k]]; high = normal.
 
     ``score`` (default ``ScoreConfig()``) picks the features and the similarity
     (:func:`score_terms`) and ``shift_weight``, which scales the shift term: 1 is CSI, 0 keeps
     the similarity alone. CSI's own score is ``features="projection"``, ``cosine=False``,
-    ``shift_weight=1``.
+    ``shift_weight=1``. ``exclude_self`` and ``groups``: as in :func:`score_terms`.
     """
     score = score or ScoreConfig()
-    sim_term, shift_term = score_terms(feats, bank, score, exclude_self)
+    sim_term, shift_term = score_terms(feats, bank, score, exclude_self, groups)
     return sim_term + score.shift_weight * shift_term

@@ -156,6 +156,12 @@ def image_data(
         },
     )
     _check_volumes(splits)
+    if any(f.volume for f in splits["train"]):
+        index: dict[Path, int] = {}
+        groups = [index.setdefault(f.path.resolve(), len(index)) for f in splits["train"]]
+        data.train_groups = torch.tensor(
+            [group for group, f in zip(groups, splits["train"], strict=True) for _ in f.images]
+        )
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)

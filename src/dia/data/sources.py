@@ -54,8 +54,12 @@ def load_data(config: DataConfig) -> ImageData:
     abnormal_train = _hold_out_val(data, abnormal_train, config)
     if config.max_train is not None and config.max_train < len(data.train):
         rng = np.random.default_rng(config.split_seed)
-        keep = np.sort(rng.choice(len(data.train), size=config.max_train, replace=False))
-        data.train = data.train[torch.from_numpy(keep)]
+        keep = torch.from_numpy(
+            np.sort(rng.choice(len(data.train), size=config.max_train, replace=False))
+        )
+        data.train = data.train[keep]
+        if data.train_groups is not None:
+            data.train_groups = data.train_groups[keep]
     contaminated = _contaminate(data, abnormal_train, config)
 
     _check_result(data, config)
@@ -258,6 +262,10 @@ def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) ->
     train = data.train.clone()
     train[torch.from_numpy(targets)] = abnormal[torch.from_numpy(picks)]
     data.train = train
+    if data.train_groups is not None:  # each abnormal image counts as a file of its own
+        groups = data.train_groups.clone()
+        groups[torch.from_numpy(targets)] = int(groups.max()) + 1 + torch.arange(needed)
+        data.train_groups = groups
     return targets.tolist()
 
 

@@ -14,6 +14,9 @@ class ImageData:
     Every tensor of images is float32, shape (N, C, H, W), values in [0, 1]; every label tensor
     is int64, shape (N,), with 1 = abnormal and 0 = normal. ``train`` holds the images used for
     training (normal ones only, unless contamination was asked for); ``val`` may be None.
+    ``train_groups``, for data read from volumes, holds for each training image the index of
+    the file it came from (the slices of one volume share one), so that the detector chooses
+    its threshold leaving whole volumes out; None when every training image is a file.
     """
 
     name: str
@@ -23,6 +26,7 @@ class ImageData:
     val: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    train_groups: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
