@@ -342,6 +342,36 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
     assert [int(r["abnormal"]) for r in rows] == (expected < median).astype(int).tolist()
 
 
+def test_scoring_a_volume_counts_its_abnormal_slices(finished_run, tmp_path, capsys):
+    import nibabel
+
+    voxels = np.random.default_rng(0).integers(0, 1000, (16, 16, 5)).astype(np.int16)
+    path = tmp_path / "case1.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(voxels, np.eye(4)), path)
+    picture = tmp_path / "plain.png"
+    _write_pngs(tmp_path / "pngs", torch.rand(1, 1, 16, 16))
+    (tmp_path / "pngs" / "scan00.png").rename(picture)
+    out = tmp_path / "scored.csv"
+    assert main(["score", str(path), f"{path}#1-2", str(picture), "--out", str(finished_run),
+                 "--csv", str(out), "--device", "cpu", "--fpr", "0.5"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    slices = [r for r in rows if r["path"] != str(picture)]
+    named = [Path(r["path"]).name for r in slices]
+    assert named == [f"case1.nii.gz#{k}" for k in (0, 1, 2, 3, 4, 1, 2)]
+    # Listed whole and in part, the volume's slices count under one name; the picture is none.
+    with open(tmp_path / "scored-volumes.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["volume"] == str(path) and int(row["slices"]) == 7
+    assert int(row["abnormal_slices"]) == sum(int(r["abnormal"]) for r in slices)
+    lowest = min(slices, key=lambda r: float(r["score"]))
+    assert row["most_abnormal"] == lowest["path"]
+    assert float(row["lowest_score"]) == pytest.approx(float(lowest["score"]), abs=1e-6)
+    assert f"{row['abnormal_slices']:>5} of 7 slices abnormal  {path}" in printed
+    assert "about 50% of a normal volume's are expected" in printed
+
+
 def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom, capsys):
     from dia.config import DataConfig
     from dia.data import load_data

@@ -558,12 +558,25 @@ def _score(args: argparse.Namespace) -> None:
         for path, score in zip(summary["files"], summary["scores"], strict=True):
             verdict = "ABNORMAL" if score < summary["threshold"] else "normal"
             print(f"{score:10.4f}  {verdict:8}  {path}")
+    volumes = summary["volumes"]
+    if volumes and len(volumes) <= 20:
+        for v in volumes:
+            print(
+                f"{v['abnormal_slices']:5d} of {v['slices']} slices abnormal  {v['volume']}  "
+                f"(most abnormal {Path(v['most_abnormal']).name}, score {v['lowest_score']:.4f})"
+            )
     print(
         f"{summary['abnormal']} of {summary['images']} images abnormal at threshold "
         f"{summary['threshold']:.4f} (lets through "
         f"{100 * (1 - summary['threshold_fpr_target']):.3g}% "
         f"of the normal training images); scores in {csv_path}"
     )
+    if volumes:
+        share = 100 * summary["threshold_fpr_target"]
+        print(
+            f"per volume in {summary['volumes_csv']}: the slices called abnormal (about "
+            f"{share:.3g}% of a normal volume's are expected to be) and the most abnormal one"
+        )
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:

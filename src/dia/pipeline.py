@@ -25,6 +25,7 @@ from .checkpoint import Checkpointing
 from .config import DataConfig, RunConfig, from_dict, to_dict
 from .data import ImageData, load_data, load_test_set
 from .data.folder import load_images
+from .data.volumes import split_selection
 from .detector import FORMAT as DETECTOR_FORMAT
 from .detector import DIADetector
 from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
@@ -483,14 +484,44 @@ def score_files(
         writer.writerow(["path", "score", "threshold", "abnormal"])
         for path, score, flag in zip(files, scores, abnormal, strict=True):
             writer.writerow([str(path), f"{score:.6f}", f"{threshold:.6f}", int(flag)])
-    return {
+    volumes = _volume_summary(files, scores, abnormal)
+    summary = {
         "images": len(files),
         "abnormal": int(abnormal.sum()),
         "threshold": threshold,
         "threshold_fpr_target": detector.fpr if fpr is None else fpr,
         "files": [str(p) for p in files],
         "scores": scores.tolist(),
+        "volumes": volumes,
     }
+    if volumes:
+        summary["volumes_csv"] = str(csv_path.with_name(f"{csv_path.stem}-volumes.csv"))
+        with open(summary["volumes_csv"], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
+            writer.writeheader()
+            writer.writerows(volumes)
+    return summary
+
+
+def _volume_summary(files: list[Path], scores: np.ndarray, abnormal: np.ndarray) -> list[dict]:
+    """Per volume scored slice by slice (names ``FILE#K``), in the order first met: its
+    slices, how many were called abnormal, and the most abnormal slice (the lowest score).
+    A count of flagged slices, not a decision about the volume: the threshold is a slice's."""
+    volumes: dict[str, dict] = {}
+    for name, score, flag in zip(files, scores.tolist(), abnormal.tolist(), strict=True):
+        base, selection = split_selection(str(name))
+        if selection is None or name.exists():
+            continue  # a 2-D file (whatever its name)
+        entry = volumes.setdefault(
+            base,
+            {"volume": base, "slices": 0, "abnormal_slices": 0, "most_abnormal": "",
+             "lowest_score": float("inf")},
+        )  # fmt: skip
+        entry["slices"] += 1
+        entry["abnormal_slices"] += int(flag)
+        if score < entry["lowest_score"]:
+            entry["most_abnormal"], entry["lowest_score"] = str(name), score
+    return list(volumes.values())
 
 
 def free_path(path: Path) -> Path:
