@@ -49,6 +49,19 @@ def test_the_threshold_leaves_whole_groups_out():
         det.fit(images, groups=[0.5] * 24)
 
 
+def test_an_image_scores_the_same_alone_and_in_any_batch(fitted):
+    det, images = fitted
+    together = det.score_samples(images[:6])
+    alone = [det.score_samples(images[i : i + 1])[0] for i in range(6)]
+    reordered = det.score_samples(torch.cat([images[10:13], images[:6].flip(0)]))[3:][::-1]
+    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reordered, together, rtol=1e-5, atol=1e-6)
+    # The views still differ from image to image: two images' keys rarely agree.
+    from dia.augment import image_keys
+
+    assert len(set(image_keys(images).tolist())) > 20
+
+
 def test_scores_are_deterministic_and_decisions_follow_the_threshold(fitted):
     det, images = fitted
     a, b = det.score_samples(images[:5]), det.score_samples(images[:5])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import kornia.augmentation as K
 import torch
 from torch import nn
@@ -45,3 +47,53 @@ class SimCLRAugment(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> augmented (B, C, H, W) in [0, 1]."""
         return self.ops(x).clamp_(0.0, 1.0)
+
+
+class KeyedAugment:
+    """A :class:`SimCLRAugment` whose randomness follows each image, not its place in a batch.
+
+    ``rows`` sets of the augmentation's parameters are drawn once from ``seed``; an image takes
+    the set its key names (:func:`image_keys`: a hash of its pixels), so that an image gets
+    the same views, hence the same score, alone or among any others. Test-time augmentation
+    uses it: with draws made batch by batch, an image's score would depend on its neighbours
+    in the batch and on its position.
+    """
+
+    def __init__(
+        self, augment: SimCLRAugment, shape: tuple[int, int, int], seed: int, rows: int = 4096
+    ) -> None:
+        self.ops = list(augment.ops)
+        self.rows = rows
+        with torch.random.fork_rng(devices=[]):  # parameters are drawn on the CPU
+            torch.manual_seed(seed)
+            self.tables = [op.forward_parameters(torch.Size((rows, *shape))) for op in self.ops]
+
+    def __call__(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] and (B,) keys in [0, rows) -> augmented (B, C, H, W)."""
+        for op, table in zip(self.ops, self.tables, strict=True):
+            x = op(x, params=self._pick(table, keys, x))
+        return x.clamp_(0.0, 1.0)
+
+    def _pick(self, table: dict, keys: torch.Tensor, x: torch.Tensor) -> dict:
+        picked = {}
+        for name, value in table.items():
+            if name == "forward_input_shape":
+                value = torch.tensor(x.shape)
+            elif value.ndim and value.shape[0] == self.rows:
+                value = value[keys]
+            picked[name] = value.to(x.device)
+        return picked
+
+
+def image_keys(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """(N,) int64 keys in [0, rows), each a hash of one image's values: equal images, equal
+    keys, whatever else is in the batch."""
+    flat = images.detach().cpu().contiguous().numpy()
+    return torch.tensor(
+        [
+            int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little")
+            % rows
+            for image in flat
+        ],
+        dtype=torch.long,
+    )

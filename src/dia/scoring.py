@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import SimCLRAugment
+from .augment import KeyedAugment, SimCLRAugment, image_keys
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
 from .shifts import NUM_SHIFTS, shift
@@ -56,7 +56,9 @@ def shifted_features(
     """Run (N, C, H, W) images in [0, 1] through ``net`` under every shift and S augmentations.
 
     The augmentation is the training one with the crop area fixed at ``score.crop_scale`` plus a
-    random horizontal flip; its randomness is seeded per sample, so the result is deterministic.
+    random horizontal flip. Its randomness is seeded, and an image's views follow from its own
+    pixels (:class:`~dia.augment.KeyedAugment`), so that its features, hence its score, are the
+    same alone or in any batch.
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
@@ -69,16 +71,21 @@ def shifted_features(
         gray_prob=detector.gray_prob,
         flip=True,
     )
+    keys = image_keys(images)
+    shape = tuple(images.shape[1:])
     total = None
-    devices = [device] if device.type == "cuda" else []
     with _scoring_mode(net) as fmt:
+        runtime = (device, precision, fmt)
         for s in range(score.samples):
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(10_000 + s)
-                if device.type == "cuda":
-                    torch.cuda.manual_seed_all(10_000 + s)
-                runtime = (device, precision, fmt)
-                outs = _features_once(net, images, detector.shift, augment, score, runtime)
+            views = [
+                KeyedAugment(augment, shape, seed=10_000 + NUM_SHIFTS * s + k)
+                for k in range(NUM_SHIFTS)
+            ]
+
+            def view(x: torch.Tensor, k: int, batch: slice, views=views) -> torch.Tensor:
+                return views[k](x, keys[batch].to(x.device))
+
+            outs = _features_once(net, images, detector.shift, view, score, runtime)
             total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
     h, z, logits = (t / score.samples for t in total)
     return ShiftedFeatures(z=z, logits=logits, h=h)
@@ -119,20 +126,22 @@ def _scoring_mode(net: torch.nn.Module):
         net.train(was_training)
 
 
-def _unchanged(x: torch.Tensor) -> torch.Tensor:
+def _unchanged(x: torch.Tensor, k: int, batch: slice) -> torch.Tensor:
     return x
 
 
-def _features_once(net, images, shift_kind, augment, score, runtime):
-    """[h, z, logits], each (K, N, ...), for one augmentation sample."""
+def _features_once(net, images, shift_kind, view, score, runtime):
+    """[h, z, logits], each (K, N, ...), for one augmentation sample: ``view(x, k, batch)``
+    gives the view of the images ``x`` (those of slice ``batch``) shifted by ``k``."""
     device, precision, fmt = runtime
     outs: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, images.shape[0], score.batch_size):
-        x = images[start : start + score.batch_size].to(device, non_blocking=True)
-        batch = torch.cat([augment(shift(x, k, shift_kind)) for k in range(NUM_SHIFTS)])
-        batch = batch.contiguous(memory_format=fmt)
+        batch = slice(start, start + score.batch_size)
+        x = images[batch].to(device, non_blocking=True)
+        views = torch.cat([view(shift(x, k, shift_kind), k, batch) for k in range(NUM_SHIFTS)])
+        views = views.contiguous(memory_format=fmt)
         with autocast(device, precision):
-            results = net.forward_features(batch)
+            results = net.forward_features(views)
         for out, result in zip(outs, results, strict=True):
             out.append(result.float().view(NUM_SHIFTS, x.shape[0], -1).cpu())
     return [torch.cat(out, dim=1) for out in outs]
