@@ -65,6 +65,7 @@ BINARY = {"train": [0, 0, 0, 0, 1, 1], "val": [0, 1], "test": [0, 0, 1, 1, 1]}
 def test_npz_gray_flat_labels(tmp_path: Path) -> None:
     data = load_data(DataConfig(spec=str(_write_npz(tmp_path / "a.npz", BINARY))))
     _check_image_data(data, channels=1, size=12)
+    assert data.train_groups is None
     assert data.counts() == {
         "train": 4,
         "test_normal": 2,
@@ -255,6 +256,7 @@ def test_folder_val_fraction_holds_out_train_images(tmp_path: Path) -> None:
         "val_abnormal": 1,
     }
     assert data.info["val_held_out"] == {"normal": 2, "abnormal": 1}
+    assert data.train_groups is None  # one image a file: thresholds leave one image out
     levels = lambda images: sorted(round(v * 255) for v in images.flatten(1).mean(1).tolist())  # noqa: E731
     # every normal image lands in exactly one of train and val; the val abnormal is from train/
     assert sorted(levels(data.train) + levels(data.val[:2])) == list(range(10, 20))
@@ -666,6 +668,7 @@ def test_csv_list_without_splits_and_its_errors(tmp_path: Path) -> None:
     data = load_data(DataConfig(spec=str(table), test_fraction=0.4, image_size=8))
     assert data.counts() == {"train": 3, "test_normal": 2, "test_abnormal": 1}
     assert data.info["layout"] == "manifest, flat"
+    assert data.train_groups is None
     again = load_data(DataConfig(spec=str(table), test_fraction=0.4, image_size=8))
     assert torch.equal(data.train, again.train)  # the split follows the seed
 

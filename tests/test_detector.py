@@ -43,9 +43,15 @@ def test_the_threshold_leaves_whole_groups_out():
     # Leaving more out never raises a score, and lowers those whose copy was their match.
     assert (by_group <= by_image).all() and (by_group < by_image).any()
     assert det.threshold_ == pytest.approx(float(np.quantile(by_group, det.fpr)))
-    with pytest.warns(UserWarning, match="every training image comes from one file"):
+    # Any labels will do, patient IDs say: the same groups, the same training scores.
+    named = DIADetector(TINY, SCORE, device="cpu", progress=False)
+    named.fit(images, groups=[f"patient-{g:02d}" for g in groups.tolist()])
+    np.testing.assert_allclose(named.train_scores_, det.train_scores_, rtol=1e-6)
+    with pytest.warns(UserWarning, match="every training image is in one group"):
         DIADetector(TINY, SCORE, device="cpu", progress=False).fit(images, groups=[7] * 24)
-    with pytest.raises(ValueError, match="groups must be 24 integers"):
+    with pytest.warns(UserWarning, match="in only 2 groups"):
+        DIADetector(TINY, SCORE, device="cpu", progress=False).fit(images, groups=groups // 6)
+    with pytest.raises(ValueError, match="groups must be 24 labels"):
         det.fit(images, groups=[0.5] * 24)
 
 

@@ -66,6 +66,18 @@ def test_groups_leave_a_whole_group_out():
         score_terms(train, bank, CSI, exclude_self=True, groups=torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="only with exclude_self"):
         score_terms(train, bank, CSI, groups=groups)
+    # Groups of unequal size, three neighbours: each item averages its own best three of
+    # the entries outside its group (both of them for items of the group of eight).
+    train = make_feats(2, 10)
+    bank = build_bank(train, CSI)
+    three = dataclasses.replace(CSI, neighbours=3)
+    groups = [0] * 8 + [1, 2]
+    sim, _ = score_terms(train, bank, three, exclude_self=True, groups=groups)
+    for n in range(10):
+        others = [m for m in range(10) if groups[m] != groups[n]]
+        near = torch.stack([(train.z[:, n] * bank.bank[:, m]).sum(1) for m in others])
+        best = near.topk(min(3, len(others)), dim=0).values.mean(0)
+        assert torch.isclose(sim[n], (bank.w_sim * best).mean(), atol=1e-5)
 
 
 def test_higher_for_images_like_the_bank():

@@ -111,14 +111,14 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
     trained = [v for n, v in volumes.items() if n.startswith("case") and n != val_normal[0]]
     assert torch.equal(torch.cat(trained).sort(0).values, held.train.sort(0).values)
     assert held.train_groups.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    # Fewer training slices and contamination keep each image's volume; an abnormal image
-    # put in counts as a file of its own.
+    # Fewer training slices and contamination keep each image's volume: the abnormal slices
+    # put in come from the one abnormal volume validation left, and share its group.
     with pytest.warns(UserWarning, match="every slice"):
         dirty = load_data(dataclasses.replace(config, max_train=10, contamination=0.25))
     groups = dirty.train_groups.tolist()
     put_in = dirty.info["contaminated_indices"]
     assert len(groups) == 10 and len(put_in) == 2
-    assert sorted(groups[i] for i in put_in) == [3, 4]
+    assert [groups[i] for i in put_in] == [3, 3]
     assert {g for i, g in enumerate(groups) if i not in put_in} <= {0, 1, 2}
     # A flat folder sends every abnormal volume to the test set: none is left for validation.
     with (
@@ -289,3 +289,35 @@ def test_multi_frame_dicom_frames_with_their_functional_groups(tmp_path: Path, w
     read = reader.files([(cine, range(0, 1)), (cine, range(1, 2))])
     assert [len(f.images) for f in read] == [1, 1]
     assert reader.files_read == 1 and reader.colour_files == 1
+
+
+def test_a_run_on_volumes_chooses_its_threshold_leaving_volumes_out(tmp_path: Path, capsys) -> None:
+    from dia.cli import main
+    from dia.device import resolve_precision
+    from dia.pipeline import load_config, load_detector, load_run_data
+    from dia.scoring import csi_score, shifted_features
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "vols"
+    for i in range(7):
+        _nifti(root / f"normal/c{i}.nii.gz", rng.integers(0, 500, (16, 16, 3)).astype(np.int16))
+    _nifti(root / "abnormal/a.nii.gz", rng.integers(0, 900, (16, 16, 3)).astype(np.int16))
+    out = tmp_path / "run"
+    tiny = ["--image-size", "16", "--epochs", "1", "--batch-size", "8", "--width", "4",
+            "--score-samples", "2", "--dissolve", "none", "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    assert main(["run", "--data", str(root), "--out", str(out), *tiny]) == 0
+    warned = capsys.readouterr().err
+    assert "every slice of 1 abnormal volume" in warned and "only" not in warned
+    detector = load_detector(out, "cpu")
+    config = load_config(out)
+    with pytest.warns(UserWarning, match="every slice"):
+        data = load_run_data(config)
+    assert data.train_groups.tolist() == [g for g in range(6) for _ in range(3)]
+    cpu = torch.device("cpu")
+    precision = resolve_precision(config.precision, cpu)  # bf16 where the CPU is fast at it
+    feats = shifted_features(
+        detector.net_, data.train, config.detector, config.score, cpu, precision
+    )
+    expected = csi_score(feats, detector.bank_, config.score, True, data.train_groups)
+    np.testing.assert_allclose(detector.train_scores_, expected.numpy(), rtol=1e-5, atol=1e-6)

@@ -78,28 +78,43 @@ def as_images(x, channels: int | None = None, size: int | None = None) -> torch.
     return x.contiguous()
 
 
+# Fewer groups than this leave each training image only a small part of the bank to match.
+FEW_GROUPS = 5
+
+
 def _groups(groups, n: int) -> torch.Tensor | None:
-    """``groups`` as an int64 tensor of shape (n,), or None when every image is its own group
-    or all are in one (no other group to score against: a warning says what that costs)."""
+    """``groups`` (any labels: numbers, patient IDs, file names) as (n,) int64 group numbers,
+    or None when every image is its own group or all are in one (no other group to score
+    against). A warning says what one group, or few, cost the threshold."""
     if groups is None:
         return None
-    groups = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
-    if groups.shape != (n,) or groups.is_floating_point() or groups.is_complex():
-        raise ValueError(f"groups must be {n} integers, one an image; got {tuple(groups.shape)}")
-    groups = groups.long()
-    count = len(torch.unique(groups))
+    labels = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups)
+    if labels.shape != (n,) or labels.dtype.kind in "fc":
+        raise ValueError(
+            f"groups must be {n} labels (integers or strings), one an image; got "
+            f"{labels.dtype} of shape {labels.shape}"
+        )
+    index = torch.from_numpy(np.unique(labels, return_inverse=True)[1].reshape(n)).long()
+    count = int(index.max()) + 1
     if count == n:
         return None
     if count == 1:
         warnings.warn(
-            "every training image comes from one file, so the decision threshold is chosen "
-            "on images scored against their own neighbours (slices of one volume look alike): "
-            "new normal scans may be called abnormal more often than fpr says; train on "
-            "several volumes",
+            "every training image is in one group (one volume or patient), so the decision "
+            "threshold is chosen on images scored against their own neighbours (slices of one "
+            "volume look alike): new normal scans may be called abnormal more often than fpr "
+            "says; train on several volumes",
             stacklevel=3,
         )
         return None
-    return groups
+    if count < FEW_GROUPS:
+        warnings.warn(
+            f"the training images are in only {count} groups (volumes or patients), and each "
+            "is scored against the others alone, a small part of what a new scan is scored "
+            "against: new normal scans may be called abnormal less often than fpr says",
+            stacklevel=3,
+        )
+    return index
 
 
 class DIADetector:

@@ -230,20 +230,28 @@ def score_terms(
     if score.cosine:
         f = F.normalize(f, dim=2)
     sim = torch.einsum("knd,kmd->knm", f, bank.bank)
-    available = sim.shape[2]
+    # How many bank entries each item may match: all, or those outside its own group.
+    available = torch.full((sim.shape[1],), sim.shape[2])
     if exclude_self:
         n = sim.shape[1]
         if n != sim.shape[2]:
             raise ValueError("exclude_self needs the features of exactly the bank's images")
-        if groups is None:
-            groups = torch.arange(n)
-        if groups.shape != (n,):
-            raise ValueError(f"groups of shape {tuple(groups.shape)} for {n} images")
-        available -= int(torch.unique(groups, return_counts=True)[1].max())
-        if available < 1:
+        groups = torch.arange(n) if groups is None else torch.as_tensor(groups)
+        if groups.shape != (n,) or groups.is_floating_point():
+            raise ValueError(
+                f"groups must be {n} integers; got {groups.dtype} of shape {tuple(groups.shape)}"
+            )
+        _, index, sizes = torch.unique(groups.cpu(), return_inverse=True, return_counts=True)
+        available -= sizes[index]
+        if available.min() < 1:
             raise ValueError("every image is in one group: no other group to score against")
-        sim = sim.masked_fill(groups[:, None] == groups[None, :], float("-inf"))
-    nearest = sim.topk(min(score.neighbours, available), dim=2).values.mean(dim=2)
+        sim.masked_fill_(index[:, None] == index[None, :], float("-inf"))
+    # The mean of each item's n best matches (n = its available count when that is fewer):
+    # items of a large group have fewer entries to choose from, not fewer averaged.
+    take = torch.clamp(available, max=score.neighbours)
+    best = sim.topk(int(take.max()), dim=2).values
+    counted = torch.arange(best.shape[2])[None, :] < take[:, None]
+    nearest = torch.where(counted, best, 0.0).sum(dim=2) / take
     k = torch.arange(NUM_SHIFTS)
     w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
     sim_term = (nearest * w_sim[:, None]).mean(dim=0)

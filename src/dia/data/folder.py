@@ -53,8 +53,9 @@ def load_folder(
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
     val_fraction: float = 0.0,
-) -> tuple[ImageData, torch.Tensor]:
-    """Read an image folder: train (N,C,S,S) normals; also the abnormal train images.
+) -> tuple[ImageData, torch.Tensor, torch.Tensor | None]:
+    """Read an image folder: train (N,C,S,S) normals; also the abnormal train images and
+    their groups (:func:`image_data`).
 
     Every image is resized so its shorter side is ``image_size``, then centre-cropped to a
     square. C is 1 when every image is grayscale, else 3 (gray images are replicated).
@@ -134,10 +135,11 @@ Splits = dict[str, list[FileImages]]
 
 def image_data(
     name: str, splits: Splits, reader: Reader, info: dict, files: str
-) -> tuple[ImageData, torch.Tensor]:
+) -> tuple[ImageData, torch.Tensor, torch.Tensor | None]:
     """The :class:`ImageData` of images read by ``reader`` into ``splits`` (keys ``train``,
     ``test_normal``, ``test_abnormal``, optional ``train_abnormal``, ``val_normal`` and
-    ``val_abnormal``), and the abnormal training images; ``files`` names them in a warning."""
+    ``val_abnormal``), the abnormal training images and their groups (numbered as
+    ``train_groups``, None with them); ``files`` names them in a warning."""
     channels = 3 if any(not gray for gray in reader.gray) else 1
     flat = {key: [img for f in group for img in f.images] for key, group in splits.items()}
 
@@ -156,19 +158,27 @@ def image_data(
         },
     )
     _check_volumes(splits)
-    if any(f.volume for f in splits["train"]):
+    trained = splits["train"] + splits.get("train_abnormal", [])
+    abnormal_groups = None
+    if any(f.volume for f in trained):
+        # One number a file, shared by a volume's normal and abnormal training slices.
         index: dict[Path, int] = {}
-        groups = [index.setdefault(f.path.resolve(), len(index)) for f in splits["train"]]
-        data.train_groups = torch.tensor(
-            [group for group, f in zip(groups, splits["train"], strict=True) for _ in f.images]
-        )
+
+        def groups(key: str) -> torch.Tensor:
+            return torch.tensor(
+                [index.setdefault(f.path.resolve(), len(index)) for f in splits.get(key, [])
+                 for _ in f.images],
+                dtype=torch.long,
+            )  # fmt: skip
+
+        data.train_groups, abnormal_groups = groups("train"), groups("train_abnormal")
     if reader.displays:
         data.info["dicom_displays"] = sorted(reader.displays)
         _warn_if_shown_unalike(reader.displays, files)
     if "val_normal" in splits:
         data.val = stack(flat["val_normal"] + flat["val_abnormal"])
         data.val_labels = _labels(len(flat["val_normal"]), len(flat["val_abnormal"]))
-    return data, stack(flat.get("train_abnormal", []))
+    return data, stack(flat.get("train_abnormal", [])), abnormal_groups
 
 
 def _check_volumes(splits: Splits) -> None:

@@ -46,9 +46,10 @@ def load_manifest(
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
     val_fraction: float = 0.0,
-) -> tuple[ImageData, torch.Tensor]:
+) -> tuple[ImageData, torch.Tensor, torch.Tensor | None]:
     """Read the images a CSV lists, as :func:`~dia.data.folder.load_folder` reads a folder's;
-    returns the data and the abnormal training images (rows ``train`` with an abnormal label)."""
+    returns the data, the abnormal training images (rows ``train`` with an abnormal label) and
+    their groups (:func:`~dia.data.folder.image_data`)."""
     path = Path(path)
     rows = _rows(path)
     groups: dict[str, list[Listed]] = {}

@@ -36,7 +36,7 @@ _GRAY_TOLERANCE = 2.5 / 255
 def load_data(config: DataConfig) -> ImageData:
     """Load the data set of ``config.spec``: float32 (N,C,S,S) images in [0,1], 0/1 labels."""
     _check_config(config)
-    data, abnormal_train, source = _load_source(config)
+    data, abnormal_train, abnormal_groups, source = _load_source(config)
 
     if config.image_size is not None:
         data.train = _resize(data.train, config.image_size)
@@ -60,7 +60,7 @@ def load_data(config: DataConfig) -> ImageData:
         data.train = data.train[keep]
         if data.train_groups is not None:
             data.train_groups = data.train_groups[keep]
-    contaminated = _contaminate(data, abnormal_train, config)
+    contaminated = _contaminate(data, abnormal_train, abnormal_groups, config)
 
     _check_result(data, config)
     data.info.update(
@@ -120,8 +120,11 @@ def load_test_set(config: DataConfig) -> ImageData:
     return data
 
 
-def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
-    """(data at the source's size, abnormal training images, source name) for the spec."""
+def _load_source(
+    config: DataConfig,
+) -> tuple[ImageData, torch.Tensor, torch.Tensor | None, str]:
+    """(data at the source's size, abnormal training images, their groups (files that hold
+    several images only), source name) for the spec."""
     spec = config.spec.strip()
     if spec == "synthetic":
         _only_default_class(config, "synthetic")
@@ -136,16 +139,17 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
         # Generated on demand: exactly as many lesion images as contamination replaces.
         n_train = min(config.synthetic_train, config.max_train or config.synthetic_train)
         needed = round(config.contamination * n_train)
-        return data, make_synthetic_abnormal(needed, size, config.split_seed), "synthetic"
+        abnormal = make_synthetic_abnormal(needed, size, config.split_seed)
+        return data, abnormal, None, "synthetic"
 
     if spec.lower().startswith("medmnist:"):
         name = spec.split(":", 1)[1]
         data, abnormal = load_medmnist(name, config.normal_class, config.cache_dir)
-        return data, abnormal, "medmnist"
+        return data, abnormal, None, "medmnist"
 
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".csv":
-        data, abnormal = load_manifest(
+        data, abnormal, groups = load_manifest(
             path,
             config.image_size or DEFAULT_FOLDER_SIZE,
             config.normal_class,
@@ -154,18 +158,18 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
             config.dicom_window,
             config.val_fraction,
         )
-        return data, abnormal, "csv"
+        return data, abnormal, groups, "csv"
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise DataError(
                 f"data spec {spec!r} is a file but not a .npz or .csv file; {SPEC_FORMS}"
             )
         data, abnormal = load_npz(path, config.normal_class)
-        return data, abnormal, "npz"
+        return data, abnormal, None, "npz"
     if path.is_dir():
         _only_default_class(config, "folder")
         size = config.image_size or DEFAULT_FOLDER_SIZE
-        data, abnormal = load_folder(
+        data, abnormal, groups = load_folder(
             path,
             size,
             config.split_seed,
@@ -173,7 +177,7 @@ def _load_source(config: DataConfig) -> tuple[ImageData, torch.Tensor, str]:
             config.dicom_window,
             config.val_fraction,
         )
-        return data, abnormal, "folder"
+        return data, abnormal, groups, "folder"
     raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")
 
 
@@ -225,6 +229,8 @@ def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -
         len(data.train), len(abnormal), fraction, config.split_seed, repr(config.spec), "images"
     )
     normal_val, abnormal_val = (torch.from_numpy(p) for p in picks)
+    # Sources of grouped images (volumes) drew theirs by file, or val_draw raised.
+    assert data.train_groups is None, "grouped images are held out by file"
     normal_kept = torch.ones(len(data.train), dtype=torch.bool)
     normal_kept[normal_val] = False
     abnormal_kept = torch.ones(len(abnormal), dtype=torch.bool)
@@ -237,8 +243,11 @@ def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -
     return abnormal[abnormal_kept]
 
 
-def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> list[int]:
-    """Replace round(c*N) training images by abnormal ones; returns the replaced indices."""
+def _contaminate(
+    data: ImageData, abnormal: torch.Tensor, groups: torch.Tensor | None, config: DataConfig
+) -> list[int]:
+    """Replace round(c*N) training images by abnormal ones (an image put in takes its group,
+    ``groups``, along); returns the replaced indices."""
     needed = round(config.contamination * len(data.train))
     if needed == 0:
         return []
@@ -262,10 +271,10 @@ def _contaminate(data: ImageData, abnormal: torch.Tensor, config: DataConfig) ->
     train = data.train.clone()
     train[torch.from_numpy(targets)] = abnormal[torch.from_numpy(picks)]
     data.train = train
-    if data.train_groups is not None:  # each abnormal image counts as a file of its own
-        groups = data.train_groups.clone()
-        groups[torch.from_numpy(targets)] = int(groups.max()) + 1 + torch.arange(needed)
-        data.train_groups = groups
+    if data.train_groups is not None:
+        train_groups = data.train_groups.clone()
+        train_groups[torch.from_numpy(targets)] = groups[torch.from_numpy(picks)]
+        data.train_groups = train_groups
     return targets.tolist()
 
 
