@@ -1,6 +1,7 @@
 """Volumes: NIfTI files and multi-frame DICOM files, read slice by slice."""
 
 import dataclasses
+import shutil
 import warnings
 from pathlib import Path
 
@@ -321,3 +322,44 @@ def test_a_run_on_volumes_chooses_its_threshold_leaving_volumes_out(tmp_path: Pa
     )
     expected = csi_score(feats, detector.bank_, config.score, True, data.train_groups)
     np.testing.assert_allclose(detector.train_scores_, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom) -> None:
+    # Three CT series stored one file a slice (a study each) and two single X-rays.
+    root = tmp_path / "ct"
+    level = {}
+    for study in range(3):
+        for k in range(3):
+            name = f"s{study}_{k}.dcm"
+            level[name] = 10 + 20 * study + k
+            pixels = np.full((8, 8), level[name], np.uint16)
+            write_dicom(root / "normal" / name, pixels, bits=8, StudyInstanceUID=f"1.2.{study}")
+    for name, value in (("x0.dcm", 100), ("x1.dcm", 110)):
+        level[name] = value
+        write_dicom(root / "normal" / name, np.full((8, 8), value, np.uint16), bits=8)
+    write_dicom(root / "abnormal" / "a.dcm", np.full((8, 8), 200, np.uint16), bits=8)
+
+    def names(images: torch.Tensor) -> set[str]:
+        values = [round(v * 255) for v in images.flatten(1).mean(1).tolist()]
+        return {n for n, v in level.items() if v in values}
+
+    for seed in range(6):
+        data = load_data(DataConfig(spec=str(root), image_size=8, split_seed=seed))
+        train = names(data.train)
+        for study in range(3):  # each study whole on one side
+            assert len({f"s{study}_{k}.dcm" in train for k in range(3)}) == 1
+        studies_in_train = len({n[:2] for n in train if n.startswith("s")})
+        groups = data.train_groups.tolist()
+        assert len(groups) == len(train) and len(set(groups)) == studies_in_train + len(
+            [n for n in train if n.startswith("x")]
+        )
+    # A split the data gives that shares a study gets a warning.
+    split = tmp_path / "split"
+    for part, files in (("train/0_normal", ["s0_0", "s0_1", "x0"]), ("test/0_normal", ["s0_2"])):
+        (split / part).mkdir(parents=True)
+        for name in files:
+            shutil.copy(root / "normal" / f"{name}.dcm", split / part)
+    (split / "test/1_abnormal").mkdir(parents=True)
+    shutil.copy(root / "abnormal/a.dcm", split / "test/1_abnormal")
+    with pytest.warns(UserWarning, match="1 volume.* or DICOM studies \\(the study of s0_"):
+        load_data(DataConfig(spec=str(split), image_size=8))

@@ -57,6 +57,21 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
+def dicom_study(path: str | Path) -> str | None:
+    """The StudyInstanceUID of a DICOM file (its header only is read), or None when it has
+    none or the header cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"], force=True
+            )
+        uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    except Exception:  # the pixel read, which comes first, reports unreadable files
+        return None
+    return uid or None
+
+
 def read_dicom(
     path: str | Path, window: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, str]:

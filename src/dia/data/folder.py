@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dia.data.dicom import COLOUR, DICOM_SUFFIXES, is_dicom, read_dicom_frames
+from dia.data.dicom import COLOUR, DICOM_SUFFIXES, dicom_study, is_dicom, read_dicom_frames
 from dia.data.npz import DataError
 from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
@@ -117,17 +118,27 @@ def load_test_folder(
 @dataclass
 class FileImages:
     """The images of one file and their names: one for a 2-D file, named by its path; one a
-    slice for a volume, named ``FILE#K``."""
+    slice for a volume, named ``FILE#K``. ``study``: a DICOM file's StudyInstanceUID."""
 
     path: Path
     names: list[Path]
     images: list[np.ndarray]
     every_slice: bool = False  # a volume read whole, not a chosen range of its slices
+    study: str | None = None
 
     @property
     def volume(self) -> bool:
         """Slices of a volume, read whole or a chosen range of them."""
         return len(self.names) > 1 or self.names[0] != self.path
+
+    @property
+    def group(self) -> Hashable:
+        """What splits keep together: a DICOM file's study (the slices of a CT series stored
+        one file a slice, a chest X-ray's two views), else the file (a volume's slices)."""
+        return ("study", self.study) if self.study else self.path.resolve()
+
+    def group_name(self) -> str:
+        return f"the study of {self.path.name}" if self.study else self.path.name
 
 
 Splits = dict[str, list[FileImages]]
@@ -160,13 +171,14 @@ def image_data(
     _check_volumes(splits)
     trained = splits["train"] + splits.get("train_abnormal", [])
     abnormal_groups = None
-    if any(f.volume for f in trained):
-        # One number a file, shared by a volume's normal and abnormal training slices.
-        index: dict[Path, int] = {}
+    if len({f.group for f in trained}) < sum(len(f.images) for f in trained):
+        # One number a group (a volume, a DICOM study), shared by its normal and abnormal
+        # training images.
+        index: dict[Hashable, int] = {}
 
         def groups(key: str) -> torch.Tensor:
             return torch.tensor(
-                [index.setdefault(f.path.resolve(), len(index)) for f in splits.get(key, [])
+                [index.setdefault(f.group, len(index)) for f in splits.get(key, [])
                  for _ in f.images],
                 dtype=torch.long,
             )  # fmt: skip
@@ -182,43 +194,48 @@ def image_data(
 
 
 def _check_volumes(splits: Splits) -> None:
-    """Warn when a volume has slices in training and in the test or validation set (only a
-    split the data gives can do that), and when every slice of an abnormal volume counts as
-    abnormal."""
-    volumes = {key: {f.path.resolve() for f in group if f.volume} for key, group in splits.items()}
-    trained = volumes["train"] | volumes.get("train_abnormal", set())
+    """Warn when a volume or a DICOM study has images in training and in the test or
+    validation set (only a split the data gives can do that), and when every slice of an
+    abnormal volume counts as abnormal."""
+    sizes: dict[Hashable, int] = {}
+    for group in splits.values():
+        for f in group:
+            sizes[f.group] = sizes.get(f.group, 0) + len(f.images)
+    names = {f.group: f.group_name() for group in splits.values() for f in group}
+    shared = {key: {f.group for f in group if sizes[f.group] > 1} for key, group in splits.items()}
+    trained = shared["train"] | shared.get("train_abnormal", set())
     held_out = set().union(
         *(
-            volumes.get(key, set())
+            shared.get(key, set())
             for key in ("test_normal", "test_abnormal", "val_normal", "val_abnormal")
         )
     )
     if trained & held_out:
+        both = sorted(names[g] for g in trained & held_out)
         warnings.warn(
-            f"{_volumes(trained & held_out)} have slices in training and in the test or "
-            "validation set: neighbouring slices look alike, so those test slices will look "
-            "more normal than new scans would",
+            f"{_counted(both, 'volume(s) or DICOM studies')} have images in training and in "
+            "the test or validation set: neighbouring slices (a study's images) look alike, "
+            "so those test images will look more normal than new scans would",
             stacklevel=4,
         )
-    whole = [
-        f.path
+    whole = sorted(
+        f.path.name
         for key in ("test_abnormal", "val_abnormal")
         for f in splits.get(key, [])
         if f.every_slice and len(f.images) > 1
-    ]
+    )
     if whole:
         warnings.warn(
-            f"every slice of {_volumes(whole, 'abnormal ')} counts as abnormal, also slices "
-            "that show nothing abnormal; to label slices, list them in a CSV list (path,label "
-            "with path FILE#FIRST-LAST)",
+            f"every slice of {_counted(whole, 'abnormal volume(s)')} counts as abnormal, also "
+            "slices that show nothing abnormal; to label slices, list them in a CSV list "
+            "(path,label with path FILE#FIRST-LAST)",
             stacklevel=4,
         )
 
 
-def _volumes(paths, kind: str = "") -> str:
-    """``"2 abnormal volume(s) (a.nii.gz, ...)"``: how many, and the first by name."""
-    first = sorted(paths)[0].name
-    return f"{len(paths)} {kind}volume(s) ({first}{', ...' if len(paths) > 1 else ''})"
+def _counted(names: list[str], kind: str) -> str:
+    """``"2 abnormal volume(s) (a.nii.gz, ...)"``: how many, and the first."""
+    return f"{len(names)} {kind} ({names[0]}{', ...' if len(names) > 1 else ''})"
 
 
 def _split_layout(root: Path, reader: Reader) -> Splits:
@@ -304,7 +321,9 @@ class Reader:
                 path, self.size, self.dicom_window, selection, self._last_volume
             )
             names, images = [name for name, _ in named], [image for _, image in named]
-            read = FileImages(path, names, images)
+            dicom = not is_nifti(path) and any(d is not None for d in displays)
+            study = dicom_study(path) if dicom else None
+            read = FileImages(path, names, images, study=study)
             read.every_slice = read.volume and selection is None
             out.append(read)
             self.displays.update(d for d in displays if d is not None)

@@ -1,13 +1,15 @@
 """Test and validation splits drawn from images that come without them.
 
-A split never cuts a file: the slices of a volume look alike, so a slice on one side with its
-neighbours on the other would make the held-out side look more normal than new scans would.
-Images that are one file each split one by one, by the same seeded draws.
+A split never cuts a group: a file (the slices of a volume) or a DICOM study (the slices of a CT
+series stored one file a slice, the views of one X-ray examination). Its images look alike, so
+an image on one side with its neighbours on the other would make the held-out side look more
+normal than new scans would. Images that are a group each split one by one, by the same seeded
+draws.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,19 +35,20 @@ def held_out_test(
     """
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    with_abnormal = {f.path.resolve() for f in abnormal}
+    with_abnormal = {f.group for f in abnormal}
     files = [key for key in _by_file(normal) if key not in with_abnormal]
     if len(files) < 2:
         raise DataError(
-            f"{where} {len(files)} normal image file(s) without abnormal slices; at least 2 "
-            "are needed so that both the train and the test set get a normal image"
+            f"{where} {len(files)} normal image file(s) without abnormal slices (the files of "
+            "one DICOM study count as one); at least 2 are needed so that both the train and "
+            "the test set get a normal image"
         )
     n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
     order = np.random.default_rng(split_seed).permutation(len(files))
     train = {files[i] for i in order[n_test:].tolist()}
     return {
-        "train": [f for f in normal if f.path.resolve() in train],
-        "test_normal": [f for f in normal if f.path.resolve() not in train],
+        "train": [f for f in normal if f.group in train],
+        "test_normal": [f for f in normal if f.group not in train],
         "test_abnormal": abnormal,
     }
 
@@ -53,9 +56,10 @@ def held_out_test(
 def held_out_val(
     splits: Splits, fraction: float, split_seed: int, where: str, info: dict
 ) -> Splits:
-    """``splits`` with a validation split of whole files moved out of training: a seeded
-    ``fraction`` of the files with only normal training images and of the files with abnormal
-    ones (a volume's normal training slices go with it); its image counts go into
+    """``splits`` with a validation split of whole groups (files, DICOM studies) moved out of
+    training: a seeded ``fraction`` of the groups with only normal training images and of the
+    groups with abnormal ones (a volume's normal training slices go with it); its image
+    counts go into
     ``info["val_held_out"]``. Splits that have a validation split already, or no abnormal
     training file, are returned as they are: ``load_data`` refuses those alike for every
     source. ``where`` names the source in the error about too few normal files."""
@@ -71,7 +75,7 @@ def held_out_val(
     val = {normal_files[i] for i in normal_picks} | {abnormal_files[i] for i in abnormal_picks}
 
     def part(key: str, in_val: bool) -> list[FileImages]:
-        return [f for f in splits.get(key, []) if (f.path.resolve() in val) == in_val]
+        return [f for f in splits.get(key, []) if (f.group in val) == in_val]
 
     splits = {
         **splits,
@@ -102,7 +106,11 @@ def val_draw(
     if n_val_normal < 1:
         raise DataError(
             f"val_fraction={fraction} needs at least 2 normal training {unit} in {where}"
-            + (" without abnormal images (slices)" if unit == "files" else "")
+            + (
+                " without abnormal images (slices; the files of one DICOM study count as one)"
+                if unit == "files"
+                else ""
+            )
         )
     n_val_abnormal = max(1, round(fraction * n_abnormal))
     # A stream apart from contamination's and max_train's.
@@ -112,7 +120,7 @@ def val_draw(
     return np.sort(normal_order[:n_val_normal]), np.sort(abnormal_order[:n_val_abnormal])
 
 
-def _by_file(group: list[FileImages]) -> dict[Path, None]:
-    """The files of ``group`` in their first order, each once (a volume may be listed in
-    parts)."""
-    return dict.fromkeys(f.path.resolve() for f in group)
+def _by_file(files: list[FileImages]) -> dict[Hashable, None]:
+    """The groups of ``files`` (:attr:`~dia.data.folder.FileImages.group`) in their first
+    order, each once (a volume may be listed in parts, a study is many files)."""
+    return dict.fromkeys(f.group for f in files)
