@@ -170,3 +170,36 @@ def test_plain_features_are_the_networks_output_on_each_shift():
             torch.testing.assert_close(feats.h[k], h)
             torch.testing.assert_close(feats.z[k], z)
             torch.testing.assert_close(feats.logits[k], logits)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_keyed_augmentation_replays_the_batch_draw_image_by_image(channels):
+    from dia.augment import KeyedAugment, SimCLRAugment
+
+    augment = SimCLRAugment(8, channels, crop_scale=(0.54, 0.54), flip=True)
+    keyed = KeyedAugment(augment, (channels, 8, 8), seed=5, rows=16)
+    x = torch.rand(16, channels, 8, 8)
+    every = keyed(x.clone(), torch.arange(16))
+    # Key n takes row n of the tables: as the batch-wise augmentation would draw for image n.
+    replayed = x.clone()
+    for op, table in zip(keyed.ops, keyed.tables, strict=True):
+        replayed = op(replayed, params=table)
+    assert torch.allclose(every, replayed.clamp(0, 1))
+    # An image's view depends on its key alone, not on the batch around it.
+    some = keyed(x[[7, 3]].clone(), torch.tensor([7, 3]))
+    assert torch.allclose(some, every[[7, 3]], atol=1e-6)
+    assert not torch.allclose(every[0], every[1])  # rows differ
+
+
+def test_image_keys_follow_the_pixels_alone():
+    from dia.augment import image_keys
+
+    images = torch.rand(6, 3, 8, 8)
+    keys = image_keys(images)
+    assert keys.dtype == torch.long and ((keys >= 0) & (keys < 4096)).all()
+    assert torch.equal(image_keys(images[[4, 1]]), keys[[4, 1]])
+    assert torch.equal(image_keys(images.to(memory_format=torch.channels_last)), keys)
+    assert torch.equal(image_keys(images.double()), keys)
+    zeros = torch.zeros(1, 1, 4, 4)
+    assert torch.equal(image_keys(-zeros), image_keys(zeros))  # -0.0 is 0.0
+    assert len(set(image_keys(torch.rand(64, 1, 8, 8)).tolist())) > 55

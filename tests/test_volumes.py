@@ -353,6 +353,19 @@ def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom)
         assert len(groups) == len(train) and len(set(groups)) == studies_in_train + len(
             [n for n in train if n.startswith("x")]
         )
+    # Grouping by study can be turned off (for an anonymiser that gave every file one UID).
+    plain = load_data(DataConfig(spec=str(root), image_size=8, dicom_studies=False))
+    assert plain.train_groups is None
+    same = tmp_path / "same"
+    for i in range(3):
+        write_dicom(same / f"normal/{i}.dcm", np.full((8, 8), i, np.uint16), StudyInstanceUID="9")
+    write_dicom(same / "abnormal/a.dcm", np.full((8, 8), 99, np.uint16), StudyInstanceUID="9")
+    with pytest.raises(DataError, match="0 normal image file.*--dicom-studies false"):
+        load_data(DataConfig(spec=str(same), image_size=8))
+    assert (
+        load_data(DataConfig(spec=str(same), image_size=8, dicom_studies=False)).counts()["train"]
+        == 2
+    )
     # A split the data gives that shares a study gets a warning.
     split = tmp_path / "split"
     for part, files in (("train/0_normal", ["s0_0", "s0_1", "x0"]), ("test/0_normal", ["s0_2"])):

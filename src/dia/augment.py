@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import kornia.augmentation as K
@@ -56,42 +57,68 @@ class KeyedAugment:
     the set its key names (:func:`image_keys`: a hash of its pixels), so that an image gets
     the same views, hence the same score, alone or among any others. Test-time augmentation
     uses it: with draws made batch by batch, an image's score would depend on its neighbours
-    in the batch and on its position.
+    in the batch and on its position. Each image's views are drawn as the batch-wise
+    augmentation draws them; ColorJitter's order of operations is one a table, as it was one
+    a batch.
     """
+
+    # Parameters that are not one a row: the op's order of operations, the batch's shape.
+    SHARED = frozenset({"order", "forward_input_shape"})
 
     def __init__(
         self, augment: SimCLRAugment, shape: tuple[int, int, int], seed: int, rows: int = 4096
     ) -> None:
         self.ops = list(augment.ops)
         self.rows = rows
-        with torch.random.fork_rng(devices=[]):  # parameters are drawn on the CPU
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # drawn with the CPU generator, restored after
+            torch.default_generator.manual_seed(seed)
             self.tables = [op.forward_parameters(torch.Size((rows, *shape))) for op in self.ops]
+        for op, table in zip(self.ops, self.tables, strict=True):
+            for name, value in table.items():
+                if name not in self.SHARED and (value.ndim == 0 or value.shape[0] != rows):
+                    raise RuntimeError(
+                        f"{type(op).__name__} drew its parameter {name!r} of shape "
+                        f"{tuple(value.shape)}, not one a row of {rows}: this kornia version "
+                        "draws differently from the one dia was written for (see pyproject.toml)"
+                    )
 
     def __call__(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] and (B,) keys in [0, rows) -> augmented (B, C, H, W)."""
+        keys = keys.cpu()  # the tables stay on the CPU; what they give goes to x's device
         for op, table in zip(self.ops, self.tables, strict=True):
-            x = op(x, params=self._pick(table, keys, x))
+            picked = {
+                name: (
+                    torch.tensor(x.shape)
+                    if name == "forward_input_shape"
+                    else value
+                    if name in self.SHARED
+                    else value[keys]
+                ).to(x.device)
+                for name, value in table.items()
+            }
+            x = op(x, params=picked)
         return x.clamp_(0.0, 1.0)
 
-    def _pick(self, table: dict, keys: torch.Tensor, x: torch.Tensor) -> dict:
-        picked = {}
-        for name, value in table.items():
-            if name == "forward_input_shape":
-                value = torch.tensor(x.shape)
-            elif value.ndim and value.shape[0] == self.rows:
-                value = value[keys]
-            picked[name] = value.to(x.device)
-        return picked
+
+@functools.lru_cache(maxsize=64)
+def keyed_views(settings: tuple, shape: tuple[int, int, int], sample: int, shifts: int) -> tuple:
+    """One :class:`KeyedAugment` a shift for test-time sample ``sample``, each with a seed of
+    its own; ``settings``: :class:`SimCLRAugment`'s arguments, in order. Kept, so that scoring
+    draws its tables once, not at every call."""
+    augment = SimCLRAugment(*settings)
+    return tuple(
+        KeyedAugment(augment, shape, seed=10_000 + shifts * sample + k) for k in range(shifts)
+    )
 
 
 def image_keys(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """(N,) int64 keys in [0, rows), each a hash of one image's values: equal images, equal
     keys, whatever else is in the batch."""
-    flat = images.detach().cpu().contiguous().numpy()
+    # float32 on the CPU, -0.0 as 0.0: the same image gives the same bytes in any form.
+    flat = (images.detach().float().cpu() + 0.0).contiguous().numpy()
     return torch.tensor(
         [
-            int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little")
+            int.from_bytes(hashlib.blake2b(memoryview(image), digest_size=8).digest(), "little")
             % rows
             for image in flat
         ],

@@ -45,6 +45,9 @@ HELP = {
     "validation split, for data without one; whole files, so a volume's slices stay "
     "together (default 0: none)",
     ("data", "dicom_window"): DICOM_WINDOW_HELP,
+    ("data", "dicom_studies"): "keep the DICOM files of one study (StudyInstanceUID) together "
+    "in splits and thresholds (default true); false splits them file by file, for data whose "
+    "anonymiser gave every file one study",
 }
 
 

@@ -22,7 +22,10 @@ class DataConfig:
     colour). ``dicom_window`` (centre, width), for folders and lists of DICOM and NIfTI files:
     show every grayscale file through this window, in the files' own units after rescaling
     (Hounsfield units for CT; e.g. -600, 1500 for lung), instead of each file's own window
-    (a NIfTI volume's: its 0.5 to 99.5 percentile range).
+    (a NIfTI volume's: its 0.5 to 99.5 percentile range). ``dicom_studies``: keep the DICOM
+    files of one study (one StudyInstanceUID) together, in the splits drawn here and when the
+    threshold is chosen; False groups them file by file, for data whose anonymiser gave every
+    file one StudyInstanceUID.
     """
 
     spec: str = "synthetic"
@@ -36,6 +39,7 @@ class DataConfig:
     max_train: int | None = None
     cache_dir: str | None = None
     dicom_window: tuple[float, float] | None = None
+    dicom_studies: bool = True
     synthetic_train: int = 1000
     synthetic_val: int = 200
     synthetic_test: int = 500

@@ -180,12 +180,12 @@ class DIADetector:
     ) -> DIADetector:
         """Train on normal images X; returns self. See :func:`as_images` for accepted X.
 
-        ``groups`` ((N,) integers, optional) names the file, volume or patient each image came
-        from. The decision threshold is chosen on the training images' scores, each image
-        scored against the images of other groups only: the slices of one volume are near
-        copies of each other, and scored against their neighbours they would look more normal
-        than a new scan, so that new normal scans would be called abnormal more often than
-        ``fpr`` says. None: every image its own group.
+        ``groups`` ((N,) labels, optional: integers or strings) names the file, volume, study
+        or patient each image came from. The decision threshold is chosen on the training
+        images' scores, each image scored against the images of other groups only: the slices
+        of one volume are near copies of each other, and scored against their neighbours they
+        would look more normal than a new scan, so that new normal scans would be called
+        abnormal more often than ``fpr`` says. None: every image its own group.
 
         ``deadline`` (a ``time.perf_counter()`` value) is when fitting must be done: detector
         training stops early enough for the feature bank to be built by then.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import KeyedAugment, SimCLRAugment, image_keys
+from .augment import image_keys, keyed_views
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
 from .shifts import NUM_SHIFTS, shift
@@ -52,38 +52,37 @@ def shifted_features(
     score: ScoreConfig,
     device: torch.device,
     precision: str = "fp32",
+    keys: torch.Tensor | None = None,
 ) -> ShiftedFeatures:
     """Run (N, C, H, W) images in [0, 1] through ``net`` under every shift and S augmentations.
 
     The augmentation is the training one with the crop area fixed at ``score.crop_scale`` plus a
     random horizontal flip. Its randomness is seeded, and an image's views follow from its own
-    pixels (:class:`~dia.augment.KeyedAugment`), so that its features, hence its score, are the
-    same alone or in any batch.
+    pixels (:class:`~dia.augment.KeyedAugment`; ``keys``, when given, are the images'
+    :func:`~dia.augment.image_keys`), so that its features, hence its score, are the same
+    alone or in any batch.
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
-    augment = SimCLRAugment(
+    settings = (
         images.shape[-1],
         images.shape[1],
-        crop_scale=(score.crop_scale, score.crop_scale),
-        jitter_strength=detector.jitter_strength,
-        jitter_prob=detector.jitter_prob,
-        gray_prob=detector.gray_prob,
-        flip=True,
+        (score.crop_scale, score.crop_scale),
+        detector.jitter_strength,
+        detector.jitter_prob,
+        detector.gray_prob,
+        True,  # flip
     )
-    keys = image_keys(images)
+    keys = image_keys(images) if keys is None else keys
     shape = tuple(images.shape[1:])
     total = None
     with _scoring_mode(net) as fmt:
         runtime = (device, precision, fmt)
         for s in range(score.samples):
-            views = [
-                KeyedAugment(augment, shape, seed=10_000 + NUM_SHIFTS * s + k)
-                for k in range(NUM_SHIFTS)
-            ]
+            views = keyed_views(settings, shape, s, NUM_SHIFTS)
 
             def view(x: torch.Tensor, k: int, batch: slice, views=views) -> torch.Tensor:
-                return views[k](x, keys[batch].to(x.device))
+                return views[k](x, keys[batch])
 
             outs = _features_once(net, images, detector.shift, view, score, runtime)
             total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
@@ -159,23 +158,28 @@ def estimate_seconds(
     """Seconds :func:`shifted_features` will take on ``images``: the median of three timings
     of one warm batch, so that one timing slowed by another process does not count.
 
-    Shifts, augmentation and the network are all timed. Used to reserve time for the feature
-    bank when training runs under a wall-clock budget.
+    Shifts, augmentation and the network are all timed, and the images' keys, which are
+    computed once however many samples there are. Used to reserve time for the feature bank
+    when training runs under a wall-clock budget.
     """
     batch = images[: min(score.batch_size, images.shape[0])]
     once = dataclasses.replace(score, samples=1)
-    shifted_features(net, batch, detector, once, device, precision)  # pays one-off setup costs
+    t0 = time.perf_counter()
+    keys = image_keys(batch)
+    keys_s = time.perf_counter() - t0
+    # The first call pays the one-off costs (the augmentation's tables among them).
+    shifted_features(net, batch, detector, once, device, precision, keys)
     timings = []
     for _ in range(3):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        shifted_features(net, batch, detector, once, device, precision)
+        shifted_features(net, batch, detector, once, device, precision, keys)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - t0)
     per_image = statistics.median(timings) / batch.shape[0]
-    return per_image * images.shape[0] * score.samples
+    return (per_image * score.samples + keys_s / batch.shape[0]) * images.shape[0]
 
 
 @dataclass

@@ -54,6 +54,7 @@ def load_folder(
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
     val_fraction: float = 0.0,
+    dicom_studies: bool = True,
 ) -> tuple[ImageData, torch.Tensor, torch.Tensor | None]:
     """Read an image folder: train (N,C,S,S) normals; also the abnormal train images and
     their groups (:func:`image_data`).
@@ -63,6 +64,7 @@ def load_folder(
     ``dicom_window`` (centre, width) shows every grayscale DICOM file through that window
     instead of its own (:func:`~dia.data.dicom.read_dicom`). ``val_fraction`` holds out whole
     training files as a validation split (:func:`~dia.data.splits.held_out_val`).
+    ``dicom_studies``: a DICOM study's files are one group (:attr:`FileImages.group`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -70,7 +72,7 @@ def load_folder(
     if image_size < 8:
         raise DataError(f"image_size must be >= 8, got {image_size}")
 
-    reader = Reader(image_size, dicom_window)
+    reader = Reader(image_size, dicom_window, dicom_studies)
     if (root / "train").is_dir() and (root / "test").is_dir():
         splits = _split_layout(root, reader)
         layout = "split"
@@ -275,11 +277,15 @@ def _warn_if_shown_unalike(displays: set[str], files: str) -> None:
 
 class Reader:
     """Reads image files into square float arrays, remembering which images had colour and how
-    DICOM files and volumes were shown."""
+    DICOM files and volumes were shown. ``studies``: note each DICOM file's study (its
+    header is read once more), so that the files of one study form one group."""
 
-    def __init__(self, size: int, dicom_window: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self, size: int, dicom_window: tuple[float, float] | None = None, studies: bool = False
+    ) -> None:
         self.size = size
         self.dicom_window = dicom_window
+        self.studies = studies
         self.gray: list[bool] = []
         self.displays: set[str] = set()
         self.skipped = 0
@@ -322,7 +328,7 @@ class Reader:
             )
             names, images = [name for name, _ in named], [image for _, image in named]
             dicom = not is_nifti(path) and any(d is not None for d in displays)
-            study = dicom_study(path) if dicom else None
+            study = dicom_study(path) if dicom and self.studies else None
             read = FileImages(path, names, images, study=study)
             read.every_slice = read.volume and selection is None
             out.append(read)

@@ -46,6 +46,7 @@ def load_manifest(
     test_fraction: float = 0.2,
     dicom_window: tuple[float, float] | None = None,
     val_fraction: float = 0.0,
+    dicom_studies: bool = True,
 ) -> tuple[ImageData, torch.Tensor, torch.Tensor | None]:
     """Read the images a CSV lists, as :func:`~dia.data.folder.load_folder` reads a folder's;
     returns the data, the abnormal training images (rows ``train`` with an abnormal label) and
@@ -61,7 +62,7 @@ def load_manifest(
         kind = "normal" if label == normal_class else "abnormal"
         groups.setdefault(f"{split or 'all'}_{kind}", []).append(file)
 
-    reader = Reader(image_size, dicom_window)
+    reader = Reader(image_size, dicom_window, dicom_studies)
 
     def read(key: str) -> list[np.ndarray]:
         return reader.files(groups.get(key, []))

@@ -157,6 +157,7 @@ def _load_source(
             config.test_fraction,
             config.dicom_window,
             config.val_fraction,
+            config.dicom_studies,
         )
         return data, abnormal, groups, "csv"
     if path.is_file():
@@ -176,6 +177,7 @@ def _load_source(
             config.test_fraction,
             config.dicom_window,
             config.val_fraction,
+            config.dicom_studies,
         )
         return data, abnormal, groups, "folder"
     raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")

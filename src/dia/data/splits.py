@@ -40,8 +40,8 @@ def held_out_test(
     if len(files) < 2:
         raise DataError(
             f"{where} {len(files)} normal image file(s) without abnormal slices (the files of "
-            "one DICOM study count as one); at least 2 are needed so that both the train and "
-            "the test set get a normal image"
+            "one DICOM study count as one; --dicom-studies false counts them one by one); at "
+            "least 2 are needed so that both the train and the test set get a normal image"
         )
     n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
     order = np.random.default_rng(split_seed).permutation(len(files))

@@ -14,9 +14,11 @@ class ImageData:
     Every tensor of images is float32, shape (N, C, H, W), values in [0, 1]; every label tensor
     is int64, shape (N,), with 1 = abnormal and 0 = normal. ``train`` holds the images used for
     training (normal ones only, unless contamination was asked for); ``val`` may be None.
-    ``train_groups``, for data read from volumes, holds for each training image the index of
-    the file it came from (the slices of one volume share one), so that the detector chooses
-    its threshold leaving whole volumes out; None when every training image is a file.
+    ``train_groups``, for data read from volumes or DICOM studies of several files, holds for
+    each training image the number of its group (the slices of one volume, the files of one
+    study share one; an abnormal image put in by contamination keeps its own), so that the
+    detector chooses its threshold leaving whole groups out; None when every training image
+    is a group of its own.
     """
 
     name: str
