@@ -34,7 +34,8 @@ PRESETS: dict[str, dict] = {
     # validation (+0.003 +- 0.006), and both fell far behind rotation CSI on test while level
     # with it on validation, so rotation stays. Dissolving only in the last fifth of training
     # (--dissolve-start 0.8) was the best DIA (test 0.895 +- 0.014, val 0.953 +- 0.007) and
-    # still behind CSI on both (pneumoniamnist-amx.json).
+    # still behind CSI on both; median blur started as late was behind it on every seed
+    # (pneumoniamnist-amx.json).
     "cpu": {
         "budget_s": 1800.0,
         "diffusion": {"max_seconds": 180.0},
