@@ -80,8 +80,13 @@ def main(argv=None) -> int:
     if data.val is not None:
         splits["val"] = (data.val, data.val_labels)
     record = {
+        "command": " ".join(["python", "bench/scoring_order.py", *(argv or sys.argv[1:])]),
         "code": str(Path(pipeline.__file__).parent),
         "commit": pipeline.code_commit(),
+        "machine": pipeline.machine(),
+        "run": str(run.resolve()),
+        "run_config": to_dict(config),
+        "threshold": detector.threshold_,
         "splits": {
             name: measure(detector, images, labels.numpy(), args.single, args.seed)
             for name, (images, labels) in splits.items()
@@ -91,12 +96,7 @@ def main(argv=None) -> int:
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     path = args.out / f"{args.name}.json"
     results = json.loads(path.read_text()) if path.is_file() else {"records": {}}
-    results.update(
-        command=" ".join(["python", "bench/scoring_order.py", *(argv or sys.argv[1:])]),
-        machine=pipeline.machine(),
-        run_config=to_dict(config),
-        threshold=detector.threshold_,
-    )
+    # One record a code commit; each says which run and machine it measured.
     results["records"][record["commit"]] = record
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
@@ -107,16 +107,17 @@ def main(argv=None) -> int:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"# Scoring order: `{results['command']}`",
+        "# Scoring order: one saved detector, its images scored in order, shuffled and alone",
         "",
-        "| code | split | AUROC in order | AUROC shuffled | largest score change shuffled "
+        "| code | run | split | AUROC in order | AUROC shuffled | largest score change shuffled "
         "| decisions changed shuffled | largest change alone | decisions changed alone |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for commit, record in results["records"].items():
         for split, m in record["splits"].items():
             lines.append(
-                f"| {commit[:12]} | {split} ({m['images']}) | {m['auroc_in_order']:.4f} | "
+                f"| {commit[:12]} | `{record['run']}` | {split} ({m['images']}) | "
+                f"{m['auroc_in_order']:.4f} | "
                 f"{m['auroc_shuffled']:.4f} | {m['max_diff_shuffled']:.2g} | "
                 f"{m['decisions_changed_shuffled']} | {m['max_diff_single']:.2g} | "
                 f"{m['decisions_changed_single']} of {m['single']} |"

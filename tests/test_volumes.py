@@ -376,3 +376,9 @@ def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom)
     shutil.copy(root / "abnormal/a.dcm", split / "test/1_abnormal")
     with pytest.warns(UserWarning, match="1 volume.* or DICOM studies \\(the study of s0_"):
         load_data(DataConfig(spec=str(split), image_size=8))
+    # A run saved before studies were grouped is read back as it was made: file by file.
+    from dia.pipeline import load_config
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/config.json").write_text('{"data": {"spec": "x"}}')
+    assert load_config(tmp_path / "old").data.dicom_studies is False

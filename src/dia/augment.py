@@ -114,13 +114,10 @@ def keyed_views(settings: tuple, shape: tuple[int, int, int], sample: int, shift
 def image_keys(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """(N,) int64 keys in [0, rows), each a hash of one image's values: equal images, equal
     keys, whatever else is in the batch."""
-    # float32 on the CPU, -0.0 as 0.0: the same image gives the same bytes in any form.
-    flat = (images.detach().float().cpu() + 0.0).contiguous().numpy()
-    return torch.tensor(
-        [
-            int.from_bytes(hashlib.blake2b(memoryview(image), digest_size=8).digest(), "little")
-            % rows
-            for image in flat
-        ],
-        dtype=torch.long,
-    )
+    keys = []
+    for image in images.detach():
+        # float32 on the CPU, -0.0 as 0.0: the same image gives the same bytes in any form.
+        values = (image.float().cpu() + 0.0).contiguous().numpy()
+        digest = hashlib.blake2b(memoryview(values), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "little") % rows)
+    return torch.tensor(keys, dtype=torch.long)

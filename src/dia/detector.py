@@ -103,7 +103,8 @@ def _groups(groups, n: int) -> torch.Tensor | None:
             "every training image is in one group (one volume or patient), so the decision "
             "threshold is chosen on images scored against their own neighbours (slices of one "
             "volume look alike): new normal scans may be called abnormal more often than fpr "
-            "says; train on several volumes",
+            "says; train on several volumes (or, where an anonymiser gave every DICOM file one "
+            "StudyInstanceUID, pass --dicom-studies false)",
             stacklevel=3,
         )
         return None

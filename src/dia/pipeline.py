@@ -116,7 +116,11 @@ def save_config(config: RunConfig, out: Path) -> None:
 
 
 def load_config(out: Path) -> RunConfig:
-    return from_dict(RunConfig, read_json(out / "config.json"))
+    """The run's settings. A run saved before DICOM studies were grouped is read with them
+    grouped file by file, as it was made, so that its data splits as it did."""
+    values = read_json(out / "config.json")
+    values.get("data", {}).setdefault("dicom_studies", False)
+    return from_dict(RunConfig, values)
 
 
 def load_run_data(config: RunConfig) -> ImageData:
@@ -505,13 +509,16 @@ def score_files(
 
 def _volume_summary(files: list[Path], scores: np.ndarray, abnormal: np.ndarray) -> list[dict]:
     """Per volume scored slice by slice (names ``FILE#K``), in the order first met: its
-    slices, how many were called abnormal, and the most abnormal slice (the lowest score).
-    A count of flagged slices, not a decision about the volume: the threshold is a slice's."""
+    slices (each once, however often it was named), how many were called abnormal, and the
+    most abnormal slice (the lowest score). A count of flagged slices, not a decision about
+    the volume: the threshold is a slice's."""
     volumes: dict[str, dict] = {}
+    seen: set[str] = set()
     for name, score, flag in zip(files, scores.tolist(), abnormal.tolist(), strict=True):
         base, selection = split_selection(str(name))
-        if selection is None or name.exists():
-            continue  # a 2-D file (whatever its name)
+        if selection is None or name.exists() or str(name) in seen:
+            continue  # a 2-D file (whatever its name), or a slice named again
+        seen.add(str(name))
         entry = volumes.setdefault(
             base,
             {"volume": base, "slices": 0, "abnormal_slices": 0, "most_abnormal": "",

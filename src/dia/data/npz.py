@@ -78,13 +78,18 @@ def load_npz_test(path: str | Path, normal_class: int = 0) -> ImageData:
     arrays = _read_arrays(path, TEST_KEYS)
     images = _images(arrays["test_images"], path, "test")
     labels = _labels(arrays["test_labels"], path, "test", len(images))
+    present = sorted(int(x) for x in np.unique(labels))
+    if normal_class not in present:
+        raise DataError(
+            f"normal_class={normal_class} does not occur in {path}; labels present: {present}"
+        )
     test = _to_tensor(images)
     return ImageData(
         name=path.stem,
         train=test[:0],
         test=test,
         test_labels=_binary(labels, normal_class),
-        info={"file": str(path), "labels_present": sorted(int(x) for x in np.unique(labels))},
+        info={"file": str(path), "labels_present": present},
     )
 
 

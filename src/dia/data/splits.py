@@ -38,9 +38,14 @@ def held_out_test(
     with_abnormal = {f.group for f in abnormal}
     files = [key for key in _by_file(normal) if key not in with_abnormal]
     if len(files) < 2:
+        studies = (
+            " (the files of one DICOM study count as one; --dicom-studies false counts them one "
+            "by one)"
+            if any(f.study for f in normal)
+            else ""
+        )
         raise DataError(
-            f"{where} {len(files)} normal image file(s) without abnormal slices (the files of "
-            "one DICOM study count as one; --dicom-studies false counts them one by one); at "
+            f"{where} {len(files)} normal image file(s) without abnormal slices{studies}; at "
             "least 2 are needed so that both the train and the test set get a normal image"
         )
     n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
@@ -106,11 +111,7 @@ def val_draw(
     if n_val_normal < 1:
         raise DataError(
             f"val_fraction={fraction} needs at least 2 normal training {unit} in {where}"
-            + (
-                " without abnormal images (slices; the files of one DICOM study count as one)"
-                if unit == "files"
-                else ""
-            )
+            + (" without abnormal images (slices)" if unit == "files" else "")
         )
     n_val_abnormal = max(1, round(fraction * n_abnormal))
     # A stream apart from contamination's and max_train's.

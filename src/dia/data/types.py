@@ -17,8 +17,8 @@ class ImageData:
     ``train_groups``, for data read from volumes or DICOM studies of several files, holds for
     each training image the number of its group (the slices of one volume, the files of one
     study share one; an abnormal image put in by contamination keeps its own), so that the
-    detector chooses its threshold leaving whole groups out; None when every training image
-    is a group of its own.
+    detector chooses its threshold leaving whole groups out; None when no group holds more than
+    one training image (normal or abnormal).
     """
 
     name: str
