@@ -36,7 +36,7 @@ def held_out_test(
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     with_abnormal = {f.group for f in abnormal}
-    files = [key for key in _by_file(normal) if key not in with_abnormal]
+    files = [key for key in _groups_of(normal) if key not in with_abnormal]
     if len(files) < 2:
         studies = (
             " (the files of one DICOM study count as one; --dicom-studies false counts them one "
@@ -71,9 +71,9 @@ def held_out_val(
     abnormal = splits.get("train_abnormal", [])
     if fraction == 0 or "val_normal" in splits or not abnormal:
         return splits
-    abnormal_files = list(_by_file(abnormal))
+    abnormal_files = list(_groups_of(abnormal))
     with_abnormal = set(abnormal_files)
-    normal_files = [key for key in _by_file(splits["train"]) if key not in with_abnormal]
+    normal_files = [key for key in _groups_of(splits["train"]) if key not in with_abnormal]
     normal_picks, abnormal_picks = val_draw(
         len(normal_files), len(abnormal_files), fraction, split_seed, where, "files"
     )
@@ -121,7 +121,7 @@ def val_draw(
     return np.sort(normal_order[:n_val_normal]), np.sort(abnormal_order[:n_val_abnormal])
 
 
-def _by_file(files: list[FileImages]) -> dict[Hashable, None]:
+def _groups_of(files: list[FileImages]) -> dict[Hashable, None]:
     """The groups of ``files`` (:attr:`~dia.data.folder.FileImages.group`) in their first
     order, each once (a volume may be listed in parts, a study is many files)."""
     return dict.fromkeys(f.group for f in files)
