@@ -113,6 +113,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert main(["run", "--out", str(out), *TINY]) == 2  # a new run would overwrite it
     assert "holds an interrupted training" in capsys.readouterr().err
 
+    # a checkpoint save killed between the two renames of its swap: the previous one is found
+    (out / "detector-checkpoint").rename(out / ".detector-checkpoint.old")
     assert main(["resume", "--out", str(out), "--no-progress"]) == 0
     assert "AUROC" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -186,6 +188,19 @@ def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, mo
     assert main(train_diffusion) == 2
     assert "already holds a trained model" in capsys.readouterr().err
     assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
+
+
+def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path):
+    import argparse
+
+    from dia.cli import _launch_device
+    from dia.config import RunConfig
+    from dia.pipeline import save_config
+
+    save_config(RunConfig(device="cpu"), tmp_path)
+    assert _launch_device(argparse.Namespace(device=None, out=tmp_path)) == "cpu"
+    assert _launch_device(argparse.Namespace(device="auto", out=tmp_path)) == "auto"
+    assert _launch_device(argparse.Namespace(device=None, out=tmp_path / "nothing")) == "auto"
 
 
 def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch, capsys):

@@ -145,6 +145,17 @@ def test_a_failed_save_keeps_the_earlier_model(fitted, tmp_path, monkeypatch):
     assert (tmp_path / "det" / "model.safetensors").read_bytes() == before
 
 
+def test_a_save_killed_between_its_renames_keeps_the_earlier_model(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "det")
+    # the earlier folder moved aside, the new one not yet moved in: as a kill there leaves it
+    (tmp_path / "det").rename(tmp_path / ".det.old")
+    loaded = DIADetector.from_pretrained(tmp_path / "det")
+    assert (tmp_path / "det" / "model.safetensors").is_file()
+    assert not (tmp_path / ".det.old").exists()
+    np.testing.assert_array_equal(loaded.score_samples(images[:4]), det.score_samples(images[:4]))
+
+
 def test_corrupt_or_foreign_folders_are_refused(fitted, tmp_path):
     det, _ = fitted
     det.save_pretrained(tmp_path / "det")
@@ -173,6 +184,10 @@ def test_as_images_accepts_common_layouts():
         as_images(torch.full((1, 1, 8, 8), 2.0))
     with pytest.raises(ValueError, match="shape"):
         as_images(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="square; got 8x6"):
+        as_images(torch.zeros(2, 1, 8, 6))
+    with pytest.raises(ValueError, match="square"):
+        DIADetector().fit(torch.rand(4, 1, 16, 12))
 
 
 def test_a_deadline_ends_training_in_time_for_the_bank():

@@ -106,7 +106,16 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
     from dia.training import DetectorTrainer
 
     images = _as_rank(rank, world, port)
-    calls = []
+    calls, trained = [], {}
+    # The weights as training left them, before rank 0's are copied to every process: equal
+    # only if every step's gradients were averaged over the processes.
+    broadcast = distributed.broadcast_module
+
+    def keep_then_broadcast(module):
+        trained.update({k: v.detach().clone() for k, v in module.named_parameters()})
+        broadcast(module)
+
+    distributed.broadcast_module = keep_then_broadcast
 
     def callback(net, seconds):
         calls.append(seconds)
@@ -137,8 +146,8 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
             deadline=time.perf_counter() + 60,
         )  # fmt: skip
     torch.save(
-        {"state": net.state_dict(), "steps": history["steps"], "world": history["world_size"],
-         "calls": len(calls), "gradient_ok": gradient_ok,
+        {"state": net.state_dict(), "trained": trained, "steps": history["steps"],
+         "world": history["world_size"], "calls": len(calls), "gradient_ok": gradient_ok,
          "diffusion": diffusion.state_dict(), "diffusion_history": diffusion_history},
         Path(folder) / f"rank{rank}.pt",
     )  # fmt: skip
@@ -158,6 +167,9 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     assert a["calls"] > 0 and b["calls"] == 0  # the callback runs on rank 0 alone
     for name, value in a["state"].items():
         assert torch.equal(value, b["state"][name]), name
+    assert a["trained"].keys() == b["trained"].keys() and a["trained"]
+    for name, value in a["trained"].items():  # equal before the final copy from rank 0 too
+        assert torch.equal(value, b["trained"][name]), name
     for name, value in a["diffusion"].items():
         assert torch.equal(value, b["diffusion"][name]), name
     steps = a["diffusion_history"]["steps"]

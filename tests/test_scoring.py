@@ -80,6 +80,29 @@ def test_groups_leave_a_whole_group_out():
         assert torch.isclose(sim[n], (bank.w_sim * best).mean(), atol=1e-5)
 
 
+def test_items_scored_a_slice_at_a_time_score_as_all_at_once(monkeypatch):
+    import dia.scoring
+
+    train, test = make_feats(2, 10), make_feats(3, 7)
+    three = dataclasses.replace(CSI, neighbours=3)
+    bank = build_bank(train, three)
+    groups = [0] * 4 + [1, 1, 2, 3, 3, 3]
+
+    def terms():
+        return (
+            score_terms(train, bank, three, exclude_self=True, groups=groups),
+            score_terms(test, bank, three),
+        )
+
+    whole = terms()
+    # 4 shifts x 10 bank entries x 4 bytes = 160 bytes an item: slices of 3 items, then 1
+    for per_slice in (3, 1):
+        monkeypatch.setattr(dia.scoring, "SIMILARITY_BYTES", 160 * per_slice)
+        for got, expected in zip(terms(), whole, strict=True):
+            for a, b in zip(got, expected, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_higher_for_images_like_the_bank():
     z = torch.zeros(4, 2, 3)
     z[:, 0, 0] = 1.0  # like the bank

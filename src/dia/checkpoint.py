@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .io import read_json, save_dir_atomically, write_json
+from .io import read_json, save_dir_atomically, saved_dir, write_json
 
 FORMAT = "dia-training-checkpoint"
 FORMAT_VERSION = 1
@@ -72,11 +72,12 @@ def save(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
 
 def exists(folder: Path) -> bool:
     """Whether ``folder`` holds a checkpoint."""
-    return (folder / META_FILE).is_file()
+    return (saved_dir(folder) / META_FILE).is_file()
 
 
 def read_meta(folder: Path) -> dict:
     """The JSON of the checkpoint in ``folder``; errors name the file."""
+    folder = saved_dir(folder)
     meta = read_json(folder / META_FILE)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} does not hold a dia training checkpoint")
@@ -87,6 +88,7 @@ def read_meta(folder: Path) -> dict:
 
 def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the JSON of the checkpoint in ``folder``; errors name the file."""
+    folder = saved_dir(folder)
     meta = read_meta(folder)
     try:
         tensors = load_file(str(folder / STATE_FILE))

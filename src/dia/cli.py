@@ -298,6 +298,20 @@ def _warning_printer(command: str, usual):
     return show
 
 
+def _launch_device(args: argparse.Namespace) -> str:
+    """The device whose backend a launcher's processes join with: ``--device``, or for ``dia
+    resume`` without it the run's own (a run made with ``--device cpu`` keeps gloo on a GPU
+    machine)."""
+    if args.device is not None:
+        return args.device
+    from . import pipeline
+
+    try:
+        return pipeline.load_config(args.out).device
+    except (ValueError, FileNotFoundError):
+        return "auto"  # dia resume itself then says what is wrong with the folder
+
+
 def _main(args: argparse.Namespace) -> int:
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
 
@@ -308,7 +322,7 @@ def _main(args: argparse.Namespace) -> int:
             return _dispatch(args)
         from .distributed import process_group
 
-        with process_group(args.device):
+        with process_group(_launch_device(args)):
             return _dispatch(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"dia {args.command}: error: {err}", file=sys.stderr)

@@ -17,7 +17,7 @@ from .config import DetectorConfig, DiffusionConfig, ScoreConfig, from_dict, to_
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver, median_dissolve
-from .io import read_json, save_dir_atomically, write_json
+from .io import read_json, save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
 from .scoring import (
     FEATURES,
@@ -50,8 +50,8 @@ MAP_TIMESTEP = 100
 def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
     """Bring images to float32 (N, C, H, W) in [0, 1].
 
-    Accepts tensors or arrays shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3;
-    uint8 values are divided by 255. ``channels`` and ``size``, when given, must match.
+    Accepts tensors or arrays shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3
+    and H = W; uint8 values are divided by 255. ``channels`` and ``size``, when given, must match.
     """
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if x.dtype == torch.uint8:
@@ -65,6 +65,11 @@ def as_images(x, channels: int | None = None, size: int | None = None) -> torch.
         raise ValueError(
             "images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3, "
             f"N > 0; got shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"images must be square; got {x.shape[-2]}x{x.shape[-1]} (height x width): resize "
+            "or crop them first (dia's loaders resize every file to --image-size)"
         )
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("float images must hold finite values in [0, 1] (uint8 in [0, 255])")
@@ -363,7 +368,7 @@ class DIADetector:
         cls, path: str | Path, device: str = "auto", precision: str = "auto"
     ) -> DIADetector:
         """Load a detector saved by :meth:`save_pretrained`; no pickle is involved."""
-        path = Path(path)
+        path = saved_dir(path)
         config = read_json(path / "config.json")
         if config.get("format") != FORMAT:
             raise ValueError(

@@ -23,7 +23,9 @@ def _check(labels: np.ndarray, anomaly: np.ndarray) -> tuple[np.ndarray, np.ndar
 def fpr_at_tpr(labels: np.ndarray, anomaly: np.ndarray, tpr: float = 0.95) -> float:
     """False-positive rate at the first threshold that reaches ``tpr`` on the abnormal class."""
     labels, anomaly = _check(labels, anomaly)
-    fprs, tprs, _ = roc_curve(labels, anomaly)
+    # Every threshold kept: dropping the points on straight stretches of the curve (tied
+    # scores make them) could skip the one where ``tpr`` is first reached.
+    fprs, tprs, _ = roc_curve(labels, anomaly, drop_intermediate=False)
     return float(fprs[np.searchsorted(tprs, tpr, side="left")])
 
 

@@ -57,9 +57,11 @@ def read_json(path: str | Path) -> dict:
 def save_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Path:
     """Let ``write(folder)`` fill a fresh sibling folder, then swap it into ``target``.
 
-    An exception inside ``write`` leaves any earlier ``target`` untouched.
+    An exception inside ``write`` leaves any earlier ``target`` untouched; a process killed
+    between the two renames of the swap leaves it as ``.NAME.old``, where :func:`saved_dir`
+    finds it.
     """
-    target = Path(target)
+    target = saved_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -77,4 +79,20 @@ def save_dir_atomically(target: str | Path, write: Callable[[Path], None]) -> Pa
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return target
+
+
+def saved_dir(target: str | Path) -> Path:
+    """``target``, a folder written by :func:`save_dir_atomically`; when a save was killed
+    between its two renames (the earlier folder moved aside to ``.NAME.old``, the new one not
+    yet in place), the earlier folder is moved back first, or read where it is when that is
+    not allowed."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if target.exists() or not old.is_dir():
+        return target
+    try:
+        os.replace(old, target)
+    except OSError:
+        return old
     return target

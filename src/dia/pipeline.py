@@ -32,7 +32,7 @@ from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
-from .io import read_json, write_json, write_text
+from .io import read_json, saved_dir, write_json, write_text
 from .reports import (
     GRID_TIMESTEPS,
     PICTURE_COUNT,
@@ -219,7 +219,7 @@ def _in_the_way(out: Path, config: RunConfig) -> str | None:
 def has_model(out: Path, name: str = DIFFUSION_DIR) -> bool:
     """Whether run folder ``out`` holds a saved model in ``out/name`` (the diffusion model's
     by default)."""
-    return (out / name / "config.json").is_file()
+    return (saved_dir(out / name) / "config.json").is_file()
 
 
 def diffusion_settings_differ(out: Path, config: RunConfig) -> str:
@@ -451,7 +451,7 @@ def write_dissolve_grid(
 
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
     """The detector of run folder ``out`` (``out/detector``), or the one saved in ``out``."""
-    folder = out / DETECTOR_DIR
+    folder = saved_dir(out / DETECTOR_DIR)
     if not (folder / "config.json").is_file() and _holds_detector(out):
         folder = out
     if not (folder / "config.json").is_file():
@@ -640,10 +640,11 @@ def resume(
     ``precision`` default to the run's own. Returns the command finished (``run`` or
     ``train``) and, for ``run`` on rank 0, the metrics.
 
-    The continued training takes exactly the steps, and gives exactly the weights, of an
-    uninterrupted one (with the same number of processes); a time budget counts the training
-    seconds done before (the data loading and dissolve cache of the resumed session come on
-    top of it).
+    Trained for a number of epochs, the continued training takes exactly the steps, and gives
+    exactly the weights, of an uninterrupted one (with the same number of processes). Under a
+    time budget the steps depend on the clock, interrupted or not: the budget counts the
+    training seconds done before (the data loading and dissolve cache of the resumed session
+    come on top of it).
     """
     t_start = time.perf_counter()
     folder = out / CHECKPOINT_DIR

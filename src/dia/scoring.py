@@ -208,6 +208,10 @@ def build_bank(train: ShiftedFeatures, score: ScoreConfig | None = None) -> Feat
     return FeatureBank(F.normalize(f, dim=2), 1.0 / norms, 1.0 / own_logit)
 
 
+# Memory the similarities of a slice of items against the bank may take at once.
+SIMILARITY_BYTES = 256 * 2**20
+
+
 def score_terms(
     feats: ShiftedFeatures,
     bank: FeatureBank,
@@ -233,12 +237,12 @@ def score_terms(
     f = feats.select(score.features)
     if score.cosine:
         f = F.normalize(f, dim=2)
-    sim = torch.einsum("knd,kmd->knm", f, bank.bank)
+    n, m = f.shape[1], bank.bank.shape[1]
     # How many bank entries each item may match: all, or those outside its own group.
-    available = torch.full((sim.shape[1],), sim.shape[2])
+    available = torch.full((n,), m)
+    index = None
     if exclude_self:
-        n = sim.shape[1]
-        if n != sim.shape[2]:
+        if n != m:
             raise ValueError("exclude_self needs the features of exactly the bank's images")
         groups = torch.arange(n) if groups is None else torch.as_tensor(groups)
         if groups.shape != (n,) or groups.is_floating_point():
@@ -249,13 +253,22 @@ def score_terms(
         available -= sizes[index]
         if available.min() < 1:
             raise ValueError("every image is in one group: no other group to score against")
-        sim.masked_fill_(index[:, None] == index[None, :], float("-inf"))
     # The mean of each item's n best matches (n = its available count when that is fewer):
     # items of a large group have fewer entries to choose from, not fewer averaged.
     take = torch.clamp(available, max=score.neighbours)
-    best = sim.topk(int(take.max()), dim=2).values
-    counted = torch.arange(best.shape[2])[None, :] < take[:, None]
-    nearest = torch.where(counted, best, 0.0).sum(dim=2) / take
+    width = int(take.max())
+    nearest = torch.empty(f.shape[0], n, dtype=f.dtype)
+    # Items a slice at a time: the (K, items, M) similarities of a whole training set against
+    # itself would grow with the square of its size.
+    rows = max(1, SIMILARITY_BYTES // (f.element_size() * f.shape[0] * max(m, 1)))
+    for start in range(0, n, rows):
+        part = slice(start, min(start + rows, n))
+        sim = torch.einsum("knd,kmd->knm", f[:, part], bank.bank)
+        if index is not None:
+            sim.masked_fill_(index[part, None] == index[None, :], float("-inf"))
+        best = sim.topk(width, dim=2).values
+        counted = torch.arange(width)[None, :] < take[part, None]
+        nearest[:, part] = torch.where(counted, best, 0.0).sum(dim=2) / take[part]
     k = torch.arange(NUM_SHIFTS)
     w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
     sim_term = (nearest * w_sim[:, None]).mean(dim=0)

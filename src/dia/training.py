@@ -127,9 +127,10 @@ class DetectorTrainer:
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
         the learning-rate schedule fitted to the time left once the dissolve cache is built.
         ``checkpoint`` saves the training state as it goes and on an interrupt (then raising
-        :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: a
-        continued training takes exactly the steps the uninterrupted one would have, and a time
-        limit counts the training seconds done before (``deadline`` is then unused).
+        :class:`~dia.checkpoint.TrainingInterrupted`), or continues from a saved state: without
+        a time limit a continued training takes exactly the steps the uninterrupted one would
+        have; a time limit counts the training seconds done before (``deadline`` is then
+        unused), and the steps then depend on the clock.
         In a process group the callback and the progress bar are rank 0's alone, rank 0
         writes the checkpoints (every process's random generators in them), and the returned
         network is the same in every process.

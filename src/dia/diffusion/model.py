@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config import DiffusionConfig, from_dict, to_dict
-from ..io import save_dir_atomically
+from ..io import save_dir_atomically, saved_dir
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -190,7 +190,7 @@ class DiffusionModel(nn.Module):
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> DiffusionModel:
         """Read a model written by :meth:`save_pretrained`; returned in eval mode on ``device``."""
-        directory = Path(directory)
+        directory = saved_dir(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
