@@ -33,6 +33,7 @@ def test_one_process_needs_no_group(monkeypatch):
         assert distributed.world_size() == 1 and distributed.rank() == 0
         assert distributed.is_main()
         assert distributed.agree(0.25, 1.0) == (0.25, 1.0)
+        assert distributed.on_every_rank(True) and not distributed.on_every_rank(False)
         assert distributed.broadcast_object("runs/x") == "runs/x"
         z = torch.rand(6, 3)
         assert distributed.gather_views(z, 3, None)[0] is z
@@ -132,6 +133,8 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
         z, m, sources = distributed.merge_views(list(whole), 8, dissolved_of)
         contrastive_loss(z, m, dissolved_of=sources).backward()
         gradient_ok = torch.allclose(own.grad, world * whole.grad[rank], atol=1e-6)
+        # a check failing on one process alone fails on all of them
+        checks = [distributed.on_every_rank(rank == 0), distributed.on_every_rank(True)]
 
         diffusion = DiffusionModel(DIFFUSION, 1)
         time.sleep(rank)  # rank 1's clock starts later: alone, it would train longer
@@ -147,8 +150,9 @@ def _train_on_rank(rank: int, world: int, port: int, folder: str) -> None:
         )  # fmt: skip
     torch.save(
         {"state": net.state_dict(), "trained": trained, "steps": history["steps"],
-         "world": history["world_size"], "calls": len(calls), "gradient_ok": gradient_ok,
-         "diffusion": diffusion.state_dict(), "diffusion_history": diffusion_history},
+         "world": history["world_size"], "calls": len(calls), "checks": checks,
+         "gradient_ok": gradient_ok, "diffusion": diffusion.state_dict(),
+         "diffusion_history": diffusion_history},
         Path(folder) / f"rank{rank}.pt",
     )  # fmt: skip
 
@@ -162,6 +166,7 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert a["world"] == b["world"] == 2
     assert a["gradient_ok"] and b["gradient_ok"]
+    assert a["checks"] == b["checks"] == [False, True]
     assert a["steps"] == b["steps"] > 0
     assert a["steps"] < 1000 * 24 // 8  # the clock ended training, not the epochs
     assert a["calls"] > 0 and b["calls"] == 0  # the callback runs on rank 0 alone

@@ -138,6 +138,17 @@ def agree(*values: float) -> tuple[float, ...]:
     return tuple(box.tolist())
 
 
+def on_every_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process: one small all-reduce, so that a check that
+    fails on one process stops them all, not that one alone while the others wait for it."""
+    if not active():
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if _nccl() else "cpu"
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return bool(box.item())
+
+
 def broadcast_module(module: nn.Module) -> None:
     """Copy rank 0's parameters and buffers into ``module`` on every process."""
     if not active():

@@ -381,7 +381,7 @@ class DetectorTrainer:
         l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask, dissolved_of)
         l_shift = shift_loss(logits, torch.cat(labels))
         loss = l_con + l_shift
-        if not math.isfinite(loss.item()):
+        if not distributed.on_every_rank(math.isfinite(loss.item())):
             raise FloatingPointError("detector loss is not finite; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

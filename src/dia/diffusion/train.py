@@ -100,7 +100,7 @@ def train_diffusion(
                 out_of_time = True
                 break
         history["loss"].append((total / count).item())
-        if not math.isfinite(history["loss"][-1]):
+        if not distributed.on_every_rank(math.isfinite(history["loss"][-1])):
             bar.close()
             model.eval()
             raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
