@@ -76,6 +76,10 @@ def test_saved_detector_gives_the_same_scores(finished_run, capsys):
     assert "AUROC" in capsys.readouterr().out
     after = json.loads((finished_run / "metrics.json").read_text())
     assert after["auroc"] == pytest.approx(before["auroc"], abs=1e-9)
+    # what the run recorded about its training stays
+    assert after["training"] == before["training"] and after["training"]["steps"] > 0
+    for key in ("diffusion_s", "detector_s", "total_s"):
+        assert after["wall_s"][key] == before["wall_s"][key], key
     with open(finished_run / "scores.csv") as f:
         again = np.array([float(row["score"]) for row in csv.DictReader(f)])
     np.testing.assert_allclose(again, saved, atol=1e-5)
@@ -83,9 +87,12 @@ def test_saved_detector_gives_the_same_scores(finished_run, capsys):
 
 def test_a_finished_run_is_never_overwritten(finished_run, capsys):
     before = (finished_run / "metrics.json").read_text()
-    assert main(["run", "--out", str(finished_run), *TINY]) == 2
-    assert "already holds a finished run" in capsys.readouterr().err
+    config = (finished_run / "config.json").read_text()
+    for command in ("run", "train", "train-diffusion"):  # nor the settings that made it
+        assert main([command, "--out", str(finished_run), *TINY, "--synthetic-train", "40"]) == 2
+        assert "already holds a finished run" in capsys.readouterr().err
     assert (finished_run / "metrics.json").read_text() == before
+    assert (finished_run / "config.json").read_text() == config
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
@@ -171,15 +178,14 @@ def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, mo
     monkeypatch.undo()
     detector = (out / "detector" / "model.safetensors").read_bytes()
     capsys.readouterr()
-    for command in ("run", "train"):
-        assert main([command, *args]) == 2
-        err = capsys.readouterr().err
-        assert ("dia evaluate --out" if command == "run" else "already holds") in err
-    assert main(["resume", "--out", str(out)]) == 2
-    assert "dia evaluate --out" in capsys.readouterr().err
+    for command in ("run", "train", "train-diffusion", "resume"):
+        assert main([command, *args] if command != "resume" else [command, "--out", str(out)]) == 2
+        assert "dia evaluate --out" in capsys.readouterr().err
     assert (out / "detector" / "model.safetensors").read_bytes() == detector
     assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0
-    assert (out / "metrics.json").is_file()
+    # the training's record comes from the detector's history, as a finished run's would
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 12 and metrics["wall_s"]["test_scoring_s"] > 0
 
     folder = tmp_path / "diffusion-only"
     train_diffusion = ["train-diffusion", "--out", str(folder), *TINY]
@@ -187,6 +193,11 @@ def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, mo
     diffusion = (folder / "diffusion" / "model.safetensors").read_bytes()
     assert main(train_diffusion) == 2
     assert "already holds a trained model" in capsys.readouterr().err
+    assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
+    # dia train reuses it with the settings that made it, and refuses other ones
+    assert main(["train", "--out", str(folder), *TINY, "--synthetic-train", "40"]) == 2
+    assert "other settings (data.synthetic_train: saved 48, now 40)" in capsys.readouterr().err
+    assert main(["train", "--out", str(folder), *TINY]) == 0
     assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
 
 
@@ -223,8 +234,11 @@ def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch
     assert main(train) == 130  # the default: a checkpoint on Ctrl-C
     assert "dia resume" in capsys.readouterr().err
     assert (out / "detector-checkpoint" / "state.json").is_file()
-    assert main(train) == 2
-    assert "dia resume --out" in capsys.readouterr().err
+    config = (out / "config.json").read_text()
+    for command in ("train", "train-diffusion"):
+        assert main([command, *train[1:]]) == 2
+        assert "dia resume --out" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == config
     monkeypatch.undo()
     # resuming a dia train finishes it as dia train would: a detector, no evaluation
     assert main(["resume", "--out", str(out), "--no-progress"]) == 0
@@ -280,6 +294,29 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["run", "--dissolve", "sideways", "--out", str(tmp_path / "s"), *TINY]) == 2
     assert "sideways" in capsys.readouterr().err
+    # settings that cannot work are refused before anything is trained or written
+    for flag, value, said in [
+        ("--batch-size", "0", "batch_size=0; expected at least 1"),
+        ("--score-samples", "0", "score samples=0; expected at least 1"),
+        ("--score-neighbours", "0", "score neighbours=0; expected at least 1"),
+        ("--temperature", "0", "temperature=0.0; expected more than 0"),
+        ("--score-crop-scale", "1.5", "score crop_scale=1.5; expected a fraction in (0, 1]"),
+    ]:
+        assert main(["run", "--out", str(tmp_path / "t"), *TINY, flag, value]) == 2
+        assert f"dia run: error: {said}" in capsys.readouterr().err
+        assert not (tmp_path / "t").exists()
+
+
+def test_a_diverging_training_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from dia.training import DetectorTrainer
+
+    def diverge(self, *args):
+        raise FloatingPointError("detector loss is not finite; lower the learning rate")
+
+    monkeypatch.setattr(DetectorTrainer, "_step", diverge)
+    out = tmp_path / "nan"
+    assert main(["run", "--out", str(out), *TINY, "--dissolve", "none"]) == 2
+    assert "dia run: error: detector loss is not finite" in capsys.readouterr().err
 
 
 def test_presets_and_budget_flag_set_the_config():
@@ -355,6 +392,13 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
         rows = list(csv.DictReader(f))
     assert [float(r["threshold"]) for r in rows] == [pytest.approx(median, abs=1e-6)] * 6
     assert [int(r["abnormal"]) for r in rows] == (expected < median).astype(int).tolist()
+    # a --csv that names an existing file, a run's record say, leaves it as it is
+    before = (finished_run / "metrics.json").read_text()
+    assert main(["score", str(tmp_path / "new"), "--out", str(finished_run),
+                 "--csv", str(finished_run / "metrics.json"), "--device", "cpu"]) == 0  # fmt: skip
+    assert f"scores in {finished_run / 'metrics-2.json'}" in capsys.readouterr().out
+    assert (finished_run / "metrics.json").read_text() == before
+    (finished_run / "metrics-2.json").unlink()
 
 
 def test_scoring_a_volume_counts_its_abnormal_slices(finished_run, tmp_path, capsys):

@@ -188,6 +188,8 @@ def test_as_images_accepts_common_layouts():
         as_images(torch.zeros(2, 1, 8, 6))
     with pytest.raises(ValueError, match="square"):
         DIADetector().fit(torch.rand(4, 1, 16, 12))
+    with pytest.raises(ValueError, match="score samples=0"):  # before any training
+        DIADetector(TINY, dataclasses.replace(SCORE, samples=0)).fit(torch.rand(4, 1, 16, 16))
 
 
 def test_a_deadline_ends_training_in_time_for_the_bank():

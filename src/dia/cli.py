@@ -11,7 +11,14 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
+from .config import (
+    DataConfig,
+    DetectorConfig,
+    DiffusionConfig,
+    RunConfig,
+    ScoreConfig,
+    check_settings,
+)
 from .presets import PRESETS, apply_preset
 
 # Flag prefix of each config section; detector and data settings need none.
@@ -141,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     if args.budget is not None:
         config = dataclasses.replace(config, budget_s=args.budget)
+    check_settings(config.detector, config.score)
     return config
 
 
@@ -245,7 +253,8 @@ def _add_score_command(sub) -> None:
         "--csv",
         type=Path,
         default=None,
-        help="CSV file to write (default OUT/scored.csv; -2, -3, ... rather than overwrite)",
+        help="CSV file to write (default OUT/scored.csv; either way -2, -3, ... rather than "
+        "overwrite a file)",
     )
     p.add_argument(
         "--fpr",
@@ -324,7 +333,13 @@ def _main(args: argparse.Namespace) -> int:
 
         with process_group(_launch_device(args)):
             return _dispatch(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        RuntimeError,
+        FloatingPointError,
+    ) as err:
         print(f"dia {args.command}: error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
@@ -374,7 +389,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if main_process and args.command in ("train-diffusion", "train", "dissolve"):
         out.mkdir(parents=True, exist_ok=True)  # evaluate and maps read a folder that exists
     if args.command == "train-diffusion":
-        error = pipeline.model_in_the_way(out, pipeline.DIFFUSION_DIR)
+        # Its config.json would replace the one of whatever the folder holds.
+        error = pipeline.in_the_way(out, config) or pipeline.model_in_the_way(
+            out, pipeline.DIFFUSION_DIR
+        )
         if error is not None:
             raise FileExistsError(error)
         pipeline.save_config(config, out)
@@ -386,9 +404,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         deadline = None if config.budget_s is None else start + config.budget_s
         error = None
         if main_process:
-            error = pipeline.interrupted_run(out) or pipeline.model_in_the_way(
-                out, pipeline.DETECTOR_DIR
-            )
+            error = pipeline.in_the_way(out, config)
         error = distributed.broadcast_object(error)
         if error is not None:
             raise FileExistsError(error)
@@ -446,13 +462,12 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
     config, detector = _saved_run(args, config, out)
     t0 = time.perf_counter()
     if not external:
-        metrics = pipeline.evaluate_step(config, pipeline.load_run_data(config), detector, out)
+        metrics = pipeline.evaluate_saved(config, detector, out)
         where = out
     else:
         settings = {k.split(".", 1)[1]: v for k, v in external.items()}
         metrics, where = pipeline.evaluate_external(config, detector, out, settings)
-    metrics["wall_s"]["total_s"] = time.perf_counter() - t0
-    _print_metrics(metrics, where)
+    _print_metrics(metrics, where, time.perf_counter() - t0)
 
 
 # What --data may come with in dia evaluate: how the external test set is read.
@@ -569,7 +584,7 @@ def _score(args: argparse.Namespace) -> None:
     from . import pipeline
 
     detector = pipeline.load_detector(args.out, args.device, args.precision)
-    csv_path = args.csv or pipeline.free_path(args.out / "scored.csv")
+    csv_path = pipeline.free_path(args.csv or args.out / "scored.csv")
     summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr)
     if summary["images"] <= 20:
         for path, score in zip(summary["files"], summary["scores"], strict=True):
@@ -596,8 +611,10 @@ def _score(args: argparse.Namespace) -> None:
         )
 
 
-def _print_metrics(metrics: dict, out: Path) -> None:
-    wall = metrics["wall_s"].get("total_s")
+def _print_metrics(metrics: dict, out: Path, wall: float | None = None) -> None:
+    """The metrics' line and where the rest is; ``wall``: the seconds this command took
+    (default: the run's recorded total)."""
+    wall = metrics["wall_s"].get("total_s") if wall is None else wall
     print(
         f"AUROC {metrics['auroc']:.4f}  AUPRC {metrics['auprc']:.4f}  "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.4f}" + (f"  ({wall:.0f} s)" if wall else "")

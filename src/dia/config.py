@@ -142,6 +142,46 @@ class RunConfig:
     preset: str = "quick"
 
 
+def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
+    """Refuse detector and score settings that cannot work, before anything is trained (the
+    training checks its own choices, such as the timestep range, as it starts)."""
+    at_least = {
+        "width": (detector.width, 1),
+        "proj_dim": (detector.proj_dim, 1),
+        "batch_size": (detector.batch_size, 1),
+        "epochs": (detector.epochs, 1),
+        "warmup_epochs": (detector.warmup_epochs, 0),
+        "dissolve_cache_steps": (detector.dissolve_cache_steps, 0),
+        "weight_decay": (detector.weight_decay, 0.0),
+        "jitter_strength": (detector.jitter_strength, 0.0),
+        "score samples": (score.samples, 1),
+        "score neighbours": (score.neighbours, 1),
+        "score batch_size": (score.batch_size, 1),
+    }
+    for name, (value, least) in at_least.items():
+        if not value >= least:
+            raise ValueError(f"{name}={value}; expected at least {least}")
+    above_zero = {
+        "temperature": detector.temperature,
+        "lr": detector.lr,
+        "max_seconds": 1.0 if detector.max_seconds is None else detector.max_seconds,
+    }
+    for name, value in above_zero.items():
+        if not value > 0:
+            raise ValueError(f"{name}={value}; expected more than 0")
+    fractions = {
+        "crop_scale_min": (detector.crop_scale_min, False),
+        "score crop_scale": (score.crop_scale, False),
+        "jitter_prob": (detector.jitter_prob, True),
+        "gray_prob": (detector.gray_prob, True),
+    }
+    for name, (value, zero_allowed) in fractions.items():
+        if not (0.0 <= value <= 1.0 if zero_allowed else 0.0 < value <= 1.0):
+            raise ValueError(
+                f"{name}={value}; expected a fraction in {'[' if zero_allowed else '('}0, 1]"
+            )
+
+
 def to_dict(config: Any) -> dict:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(config)

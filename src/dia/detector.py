@@ -13,7 +13,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import Checkpointing
-from .config import DetectorConfig, DiffusionConfig, ScoreConfig, from_dict, to_dict
+from .config import (
+    DetectorConfig,
+    DiffusionConfig,
+    ScoreConfig,
+    check_settings,
+    from_dict,
+    to_dict,
+)
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver, median_dissolve
@@ -205,6 +212,7 @@ class DIADetector:
         """
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
+        check_settings(self.detector_config, self.score_config)
         if self.score_config.features not in FEATURES:
             raise ValueError(
                 f"score features={self.score_config.features!r}; expected one of {FEATURES}"

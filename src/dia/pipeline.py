@@ -192,10 +192,12 @@ def train_detector_step(
     return detector
 
 
-def _in_the_way(out: Path, config: RunConfig) -> str | None:
-    """Why ``dia run`` must not start in ``out``: it would overwrite a result, an interrupted
-    training or a trained model. None when nothing is in the way; a diffusion model trained
-    with the run's settings (a run stopped after training it) is not in the way, but reused."""
+def in_the_way(out: Path, config: RunConfig) -> str | None:
+    """Why a training (``dia run``, ``train`` or ``train-diffusion``) must not start in
+    ``out``: it would overwrite a result, an interrupted training or a trained model, or the
+    ``config.json`` that says how they were made. None when nothing is in the way; a diffusion
+    model trained with the run's settings (a run stopped after training it) is not in the way,
+    but reused."""
     if (out / "metrics.json").exists():
         return f"{out} already holds a finished run; choose another --out"
     interrupted = interrupted_run(out)
@@ -331,6 +333,20 @@ def evaluate_step(
     write_json(out / "metrics.json", metrics)
     write_report(out)
     return metrics
+
+
+def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
+    """Score run ``out``'s test split again with its saved ``detector`` (``dia evaluate``).
+    What the run recorded about its training is kept: the steps and speed (from the
+    detector's ``history.json``), the wall times of its training and a resume or reuse."""
+    earlier = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+    history = out / DETECTOR_DIR / "history.json"
+    if getattr(detector, "history_", None) is None and history.is_file():
+        detector.history_ = read_json(history)
+    # the run's wall times; the test's scoring and maps are timed anew
+    timings = earlier.get("wall_s", {})
+    extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if k in earlier}
+    return evaluate_step(config, load_run_data(config), detector, out, timings, extra)
 
 
 def evaluate_external(
@@ -499,7 +515,8 @@ def score_files(
         "volumes": volumes,
     }
     if volumes:
-        summary["volumes_csv"] = str(csv_path.with_name(f"{csv_path.stem}-volumes.csv"))
+        volumes_csv = free_path(csv_path.with_name(f"{csv_path.stem}-volumes.csv"))
+        summary["volumes_csv"] = str(volumes_csv)
         with open(summary["volumes_csv"], "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
             writer.writeheader()
@@ -563,7 +580,7 @@ def run(
     deadline = None if config.budget_s is None else t_start + config.budget_s
     error = reuse = None
     if distributed.is_main():
-        error = _in_the_way(out, config)
+        error = in_the_way(out, config)
         reuse = error is None and config.detector.dissolve == "diffusion" and has_model(out)
         if error is None:
             out.mkdir(parents=True, exist_ok=True)
