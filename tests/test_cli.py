@@ -201,6 +201,22 @@ def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, mo
     assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
 
 
+def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
+    finished_run, tmp_path, capsys
+):
+    import shutil
+
+    det = tmp_path / "det"
+    shutil.copytree(finished_run / "detector", det)  # its config.json is the detector's
+    data = ["--synthetic-train", "8", "--synthetic-test", "24", "--device", "cpu"]
+    assert main(["maps", "--out", str(det), *data, "--count", "2"]) == 0
+    assert (det / "anomaly_maps.png").is_file()
+    assert main(["evaluate", "--out", str(det), "--data", "synthetic", "--device", "cpu"]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    metrics = json.loads((det / "external" / "synthetic" / "metrics.json").read_text())
+    assert metrics["external"]["run"] == str(det) and metrics["data"]["test_abnormal"] > 0
+
+
 def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path):
     import argparse
 
@@ -289,9 +305,16 @@ def test_plain_csi_and_blur_controls_run(tmp_path):
         assert page.count("data:image/png") == (4 if dissolve == "none" else 5)
 
 
-def test_bad_input_gives_a_clear_error(tmp_path, capsys):
+def test_bad_input_gives_a_clear_error(tmp_path, capsys, monkeypatch):
     assert main(["run", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # no folder left holding the settings alone
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # the default folder's name is free again after each failure
+        assert main(["run", "--data", str(tmp_path / "empty"), *TINY]) == 2
+        assert "dia run -> runs/empty-diffusion-seed0\n" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert main(["run", "--dissolve", "sideways", "--out", str(tmp_path / "s"), *TINY]) == 2
     assert "sideways" in capsys.readouterr().err
     # settings that cannot work are refused before anything is trained or written

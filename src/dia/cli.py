@@ -477,7 +477,9 @@ EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.d
 def _refuse_ignored(args, given: dict[str, object], out: Path) -> None:
     """Refuse setting flags that a command working with a run folder's saved settings would
     ignore (a folder without them, e.g. a detector saved by the library, takes them)."""
-    if not (out / "config.json").is_file():
+    from . import pipeline
+
+    if not pipeline.is_run_folder(out):
         return
     flags = [_flag(*key.split(".", 1)) for key in given]
     flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
@@ -498,10 +500,16 @@ def _saved_run(args, config: RunConfig, out: Path):
     """The run's own config (when saved) on this command's device, and its saved detector."""
     from . import pipeline
 
-    if (out / "config.json").exists():
+    detector = pipeline.load_detector(out, args.device, args.precision)
+    if pipeline.is_run_folder(out):
         config = pipeline.load_config(out)
         config = dataclasses.replace(config, device=args.device)
-    return config, pipeline.load_detector(out, args.device, args.precision)
+    else:  # a detector saved by the library: the flags' data, read as the detector needs it
+        data = dataclasses.replace(
+            config.data, image_size=detector.image_size_, channels=detector.channels_
+        )
+        config = dataclasses.replace(config, data=data)
+    return config, detector
 
 
 def _maps(args, config: RunConfig, out: Path) -> None:
@@ -529,7 +537,7 @@ def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
     on top (the flags' settings alone without a run folder)."""
     from . import pipeline
 
-    if out is not None and (out / "config.json").is_file():
+    if out is not None and pipeline.is_run_folder(out):
         if args.preset is not None:
             raise ValueError(
                 f"dia dissolve uses the settings saved in {out}; --preset would be ignored "

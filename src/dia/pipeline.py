@@ -478,6 +478,12 @@ def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> D
     return DIADetector.from_pretrained(folder, device=device, precision=precision)
 
 
+def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` holds a run's settings (``config.json`` of ``dia run`` or ``dia
+    train``), not those of a detector saved by the library."""
+    return (out / "config.json").is_file() and not _holds_detector(out)
+
+
 def _holds_detector(folder: Path) -> bool:
     config = folder / "config.json"
     return config.is_file() and read_json(config).get("format") == DETECTOR_FORMAT
@@ -579,10 +585,12 @@ def run(
     t_start = time.perf_counter()
     deadline = None if config.budget_s is None else t_start + config.budget_s
     error = reuse = None
+    created = False
     if distributed.is_main():
         error = in_the_way(out, config)
         reuse = error is None and config.detector.dissolve == "diffusion" and has_model(out)
         if error is None:
+            created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out)
     # every process stops, or reuses the diffusion model, not just rank 0
@@ -591,7 +599,14 @@ def run(
         raise FileExistsError(error)
     timings: dict = {}
     t0 = time.perf_counter()
-    data = load_run_data(config)
+    try:
+        data = load_run_data(config)
+    except BaseException:
+        # Data that cannot be read leaves no folder behind holding its settings alone (the
+        # next run would be named -2).
+        if created and {p.name for p in out.iterdir()} <= {"config.json"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     timings["data_s"] = time.perf_counter() - t0
     diffusion_model = None
     if reuse:
