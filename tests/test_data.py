@@ -214,7 +214,7 @@ def test_folder_split_layout(tmp_path: Path) -> None:
 
     gray = load_data(DataConfig(spec=str(root), image_size=16, channels=1))
     _check_image_data(gray, channels=1, size=16)
-    assert torch.allclose(gray.train, data.train[:, :1], atol=1e-6)  # gray images stay gray
+    assert torch.equal(gray.train, data.train[:, :1])  # gray images stay exactly gray
 
 
 def test_folder_gray_default_size_val_and_contamination(tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
     from dia.data.folder import load_images
 
     colour = np.zeros((12, 20, 3), dtype=np.uint8)
-    colour[..., 0] = 240  # pure red: its mean over channels is 80
+    colour[..., 0] = 240  # pure red: its luma is 0.299 * 240
     _save(tmp_path / "scans/b.png", colour)
     _save(tmp_path / "scans/deeper/a.jpg", _gray(30, 30, 100))
     _save(tmp_path / "scans/.hidden/c.png", _gray(8, 8, 0))
@@ -343,7 +343,7 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
         "scans/b.png", "scans/deeper/a.jpg", "one.bmp"
     ]  # fmt: skip
     assert gray.shape == (3, 1, 8, 8) and gray.dtype == torch.float32
-    assert gray[0].mean().item() == pytest.approx(80 / 255, abs=1e-3)
+    assert gray[0].mean().item() == pytest.approx(0.299 * 240 / 255, abs=1e-3)
     assert gray[2].mean().item() == pytest.approx(200 / 255, abs=1e-3)
     # a CSV list names files in its own order; only its path column is read
     (tmp_path / "list.csv").write_text("path,note\none.bmp,first\nscans/b.png,\n")
@@ -366,6 +366,27 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
         load_images([tmp_path / "broken.png"], 8, 1)
     with pytest.raises(ValueError, match="channels=2"):
         load_images([tmp_path / "one.bmp"], 8, 2)
+
+
+def test_gray_detector_sees_a_file_alike_in_training_and_scoring(tmp_path: Path) -> None:
+    from dia.data import load_test_set
+    from dia.data.folder import load_images
+
+    root = tmp_path / "mixed"
+    for i in range(3):
+        _save(root / f"train/0_normal/{i}.png", _gray(20, 20, 40 + i))
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # many gray levels
+    gray = root / "test/0_normal/gray.png"
+    _save(gray, ramp)
+    colour = root / "test/1_abnormal/colour.png"
+    _save(colour, np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    config = DataConfig(spec=str(root), image_size=16, channels=1)
+    trained = load_data(config).test  # gray.png, then colour.png
+    evaluated = load_test_set(config).test
+    scored, _ = load_images([gray, colour], 16, channels=1)
+    alone = torch.cat([load_images([f], 16, channels=1)[0] for f in (gray, colour)])
+    for images in (evaluated, scored, alone):
+        assert torch.equal(images, trained)
 
 
 # ---------------------------------------------------------------- DICOM

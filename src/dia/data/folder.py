@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dia.data.channels import to_channels
 from dia.data.dicom import COLOUR, DICOM_SUFFIXES, dicom_study, is_dicom, read_dicom_frames
 from dia.data.npz import DataError
 from dia.data.splits import held_out_test, held_out_val
@@ -468,11 +469,11 @@ def load_images(
     a file's path, ``FILE#K`` for slice K of a volume. A path ``FILE#K`` or ``FILE#FIRST-LAST``
     reads only those slices of the volume ``FILE``.
 
-    Gray images are repeated into 3 channels for a colour model; colour images are averaged
-    into one channel for a gray one. Hidden files and files with other suffixes are skipped
-    inside folders; a path given explicitly must be an image, or a CSV list whose ``path``
-    column names images (:func:`~dia.data.manifest.listed_files`). ``dicom_window`` as in
-    :func:`load_folder`.
+    Gray images are repeated into 3 channels for a colour model; colour images become gray by
+    BT.601 luma for a gray one, exactly as in training (:func:`~dia.data.channels.to_channels`).
+    Hidden files and files with other suffixes are skipped inside folders; a path given
+    explicitly must be an image, or a CSV list whose ``path`` column names images
+    (:func:`~dia.data.manifest.listed_files`). ``dicom_window`` as in :func:`load_folder`.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}; expected 1 or 3")
@@ -505,10 +506,11 @@ def load_images(
     reader = Reader(image_size, dicom_window)
     read = reader.files(files)
     images = [img for f in read for img in f.images]
-    if channels == 1:
-        images = [img.mean(axis=2) if img.ndim == 3 else img for img in images]
+    # Stacked and converted as a data folder's images are, so that a file gives the
+    # detector the same pixels here as in training.
+    stacked = _stack(images, 3 if any(img.ndim == 3 for img in images) else 1, image_size)
     _warn_if_shown_unalike(reader.displays, "the grayscale DICOM files given")
-    return _stack(images, channels, image_size), [name for f in read for name in f.names]
+    return to_channels(stacked, channels), [name for f in read for name in f.names]
 
 
 def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:

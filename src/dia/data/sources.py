@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dia.config import DataConfig
+from dia.data.channels import to_channels
 from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
 from dia.data.manifest import load_manifest, load_manifest_test
 from dia.data.medmnist import load_medmnist
@@ -27,8 +28,6 @@ SPEC_FORMS = (
     "  /path/to/list.csv     a CSV list of image files: columns path, label (and split)\n"
     "  /path/to/folder       an image folder (train/0_normal,... or normal/ + abnormal/)"
 )
-# Luminance weights of ITU-R BT.601, the ones PIL uses for RGB -> L.
-_LUMA = (0.299, 0.587, 0.114)
 # Channels within this distance count as equal (uint8 rounding, JPEG colour noise).
 _GRAY_TOLERANCE = 2.5 / 255
 
@@ -46,10 +45,10 @@ def load_data(config: DataConfig) -> ImageData:
 
     parts = [data.train, data.test, abnormal_train] + ([] if data.val is None else [data.val])
     channels = config.channels or (1 if all(_is_gray(p) for p in parts) else 3)
-    data.train = _to_channels(data.train, channels)
-    data.test = _to_channels(data.test, channels)
-    data.val = None if data.val is None else _to_channels(data.val, channels)
-    abnormal_train = _to_channels(abnormal_train, channels)
+    data.train = to_channels(data.train, channels)
+    data.test = to_channels(data.test, channels)
+    data.val = None if data.val is None else to_channels(data.val, channels)
+    abnormal_train = to_channels(abnormal_train, channels)
 
     abnormal_train = _hold_out_val(data, abnormal_train, config)
     if config.max_train is not None and config.max_train < len(data.train):
@@ -101,7 +100,7 @@ def load_test_set(config: DataConfig) -> ImageData:
         data = load_data(dataclasses.replace(config, val_fraction=0.0, contamination=0.0))
         data.val = data.val_labels = None
         source = data.info["source"]
-    data.test = _to_channels(_resize(data.test, size), channels)
+    data.test = to_channels(_resize(data.test, size), channels)
     data.train = data.test[:0]
     counts = data.counts()
     if counts["test_normal"] == 0 or counts["test_abnormal"] == 0:
@@ -199,15 +198,6 @@ def _is_gray(images: torch.Tensor) -> bool:
         return True
     spread = images.amax(dim=1) - images.amin(dim=1)
     return bool(spread.max() <= _GRAY_TOLERANCE)
-
-
-def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    if images.shape[1] == channels:
-        return images
-    if channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    weights = torch.tensor(_LUMA, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True).clamp_(0.0, 1.0)
 
 
 def _hold_out_val(data: ImageData, abnormal: torch.Tensor, config: DataConfig) -> torch.Tensor:
