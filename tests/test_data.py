@@ -114,6 +114,24 @@ def test_npz_missing_keys_and_corrupt_file(tmp_path: Path) -> None:
         load_data(DataConfig(spec=str(broken)))
 
 
+def _rewrite_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """``path`` with some of its arrays replaced."""
+    with np.load(path) as archive:
+        kept = {key: archive[key] for key in archive.files}
+    np.savez(path, **{**kept, **arrays})
+    return path
+
+
+def test_npz_splits_of_different_sizes(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "sizes.npz", BINARY, size=12)
+    _rewrite_npz(path, test_images=np.full((5, 16, 16), 30, dtype=np.uint8))
+    with pytest.raises(DataError, match="train 12x12, val 12x12, test 16x16.*--image-size"):
+        load_data(DataConfig(spec=str(path)))
+    # Resized to one size, the splits agree.
+    data = load_data(DataConfig(spec=str(path), image_size=12))
+    _check_image_data(data, channels=1, size=12)
+
+
 def test_one_class_test_set_and_empty_train(tmp_path: Path) -> None:
     labels = {"train": [0, 0, 1], "val": [0], "test": [0, 0]}
     path = _write_npz(tmp_path / "oneclass.npz", labels)

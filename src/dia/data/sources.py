@@ -42,6 +42,7 @@ def load_data(config: DataConfig) -> ImageData:
         data.test = _resize(data.test, config.image_size)
         data.val = None if data.val is None else _resize(data.val, config.image_size)
         abnormal_train = _resize(abnormal_train, config.image_size)
+    _check_sizes(data, config)
 
     parts = [data.train, data.test, abnormal_train] + ([] if data.val is None else [data.val])
     channels = config.channels or (1 if all(_is_gray(p) for p in parts) else 3)
@@ -295,6 +296,19 @@ def _check_config(config: DataConfig) -> None:
                 "dicom_window applies to folders and CSV lists of DICOM files only (and of "
                 f"NIfTI files), not to {config.spec!r}"
             )
+
+
+def _check_sizes(data: ImageData, config: DataConfig) -> None:
+    # Found now rather than when the trained detector first scores the test set. (Abnormal
+    # training images come from the training split, at its size.)
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    sizes = {name: tuple(p.shape[-2:]) for name, p in parts.items() if p is not None}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in sizes.items())
+        raise DataError(
+            f"the splits of {config.spec!r} differ in image size ({listed}); give an image "
+            "size (--image-size N) to resize every split to N x N"
+        )
 
 
 def _only_default_class(config: DataConfig, source: str) -> None:
