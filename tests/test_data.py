@@ -132,6 +132,18 @@ def test_npz_splits_of_different_sizes(tmp_path: Path) -> None:
     _check_image_data(data, channels=1, size=12)
 
 
+def test_npz_file_that_is_no_zip(tmp_path: Path) -> None:
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    array = tmp_path / "array.npz"
+    with open(array, "wb") as f:
+        np.save(f, np.zeros((2, 8, 8), dtype=np.uint8))  # a .npy file under an .npz name
+    for path in (text, array):
+        with pytest.raises(DataError, match="is not an npz archive") as err:
+            load_data(DataConfig(spec=str(path)))
+        assert "pickle" not in str(err.value)
+
+
 def test_one_class_test_set_and_empty_train(tmp_path: Path) -> None:
     labels = {"train": [0, 0, 1], "val": [0], "test": [0, 0]}
     path = _write_npz(tmp_path / "oneclass.npz", labels)

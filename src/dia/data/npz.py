@@ -95,6 +95,16 @@ def load_npz_test(path: str | Path, normal_class: int = 0) -> ImageData:
 
 def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, np.ndarray]:
     try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    # np.load would take any other file for a .npy array or a pickle, and say so.
+    if not is_zip:
+        raise DataError(
+            f"{path} is not an npz archive (a zip file of .npy arrays, as numpy.savez writes)"
+        )
+    try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in keys if key not in archive.files]
             if missing:
@@ -106,7 +116,7 @@ def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str,
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        # np.load raises ValueError for object arrays and for files that are not npz at all.
+        # np.load raises ValueError for object arrays, zipfile errors for a damaged zip.
         raise DataError(f"cannot read {path} as an .npz file: {err}") from err
 
 
