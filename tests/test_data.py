@@ -144,6 +144,49 @@ def test_npz_file_that_is_no_zip(tmp_path: Path) -> None:
         assert "pickle" not in str(err.value)
 
 
+def _multi_label(n: int, findings: list[int]) -> np.ndarray:
+    """(n, 14) labels: image i has finding ``findings[i]``, or none where it is -1."""
+    labels = np.zeros((n, 14), dtype=np.uint8)
+    for i, finding in enumerate(findings):
+        if finding >= 0:
+            labels[i, finding] = 1
+    return labels
+
+
+def test_npz_multi_label_normal_means_no_finding(tmp_path: Path) -> None:
+    from dia.data import load_test_set
+
+    path = _write_npz(tmp_path / "chest.npz", BINARY)
+    _rewrite_npz(
+        path,
+        train_labels=_multi_label(6, [-1, -1, -1, -1, 3, 13]),
+        val_labels=_multi_label(2, [-1, 0]),
+        test_labels=_multi_label(5, [-1, -1, 2, 5, 9]),
+    )
+    data = load_data(DataConfig(spec=str(path)))
+    assert data.counts() == {
+        "train": 4,
+        "test_normal": 2,
+        "test_abnormal": 3,
+        "val_normal": 1,
+        "val_abnormal": 1,
+    }
+    assert torch.allclose(data.train, torch.full_like(data.train, 10 / 255))
+    assert data.test_labels.tolist() == [0, 0, 1, 1, 1]
+    assert data.info["findings"] == 14
+    external = load_test_set(DataConfig(spec=str(path), image_size=12, channels=1))
+    assert external.test_labels.tolist() == [0, 0, 1, 1, 1]
+
+    with pytest.raises(DataError, match="normal_class=1.*multi-label.*no finding"):
+        load_data(DataConfig(spec=str(path), normal_class=1))
+    _rewrite_npz(path, test_labels=np.array([0, 0, 1, 1, 1], dtype=np.uint8))
+    with pytest.raises(DataError, match="train_labels 14 findings.*test_labels one label"):
+        load_data(DataConfig(spec=str(path)))
+    _rewrite_npz(path, test_labels=_multi_label(5, [-1, -1, 2, 5, 9]) * 2)
+    with pytest.raises(DataError, match="test_labels.*0 and 1"):
+        load_data(DataConfig(spec=str(path)))
+
+
 def test_one_class_test_set_and_empty_train(tmp_path: Path) -> None:
     labels = {"train": [0, 0, 1], "val": [0], "test": [0, 0]}
     path = _write_npz(tmp_path / "oneclass.npz", labels)

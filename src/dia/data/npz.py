@@ -33,7 +33,9 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
     """Read a MedMNIST ``.npz``: train (N,C,H,W) normals; also the abnormal train images.
 
     Images keep their native size and channels (1 for (N,H,W), 3 for (N,H,W,3)). Labels equal
-    to ``normal_class`` become 0, every other label 1. The second value holds the abnormal
+    to ``normal_class`` become 0, every other label 1. Multi-label files (ChestMNIST: (N,K)
+    labels of 0 and 1, one a finding) call an image normal when it has no finding, abnormal
+    otherwise; ``normal_class`` must be 0 for them. The second value holds the abnormal
     training images (possibly empty), used only to contaminate the training set on request.
     """
     path = Path(path)
@@ -41,11 +43,17 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
         raise FileNotFoundError(f"npz file not found: {path}")
     arrays = _read_arrays(path)
 
-    splits = {}
+    splits, findings = {}, {}
     for split in ("train", "val", "test"):
         images = _images(arrays[f"{split}_images"], path, split)
-        labels = _labels(arrays[f"{split}_labels"], path, split, len(images))
+        labels, findings[split] = _labels(arrays[f"{split}_labels"], path, split, len(images))
         splits[split] = (images, labels)
+    if len(set(findings.values())) > 1:
+        forms = ", ".join(f"{split}_labels {_form(k)}" for split, k in findings.items())
+        raise DataError(
+            f"{path} gives labels in different forms ({forms}); every split needs the same"
+        )
+    _check_normal_class(normal_class, findings["train"], path)
 
     present = sorted({int(x) for _, labels in splits.values() for x in np.unique(labels)})
     if normal_class not in present:
@@ -66,6 +74,8 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
         val_labels=_binary(val_labels, normal_class) if len(val_images) else None,
         info={"file": str(path), "labels_present": present},
     )
+    if findings["train"] is not None:
+        data.info["findings"] = findings["train"]
     return data, _to_tensor(train_images[~is_normal])
 
 
@@ -77,20 +87,24 @@ def load_npz_test(path: str | Path, normal_class: int = 0) -> ImageData:
         raise FileNotFoundError(f"npz file not found: {path}")
     arrays = _read_arrays(path, TEST_KEYS)
     images = _images(arrays["test_images"], path, "test")
-    labels = _labels(arrays["test_labels"], path, "test", len(images))
+    labels, findings = _labels(arrays["test_labels"], path, "test", len(images))
+    _check_normal_class(normal_class, findings, path)
     present = sorted(int(x) for x in np.unique(labels))
     if normal_class not in present:
         raise DataError(
             f"normal_class={normal_class} does not occur in {path}; labels present: {present}"
         )
     test = _to_tensor(images)
-    return ImageData(
+    data = ImageData(
         name=path.stem,
         train=test[:0],
         test=test,
         test_labels=_binary(labels, normal_class),
         info={"file": str(path), "labels_present": present},
     )
+    if findings is not None:
+        data.info["findings"] = findings
+    return data
 
 
 def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, np.ndarray]:
@@ -133,18 +147,44 @@ def _images(images: np.ndarray, path: Path, split: str) -> np.ndarray:
     return images
 
 
-def _labels(labels: np.ndarray, path: Path, split: str, n: int) -> np.ndarray:
-    """Validate labels of shape (N,) or (N,1) and return them flat, as int64."""
+def _labels(labels: np.ndarray, path: Path, split: str, n: int) -> tuple[np.ndarray, int | None]:
+    """Validate labels and return them flat, as int64, with the number of findings K of a
+    multi-label file (else None): class labels of shape (N,) or (N,1) as they are; multi-label
+    ones, (N,K) of 0 and 1, as 0 for an image without any finding and 1 otherwise."""
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.shape != (n,):
+    findings = None
+    if labels.ndim == 2 and labels.shape[0] == n:
+        findings = labels.shape[1]
+    elif labels.shape != (n,):
         raise DataError(
             f"{split}_labels in {path} must have shape ({n},) or ({n}, 1) to match "
-            f"{split}_images, got {labels.shape}"
+            f"{split}_images, or ({n}, K) for K findings of a multi-label set, got {labels.shape}"
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{split}_labels in {path} must be integers, got {labels.dtype}")
-    return labels.astype(np.int64)
+    if findings is not None:
+        if not np.isin(labels, (0, 1)).all():
+            values = np.unique(labels)
+            raise DataError(
+                f"{split}_labels in {path} has {findings} labels an image (multi-label), which "
+                f"must be 0 and 1, got values {values[:8].tolist()}"
+            )
+        labels = labels.any(axis=1)
+    return labels.astype(np.int64), findings
+
+
+def _form(findings: int | None) -> str:
+    return "one label an image" if findings is None else f"{findings} findings an image"
+
+
+def _check_normal_class(normal_class: int, findings: int | None, path: Path) -> None:
+    # Another class than "no finding" has no meaning when an image may have several findings.
+    if findings is not None and normal_class != 0:
+        raise DataError(
+            f"normal_class={normal_class}: {path} is multi-label ({findings} findings an image), "
+            "where an image is normal when it has no finding; leave normal_class at 0"
+        )
 
 
 def _binary(labels: np.ndarray, normal_class: int) -> torch.Tensor:
