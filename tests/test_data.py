@@ -441,6 +441,27 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
         load_images([tmp_path / "one.bmp"], 8, 2)
 
 
+def test_float_tiff_outside_unit_range_is_scaled(tmp_path: Path) -> None:
+    from dia.data.folder import read_images
+
+    hounsfield = np.full((20, 20), -1000.0, dtype=np.float32)  # air
+    hounsfield[:, 10:] = 40.0  # soft tissue on the right
+    hounsfield[0, 0] = np.nan
+    Image.fromarray(hounsfield).save(tmp_path / "ct.tif")
+    image = read_images(tmp_path / "ct.tif", 8)[0][0][1]
+    assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
+    assert image[:, :3].max() < 0.05 and image[:, -3:].min() > 0.95
+
+    unit = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    image = read_images(tmp_path / "unit.tif", 8)[0][0][1]
+    assert np.allclose(image, unit, atol=1e-6)  # values in [0, 1] are shown as they are
+
+    Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match="nan.tif.*no finite pixel value"):
+        read_images(tmp_path / "nan.tif", 8)
+
+
 def test_gray_detector_sees_a_file_alike_in_training_and_scoring(tmp_path: Path) -> None:
     from dia.data import load_test_set
     from dia.data.folder import load_images

@@ -18,6 +18,7 @@ from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
 from dia.data.volumes import (
     NIFTI_SUFFIXES,
+    PERCENTILES,
     chosen,
     is_nifti,
     read_nifti,
@@ -430,9 +431,10 @@ def _resized_float(values: np.ndarray, size: int) -> np.ndarray:
 def _resized_array(img: Image.Image, size: int) -> np.ndarray:
     """Resize the central square of ``img`` to size x size; (S,S) or (S,S,3) in [0,1]."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # High bit depth: resize in float so no precision is lost, then scale to [0,1].
-        scale = 1.0 if img.mode == "F" else 65535.0
-        return _resized_float(np.asarray(img, dtype=np.float32) / scale, size)
+        # High bit depth: scale to [0,1], then resize in float so no precision is lost.
+        values = np.asarray(img, dtype=np.float32)
+        values = _shown_float(values) if img.mode == "F" else values / 65535.0
+        return _resized_float(values, size)
 
     box = _central_box(*img.size)
 
@@ -443,6 +445,23 @@ def _resized_array(img: Image.Image, size: int) -> np.ndarray:
         img = img.convert("RGB")
     resized = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
     return np.asarray(resized, dtype=np.float32) / 255.0
+
+
+def _shown_float(values: np.ndarray) -> np.ndarray:
+    """Float pixel values in [0,1]: as they are when they lie in [0,1]; else (a unit of their
+    own, such as Hounsfield units) over the image's own 0.5 to 99.5 percentile range, as a NIfTI
+    volume is shown without a window. Clipping them to [0,1] would leave a CT image black."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise DataError("it holds no finite pixel value")
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if low < 0.0 or high > 1.0:
+        low, high = (float(v) for v in np.percentile(values[finite], PERCENTILES))
+    else:
+        low, high = 0.0, 1.0
+    # Not-a-number as the darkest value, infinities as the darkest and brightest.
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
 def _stack(images: list[np.ndarray], channels: int, size: int) -> torch.Tensor:
