@@ -495,6 +495,12 @@ def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom
     assert torch.allclose(images, expected, atol=2e-3)
     scores = detector.score_samples(images)
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, atol=1e-5)
+    # the run's scores.csv names each test file: the same file, the same score
+    with open(out / "scores.csv") as f:
+        evaluated = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert sorted(evaluated) == sorted(r["path"] for r in rows)
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(evaluated[r["path"]], abs=1e-5), r["path"]
 
 
 def test_dia_warnings_are_printed_as_plain_lines(finished_run, tmp_path, write_dicom, capsys):

@@ -318,11 +318,13 @@ def evaluate_step(
         test_images_per_s=len(labels) / max(score_s, 1e-9),
         **(extra or {}),
     )
+    # Each test image's file, where it came from one, so that a flagged scan can be found.
+    names = data.test_names or [""] * len(labels)
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "label", "score", "predicted_abnormal"])
-        for i, (y, s, p) in enumerate(zip(labels, scores, predicted, strict=True)):
-            writer.writerow([i, int(y), f"{s:.6f}", int(p)])
+        writer.writerow(["index", "path", "label", "score", "predicted_abnormal"])
+        for i, (name, y, s, p) in enumerate(zip(names, labels, scores, predicted, strict=True)):
+            writer.writerow([i, name, int(y), f"{s:.6f}", int(p)])
     title = f"{data.name}, test split (AUROC {metrics['auroc']:.3f})"
     roc_plot(labels, scores, out / "roc.png", detector.threshold_, title)
     score_histogram(labels, scores, out / "score_histogram.png", detector.threshold_, title)

@@ -166,6 +166,9 @@ def image_data(
         train=stack(flat["train"]),
         test=stack(flat["test_normal"] + flat["test_abnormal"]),
         test_labels=_labels(len(flat["test_normal"]), len(flat["test_abnormal"])),
+        test_names=[
+            str(name) for f in splits["test_normal"] + splits["test_abnormal"] for name in f.names
+        ],
         info={
             **info,
             "files_read": reader.files_read,

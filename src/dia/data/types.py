@@ -18,7 +18,8 @@ class ImageData:
     each training image the number of its group (the slices of one volume, the files of one
     study share one; an abnormal image put in by contamination keeps its own), so that the
     detector chooses its threshold leaving whole groups out; None when no group holds more than
-    one training image (normal or abnormal).
+    one training image (normal or abnormal). ``test_names``: for data read from files, each
+    test image's file (``FILE#K`` for slice K of a volume); None for arrays.
     """
 
     name: str
@@ -29,6 +30,7 @@ class ImageData:
     val_labels: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
     train_groups: torch.Tensor | None = None
+    test_names: list[str] | None = None
 
     @property
     def channels(self) -> int:
