@@ -457,6 +457,13 @@ def test_float_tiff_outside_unit_range_is_scaled(tmp_path: Path) -> None:
     image = read_images(tmp_path / "unit.tif", 8)[0][0][1]
     assert np.allclose(image, unit, atol=1e-6)  # values in [0, 1] are shown as they are
 
+    # 32-bit integers with negative Hounsfield units: not clipped to black either
+    Image.fromarray(np.where(hounsfield == 40.0, 40, -1000).astype(np.int32)).save(
+        tmp_path / "ct32.tif"
+    )
+    image = read_images(tmp_path / "ct32.tif", 8)[0][0][1]
+    assert image[:, :3].max() < 0.05 and image[:, -3:].min() > 0.95
+
     Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32)).save(tmp_path / "nan.tif")
     with pytest.raises(DataError, match="nan.tif.*no finite pixel value"):
         read_images(tmp_path / "nan.tif", 8)

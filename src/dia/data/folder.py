@@ -436,7 +436,14 @@ def _resized_array(img: Image.Image, size: int) -> np.ndarray:
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # High bit depth: scale to [0,1], then resize in float so no precision is lost.
         values = np.asarray(img, dtype=np.float32)
-        values = _shown_float(values) if img.mode == "F" else values / 65535.0
+        if img.mode == "F":
+            values = _shown_float(values)
+        elif img.mode == "I" and (values.min() < 0 or values.max() > 65535):
+            # 32-bit integers beyond the 16-bit range (signed Hounsfield units, say): a unit
+            # of their own, shown over the image's range as a float image's are.
+            values = _shown_float(values / 65535.0)
+        else:
+            values = values / 65535.0
         return _resized_float(values, size)
 
     box = _central_box(*img.size)
