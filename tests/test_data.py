@@ -62,19 +62,19 @@ def _write_npz(
 BINARY = {"train": [0, 0, 0, 0, 1, 1], "val": [0, 1], "test": [0, 0, 1, 1, 1]}
 
 
+def _check_binary(data) -> None:
+    """The counts, pixels and labels of the file ``BINARY`` labels, as loaded."""
+    counts = {"train": 4, "test_normal": 2, "test_abnormal": 3, "val_normal": 1, "val_abnormal": 1}
+    assert data.counts() == counts
+    assert torch.allclose(data.train, torch.full_like(data.train, 10 / 255))
+    assert data.test_labels.tolist() == [0, 0, 1, 1, 1]
+
+
 def test_npz_gray_flat_labels(tmp_path: Path) -> None:
     data = load_data(DataConfig(spec=str(_write_npz(tmp_path / "a.npz", BINARY))))
     _check_image_data(data, channels=1, size=12)
     assert data.train_groups is None
-    assert data.counts() == {
-        "train": 4,
-        "test_normal": 2,
-        "test_abnormal": 3,
-        "val_normal": 1,
-        "val_abnormal": 1,
-    }
-    assert torch.allclose(data.train, torch.full_like(data.train, 10 / 255))
-    assert data.test_labels.tolist() == [0, 0, 1, 1, 1]
+    _check_binary(data)
     assert data.info["source"] == "npz" and data.info["channels"] == 1
     assert data.name == "a"
 
@@ -164,15 +164,7 @@ def test_npz_multi_label_normal_means_no_finding(tmp_path: Path) -> None:
         test_labels=_multi_label(5, [-1, -1, 2, 5, 9]),
     )
     data = load_data(DataConfig(spec=str(path)))
-    assert data.counts() == {
-        "train": 4,
-        "test_normal": 2,
-        "test_abnormal": 3,
-        "val_normal": 1,
-        "val_abnormal": 1,
-    }
-    assert torch.allclose(data.train, torch.full_like(data.train, 10 / 255))
-    assert data.test_labels.tolist() == [0, 0, 1, 1, 1]
+    _check_binary(data)
     assert data.info["findings"] == 14
     external = load_test_set(DataConfig(spec=str(path), image_size=12, channels=1))
     assert external.test_labels.tolist() == [0, 0, 1, 1, 1]
