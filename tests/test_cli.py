@@ -195,8 +195,12 @@ def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, mo
     assert "already holds a trained model" in capsys.readouterr().err
     assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
     # dia train reuses it with the settings that made it, and refuses other ones
-    assert main(["train", "--out", str(folder), *TINY, "--synthetic-train", "40"]) == 2
-    assert "other settings (data.synthetic_train: saved 48, now 40)" in capsys.readouterr().err
+    for dissolve in ("diffusion", "median"):  # whatever it dissolves with
+        argv = ["train", "--out", str(folder), *TINY, "--synthetic-train", "40"]
+        assert main([*argv, "--dissolve", dissolve]) == 2
+        assert "other settings (data.synthetic_train: saved 48, now 40)" in (
+            capsys.readouterr().err
+        )
     assert main(["train", "--out", str(folder), *TINY]) == 0
     assert (folder / "diffusion" / "model.safetensors").read_bytes() == diffusion
 
@@ -208,13 +212,35 @@ def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
 
     det = tmp_path / "det"
     shutil.copytree(finished_run / "detector", det)  # its config.json is the detector's
-    data = ["--synthetic-train", "8", "--synthetic-test", "24", "--device", "cpu"]
-    assert main(["maps", "--out", str(det), *data, "--count", "2"]) == 0
+    # its training data is not recorded: the data to score is asked for, not assumed
+    for command in ("evaluate", "maps"):
+        assert main([command, "--out", str(det), "--device", "cpu"]) == 2
+        assert "pass --data" in capsys.readouterr().err
+    assert main(["dissolve", "--out", str(det), "--dissolve", "median"]) == 2
+    assert "holds a detector saved by the library" in capsys.readouterr().err
+    assert main(["train", "--out", str(det), *TINY]) == 2  # nor trained over
+    assert "holds a saved detector" in capsys.readouterr().err
+    assert sorted(p.name for p in det.iterdir()) == sorted(
+        p.name for p in (finished_run / "detector").iterdir()
+    )
+    data = ["--data", "synthetic", "--synthetic-train", "8", "--synthetic-test", "24"]
+    assert main(["maps", "--out", str(det), *data, "--count", "2", "--device", "cpu"]) == 0
     assert (det / "anomaly_maps.png").is_file()
+    assert main(["evaluate", "--out", str(det), *data]) == 2  # only the test set is read
+    err = capsys.readouterr().err
+    assert "and the test set --data names; --synthetic-train, --synthetic-test would be" in err
+    # a save killed between its renames: the earlier folder is found, as dia score finds it
+    det.rename(tmp_path / ".det.old")
     assert main(["evaluate", "--out", str(det), "--data", "synthetic", "--device", "cpu"]) == 0
-    assert "AUROC" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "AUROC" in out and "warning" not in err  # its training data is unknown
     metrics = json.loads((det / "external" / "synthetic" / "metrics.json").read_text())
-    assert metrics["external"]["run"] == str(det) and metrics["data"]["test_abnormal"] > 0
+    assert metrics["external"] == {"run": str(det), "trained_on": None}
+    assert metrics["data"]["test_abnormal"] > 0
+    assert metrics["config"]["detector"]["width"] == 4  # the detector's, not the flags'
+    assert metrics["config"]["seed"] == 0 and metrics["config"]["budget_s"] is None
+    page = (det / "external" / "synthetic" / "report.html").read_text()
+    assert "its training data not recorded" in page
 
 
 def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path):
@@ -398,13 +424,14 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
     calls = [int(r["abnormal"]) for r in rows]
     assert calls == (expected < detector.threshold_).astype(int).tolist()
 
-    # a second call keeps the first CSV; a detector folder works as --out as well
+    # a second call keeps the first CSV; the run's detector folder names the run
     assert main(["score", str(tmp_path / "new" / "scan00.png"), "--out",
                  str(finished_run / "detector"), "--device", "cpu"]) == 0  # fmt: skip
-    assert (finished_run / "detector" / "scored.csv").is_file()
+    assert not (finished_run / "detector" / "scored.csv").exists()  # the model's folder kept
+    assert (finished_run / "scored-2.csv").read_text().count("\n") == 2
     assert main(["score", str(tmp_path / "new"), "--out", str(finished_run)]) == 0
     assert (finished_run / "scored.csv").read_text().count("\n") == 7
-    assert (finished_run / "scored-2.csv").is_file()
+    assert (finished_run / "scored-3.csv").is_file()
 
     # another operating point: call half of the normal training images' scores abnormal
     median = float(np.median(detector.train_scores_))
@@ -606,7 +633,9 @@ def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
         ([str(tmp_path / "broken.png"), "--out", str(finished_run)], "broken.png"),
         ([str(tmp_path / "nothing.png"), "--out", str(finished_run)], "nothing.png"),
         ([str(tmp_path / "broken.png"), "--out", str(tmp_path)], "no saved detector"),
-    ]
+        ([str(tmp_path / "broken.png"), "--out", str(finished_run), "--csv", str(tmp_path)],
+         "is a folder"),
+    ]  # fmt: skip
     for argv, message in cases:
         assert main(["score", *argv, "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
@@ -622,6 +651,10 @@ def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, 
 
     with Image.open(png) as img:
         assert img.width > 2 * 16 * 4 and img.height > 3 * 16 * 4
+    # a run's detector folder names its run
+    args = ["maps", "--out", str(finished_run / "detector"), "--image", str(tmp_path / "d.png"),
+            "--count", "1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0 and (tmp_path / "d.png").is_file()
     assert main(["maps", "--out", str(finished_run), "--patch", "0", "--device", "cpu"]) == 2
     assert "patch=0" in capsys.readouterr().err
     for command in ("maps", "evaluate"):

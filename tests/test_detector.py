@@ -156,6 +156,23 @@ def test_a_save_killed_between_its_renames_keeps_the_earlier_model(fitted, tmp_p
     np.testing.assert_array_equal(loaded.score_samples(images[:4]), det.score_samples(images[:4]))
 
 
+def test_two_loaders_finding_an_interrupted_save_both_get_the_model(tmp_path, monkeypatch):
+    import os
+
+    from dia.io import saved_dir
+
+    (tmp_path / ".det.old").mkdir()
+    real = os.replace
+
+    def beaten(src, dst):  # another process moved the folder back just before this one
+        real(src, dst)
+        raise FileNotFoundError(src)
+
+    monkeypatch.setattr("dia.io.os.replace", beaten)
+    assert saved_dir(tmp_path / "det") == tmp_path / "det"
+    assert (tmp_path / "det").is_dir()
+
+
 def test_corrupt_or_foreign_folders_are_refused(fitted, tmp_path):
     det, _ = fitted
     det.save_pretrained(tmp_path / "det")

@@ -359,16 +359,16 @@ def _main(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from . import distributed, pipeline  # heavy imports only once the arguments are valid
 
-    if args.command == "score":
-        _score(args)
-        return 0
-    if args.command == "resume":
-        _resume(args)
+    if args.command in ("score", "resume"):
+        args.out = pipeline.run_folder_of(args.out)
+        (_score if args.command == "score" else _resume)(args)
         return 0
     config = config_from_args(args)
     main_process = distributed.is_main()
     progress = not args.no_progress
     out = args.out
+    if out is not None and args.command in ("evaluate", "maps", "dissolve"):
+        out = pipeline.run_folder_of(out)
     if args.command == "run":
         if out is None:  # rank 0's choice for all: a later process would see its folder taken
             out = distributed.broadcast_object(
@@ -458,15 +458,18 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
     external = {}
     if "data.spec" in given:
         external = {k: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
-    _refuse_ignored(args, given, out)
+    run = pipeline.is_run_folder(out)
     config, detector = _saved_run(args, config, out)
+    # a library's detector: its training data unrecorded, the flags name only the test set
+    _refuse_ignored(args, given, out, test_set_only=not run)
     t0 = time.perf_counter()
-    if not external:
+    if run and not external:
         metrics = pipeline.evaluate_saved(config, detector, out)
         where = out
     else:
         settings = {k.split(".", 1)[1]: v for k, v in external.items()}
-        metrics, where = pipeline.evaluate_external(config, detector, out, settings)
+        trained_on = config.data if run else None
+        metrics, where = pipeline.evaluate_external(config, detector, out, settings, trained_on)
     _print_metrics(metrics, where, time.perf_counter() - t0)
 
 
@@ -474,26 +477,41 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
 EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
 
 
-def _refuse_ignored(args, given: dict[str, object], out: Path) -> None:
+def _need_data(args, out: Path) -> None:
+    """Refuse to score a detector saved by the library (no run folder: its data is not
+    recorded) without ``--data``."""
+    if getattr(args, "data.spec") is None:
+        raise ValueError(
+            f"{out} holds a detector saved without the data it was trained on; pass --data "
+            "with the images to score"
+        )
+
+
+def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bool = False) -> None:
     """Refuse setting flags that a command working with a run folder's saved settings would
-    ignore (a folder without them, e.g. a detector saved by the library, takes them)."""
+    ignore. A folder without them (a detector saved by the library) takes the flags' data,
+    except where ``test_set_only``: only ``--data``'s test set and how it is read."""
     from . import pipeline
 
-    if not pipeline.is_run_folder(out):
+    if not (test_set_only or pipeline.is_run_folder(out)):
         return
     flags = [_flag(*key.split(".", 1)) for key in given]
     flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
-    if flags:
-        hint = (
-            "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates the "
-            "saved detector on another data set's test images"
-            if args.command == "evaluate"
-            else ""
-        )
-        raise ValueError(
-            f"dia {args.command} works with the detector and settings saved in {out}; "
-            f"{', '.join(flags)} would be ignored{hint}"
-        )
+    if not flags:
+        return
+    if test_set_only:
+        held, hint = "the test set --data names", ""
+    else:
+        held, hint = "settings", ""
+        if args.command == "evaluate":
+            hint = (
+                "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates "
+                "the saved detector on another data set's test images"
+            )
+    raise ValueError(
+        f"dia {args.command} works with the detector saved in {out} and {held}; "
+        f"{', '.join(flags)} would be ignored{hint}"
+    )
 
 
 def _saved_run(args, config: RunConfig, out: Path):
@@ -504,11 +522,25 @@ def _saved_run(args, config: RunConfig, out: Path):
     if pipeline.is_run_folder(out):
         config = pipeline.load_config(out)
         config = dataclasses.replace(config, device=args.device)
-    else:  # a detector saved by the library: the flags' data, read as the detector needs it
+    else:  # a detector saved by the library: its settings, and the flags' data read as it needs
+        _need_data(args, out)
+        window = config.data.dicom_window
         data = dataclasses.replace(
-            config.data, image_size=detector.image_size_, channels=detector.channels_
+            config.data,
+            image_size=detector.image_size_,
+            channels=detector.channels_,
+            dicom_window=detector.dicom_window if window is None else window,
         )
-        config = dataclasses.replace(config, data=data)
+        config = dataclasses.replace(
+            config,
+            data=data,
+            detector=detector.detector_config,
+            score=detector.score_config,
+            diffusion=detector.diffusion or config.diffusion,
+            seed=detector.seed,
+            budget_s=None,  # how it was trained is not recorded
+            preset="",
+        )
     return config, detector
 
 
@@ -537,6 +569,11 @@ def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
     on top (the flags' settings alone without a run folder)."""
     from . import pipeline
 
+    if out is not None and pipeline.holds_detector(out):
+        raise ValueError(
+            f"{out} holds a detector saved by the library, not a run; dia dissolve writes its "
+            "grid (and a diffusion model it trains) into a run folder or a new one"
+        )
     if out is not None and pipeline.is_run_folder(out):
         if args.preset is not None:
             raise ValueError(
@@ -592,6 +629,8 @@ def _score(args: argparse.Namespace) -> None:
     from . import pipeline
 
     detector = pipeline.load_detector(args.out, args.device, args.precision)
+    if args.csv is not None and args.csv.is_dir():
+        raise ValueError(f"--csv {args.csv} is a folder; give the CSV file's name")
     csv_path = pipeline.free_path(args.csv or args.out / "scored.csv")
     summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr)
     if summary["images"] <= 20:

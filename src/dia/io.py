@@ -93,6 +93,6 @@ def saved_dir(target: str | Path) -> Path:
         return target
     try:
         os.replace(old, target)
-    except OSError:
-        return old
+    except OSError:  # not allowed, or another process moved it back first
+        return target if target.exists() else old
     return target

@@ -200,6 +200,8 @@ def in_the_way(out: Path, config: RunConfig) -> str | None:
     but reused."""
     if (out / "metrics.json").exists():
         return f"{out} already holds a finished run; choose another --out"
+    if holds_detector(out):
+        return f"{out} holds a saved detector; choose another --out"
     interrupted = interrupted_run(out)
     if interrupted is not None:
         return interrupted
@@ -208,7 +210,7 @@ def in_the_way(out: Path, config: RunConfig) -> str | None:
             f"{out} holds a trained detector that was never evaluated: dia evaluate --out {out} "
             "scores the test split with it (to train afresh, choose another --out)"
         )
-    if config.detector.dissolve == "diffusion" and has_model(out):
+    if has_model(out):  # whatever the run dissolves with: its config.json would replace them
         differ = diffusion_settings_differ(out, config)
         if differ:
             return (
@@ -338,7 +340,8 @@ def evaluate_step(
 
 
 def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
-    """Score run ``out``'s test split again with its saved ``detector`` (``dia evaluate``).
+    """Score run ``out``'s test split with its saved ``detector`` (``dia evaluate``: again,
+    or for the first time when the run stopped between saving and scoring it).
     What the run recorded about its training is kept: the steps and speed (from the
     detector's ``history.json``), the wall times of its training and a resume or reuse."""
     earlier = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
@@ -352,12 +355,18 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
 
 
 def evaluate_external(
-    config: RunConfig, detector: DIADetector, out: Path, settings: dict
+    config: RunConfig,
+    detector: DIADetector,
+    out: Path,
+    settings: dict,
+    trained_on: DataConfig | None = None,
 ) -> tuple[dict, Path]:
-    """Evaluate run ``out``'s detector on the test images of another data set (an external
-    test set, :func:`~dia.data.load_test_set`) into ``out/external/NAME`` (``-2``, ``-3``, ...
+    """Evaluate the detector of ``out`` (a run folder, or a folder the library saved a
+    detector in) on the test images of another data set (an external test set,
+    :func:`~dia.data.load_test_set`) into ``out/external/NAME`` (``-2``, ``-3``, ...
     rather than overwrite); the run's own results stay as they are. Returns the metrics and
-    that folder.
+    that folder. ``trained_on``: the run's data settings (None when unknown: a library
+    folder), recorded and warned about when ``settings`` name the same data set.
 
     ``settings`` are :class:`~dia.config.DataConfig` fields: ``spec`` and, optionally,
     ``normal_class``, ``cache_dir`` (else the run's) and ``dicom_window`` (else the
@@ -372,7 +381,7 @@ def evaluate_external(
         "channels": detector.channels_,
     }
     data_config = DataConfig(**settings)
-    if _same_data(data_config.spec, config.data.spec):
+    if trained_on is not None and _same_data(data_config.spec, trained_on.spec):
         warnings.warn(
             f"{data_config.spec} is the data set the detector was trained on, not an external "
             "one: its test images are the run's own (and of a flat folder or a CSV list "
@@ -383,7 +392,7 @@ def evaluate_external(
     data = load_test_set(data_config)
     folder = free_path(out / EXTERNAL_DIR / (data.name or "data"))
     folder.mkdir(parents=True)
-    external = {"run": str(out), "trained_on": to_dict(config.data)}
+    external = {"run": str(out), "trained_on": trained_on and to_dict(trained_on)}
     config = dataclasses.replace(config, data=data_config)
     return evaluate_step(config, data, detector, folder, extra={"external": external}), folder
 
@@ -470,7 +479,7 @@ def write_dissolve_grid(
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
     """The detector of run folder ``out`` (``out/detector``), or the one saved in ``out``."""
     folder = saved_dir(out / DETECTOR_DIR)
-    if not (folder / "config.json").is_file() and _holds_detector(out):
+    if not (folder / "config.json").is_file() and holds_detector(saved_dir(out)):
         folder = out
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -480,13 +489,22 @@ def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> D
     return DIADetector.from_pretrained(folder, device=device, precision=precision)
 
 
+def run_folder_of(out: Path) -> Path:
+    """The run folder that ``out`` names: its parent when ``out`` is a run's ``detector``
+    folder, else ``out`` itself."""
+    if out.name == DETECTOR_DIR and is_run_folder(out.parent):
+        return out.parent
+    return out
+
+
 def is_run_folder(out: Path) -> bool:
     """Whether ``out`` holds a run's settings (``config.json`` of ``dia run`` or ``dia
     train``), not those of a detector saved by the library."""
-    return (out / "config.json").is_file() and not _holds_detector(out)
+    return (out / "config.json").is_file() and not holds_detector(out)
 
 
-def _holds_detector(folder: Path) -> bool:
+def holds_detector(folder: Path) -> bool:
+    """Whether ``folder`` is a detector's own folder (``save_pretrained``)."""
     config = folder / "config.json"
     return config.is_file() and read_json(config).get("format") == DETECTOR_FORMAT
 

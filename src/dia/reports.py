@@ -306,7 +306,7 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
             test_images if external else f"{data.get('train', '-')} normal training; {test_images}",
         ),
         ("method", f"{method}, {detector.get('shift', '-')} shifts"),
-        ("preset, seed", f"{config.get('preset', '-')}, {metrics.get('seed', '-')}"),
+        ("preset, seed", f"{config.get('preset') or '-'}, {metrics.get('seed', '-')}"),
         ("budget", f"{config.get('budget_s')} s" if config.get("budget_s") else "none"),
         (
             "training",
@@ -319,10 +319,13 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ("dia version, commit", f"{metrics.get('version', '-')}, {metrics.get('commit', '-')}"),
     ]
     if external:
-        trained_on = external.get("trained_on", {})
+        trained_on = external.get("trained_on")
         trained = (
             f"the detector of run {external.get('run')}, trained on "
             f"{trained_on.get('spec', '-')}; its threshold from those normal training images"
+            if trained_on
+            else f"the detector saved in {external.get('run')} (its training data not "
+            "recorded); its threshold from its normal training images"
         )
         run.insert(2, ("external test set for", trained))
     figures = []
