@@ -223,13 +223,19 @@ def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
     assert sorted(p.name for p in det.iterdir()) == sorted(
         p.name for p in (finished_run / "detector").iterdir()
     )
-    data = ["--data", "synthetic", "--synthetic-train", "8", "--synthetic-test", "24"]
-    assert main(["maps", "--out", str(det), *data, "--count", "2", "--device", "cpu"]) == 0
+    data = ["--data", "synthetic", "--device", "cpu"]
+    assert main(["maps", "--out", str(det), *data, "--count", "2"]) == 0
     assert (det / "anomaly_maps.png").is_file()
-    assert main(["evaluate", "--out", str(det), *data]) == 2  # only the test set is read
-    err = capsys.readouterr().err
-    assert "and the test set --data names; --synthetic-train, --synthetic-test would be" in err
+    for command in ("evaluate", "maps"):  # only the test set is read
+        assert main([command, "--out", str(det), *data, "--synthetic-train", "8"]) == 2
+        err = capsys.readouterr().err
+        assert "and the test set --data names; --synthetic-train would be ignored" in err
+    config = json.loads((det / "config.json").read_text())
+    (det / "config.json").write_text(json.dumps({**config, "seed": 7}))
     # a save killed between its renames: the earlier folder is found, as dia score finds it
+    det.rename(tmp_path / ".det.old")
+    assert main(["train", "--out", str(det), *TINY]) == 2  # not trained over there either
+    assert "holds a saved detector" in capsys.readouterr().err
     det.rename(tmp_path / ".det.old")
     assert main(["evaluate", "--out", str(det), "--data", "synthetic", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
@@ -238,12 +244,13 @@ def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
     assert metrics["external"] == {"run": str(det), "trained_on": None}
     assert metrics["data"]["test_abnormal"] > 0
     assert metrics["config"]["detector"]["width"] == 4  # the detector's, not the flags'
-    assert metrics["config"]["seed"] == 0 and metrics["config"]["budget_s"] is None
+    assert metrics["seed"] == metrics["config"]["seed"] == 7
+    assert metrics["config"]["diffusion"] is None and metrics["config"]["budget_s"] is None
     page = (det / "external" / "synthetic" / "report.html").read_text()
-    assert "its training data not recorded" in page
+    assert "its training data not recorded" in page and "<td>unknown</td>" in page
 
 
-def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path):
+def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path, monkeypatch):
     import argparse
 
     from dia.cli import _launch_device
@@ -254,6 +261,23 @@ def test_a_resume_under_a_launcher_joins_with_the_runs_device(tmp_path):
     assert _launch_device(argparse.Namespace(device=None, out=tmp_path)) == "cpu"
     assert _launch_device(argparse.Namespace(device="auto", out=tmp_path)) == "auto"
     assert _launch_device(argparse.Namespace(device=None, out=tmp_path / "nothing")) == "auto"
+
+    # given the run's detector folder, the run's device as well
+    import contextlib
+
+    from dia import distributed
+
+    joined = []
+
+    @contextlib.contextmanager
+    def group(device):
+        joined.append(device)
+        yield
+
+    monkeypatch.setattr(distributed, "process_group", group)
+    (tmp_path / "detector").mkdir()
+    assert main(["resume", "--out", str(tmp_path / "detector")]) == 2  # nothing to resume
+    assert joined == ["cpu"]
 
 
 def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch, capsys):
@@ -651,10 +675,15 @@ def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, 
 
     with Image.open(png) as img:
         assert img.width > 2 * 16 * 4 and img.height > 3 * 16 * 4
-    # a run's detector folder names its run
-    args = ["maps", "--out", str(finished_run / "detector"), "--image", str(tmp_path / "d.png"),
-            "--count", "1", "--device", "cpu"]  # fmt: skip
-    assert main(args) == 0 and (tmp_path / "d.png").is_file()
+    # a run's detector folder names its run, which the maps go into
+    args = ["maps", "--out", str(finished_run / "detector"), "--count", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert str(finished_run / "anomaly_maps.png") in capsys.readouterr().out
+    assert not (finished_run / "detector" / "anomaly_maps.png").exists()
+    from dia.pipeline import run_folder_of
+
+    (tmp_path / "link").symlink_to(finished_run / "detector")
+    assert run_folder_of(tmp_path / "link") == finished_run.resolve()
     assert main(["maps", "--out", str(finished_run), "--patch", "0", "--device", "cpu"]) == 2
     assert "patch=0" in capsys.readouterr().err
     for command in ("maps", "evaluate"):

@@ -285,6 +285,8 @@ def _add_resume_command(sub) -> None:
 
 # Commands that train, and so share the work under a launcher; the others run on rank 0 alone.
 DISTRIBUTED = ("run", "train", "resume")
+# The commands that read a run, and take its detector folder for it.
+READS_RUN = ("resume", "evaluate", "score", "dissolve", "maps")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,8 +324,11 @@ def _launch_device(args: argparse.Namespace) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from . import pipeline
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
 
+    if args.command in READS_RUN and args.out is not None:
+        args.out = pipeline.run_folder_of(args.out)
     try:
         if args.command not in DISTRIBUTED:
             if int(os.environ.get("RANK", "0")) != 0:
@@ -360,15 +365,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import distributed, pipeline  # heavy imports only once the arguments are valid
 
     if args.command in ("score", "resume"):
-        args.out = pipeline.run_folder_of(args.out)
         (_score if args.command == "score" else _resume)(args)
         return 0
     config = config_from_args(args)
     main_process = distributed.is_main()
     progress = not args.no_progress
     out = args.out
-    if out is not None and args.command in ("evaluate", "maps", "dissolve"):
-        out = pipeline.run_folder_of(out)
     if args.command == "run":
         if out is None:  # rank 0's choice for all: a later process would see its folder taken
             out = distributed.broadcast_object(
@@ -386,8 +388,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command != "dissolve":
             raise ValueError(f"dia {args.command} needs --out, the run folder")
         out = pipeline.default_run_dir(config)
-    if main_process and args.command in ("train-diffusion", "train", "dissolve"):
-        out.mkdir(parents=True, exist_ok=True)  # evaluate and maps read a folder that exists
     if args.command == "train-diffusion":
         # Its config.json would replace the one of whatever the folder holds.
         error = pipeline.in_the_way(out, config) or pipeline.model_in_the_way(
@@ -395,6 +395,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         if error is not None:
             raise FileExistsError(error)
+        out.mkdir(parents=True, exist_ok=True)
         pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
         pipeline.train_diffusion_step(config, data, out, progress)
@@ -409,6 +410,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if error is not None:
             raise FileExistsError(error)
         if main_process:
+            out.mkdir(parents=True, exist_ok=True)
             pipeline.save_config(config, out)
         data = pipeline.load_run_data(config)
         diffusion = None
@@ -423,6 +425,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "evaluate":
         _evaluate(args, config, out)
     elif args.command == "dissolve":
+        out.mkdir(parents=True, exist_ok=True)
         _dissolve(args, config, out, progress)
     elif args.command == "maps":
         _maps(args, config, out)
@@ -454,22 +457,15 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
     test images (an external test set) into ``out/external/NAME``."""
     from . import pipeline
 
-    given = given_settings(args)
-    external = {}
-    if "data.spec" in given:
-        external = {k: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
+    config, detector, test_set = _saved_detector(args, config, out)
     run = pipeline.is_run_folder(out)
-    config, detector = _saved_run(args, config, out)
-    # a library's detector: its training data unrecorded, the flags name only the test set
-    _refuse_ignored(args, given, out, test_set_only=not run)
     t0 = time.perf_counter()
-    if run and not external:
+    if run and not test_set:
         metrics = pipeline.evaluate_saved(config, detector, out)
         where = out
     else:
-        settings = {k.split(".", 1)[1]: v for k, v in external.items()}
         trained_on = config.data if run else None
-        metrics, where = pipeline.evaluate_external(config, detector, out, settings, trained_on)
+        metrics, where = pipeline.evaluate_external(config, detector, out, test_set, trained_on)
     _print_metrics(metrics, where, time.perf_counter() - t0)
 
 
@@ -477,24 +473,42 @@ def _evaluate(args, config: RunConfig, out: Path) -> None:
 EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
 
 
-def _need_data(args, out: Path) -> None:
-    """Refuse to score a detector saved by the library (no run folder: its data is not
-    recorded) without ``--data``."""
-    if getattr(args, "data.spec") is None:
+def _saved_detector(args, config: RunConfig, out: Path):
+    """The detector saved in ``out``, its settings and the test set ``--data`` names (its
+    :class:`~dia.config.DataConfig` fields, ``{}`` without ``--data``), refusing setting flags
+    the command would ignore.
+
+    A run folder gives the run's own config, on this command's device; ``--data`` goes with
+    ``dia evaluate`` only (an external test set). A detector saved by the library does not
+    record its training data: ``--data`` is required, and the config is the flags' with the
+    detector's own settings."""
+    from . import pipeline
+
+    detector = pipeline.load_detector(out, args.device, args.precision)
+    given = given_settings(args)
+    run = pipeline.is_run_folder(out)
+    test_set = {}
+    if "data.spec" in given and (args.command == "evaluate" or not run):
+        test_set = {k.split(".", 1)[1]: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
+    _refuse_ignored(args, given, out, test_set_only=not run)
+    if run:
+        config = dataclasses.replace(pipeline.load_config(out), device=args.device)
+        return config, detector, test_set
+    if not test_set:
         raise ValueError(
             f"{out} holds a detector saved without the data it was trained on; pass --data "
             "with the images to score"
         )
+    config = dataclasses.replace(
+        config, detector=detector.detector_config, score=detector.score_config, seed=detector.seed
+    )
+    return config, detector, test_set
 
 
-def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bool = False) -> None:
-    """Refuse setting flags that a command working with a run folder's saved settings would
-    ignore. A folder without them (a detector saved by the library) takes the flags' data,
-    except where ``test_set_only``: only ``--data``'s test set and how it is read."""
-    from . import pipeline
-
-    if not (test_set_only or pipeline.is_run_folder(out)):
-        return
+def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bool) -> None:
+    """Refuse setting flags that a command would ignore: every one for a run folder (its saved
+    settings rule), every one but how ``--data``'s test set is read where ``test_set_only``
+    (a detector saved by the library; ``given`` holds the others)."""
     flags = [_flag(*key.split(".", 1)) for key in given]
     flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
     if not flags:
@@ -514,47 +528,19 @@ def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bo
     )
 
 
-def _saved_run(args, config: RunConfig, out: Path):
-    """The run's own config (when saved) on this command's device, and its saved detector."""
-    from . import pipeline
-
-    detector = pipeline.load_detector(out, args.device, args.precision)
-    if pipeline.is_run_folder(out):
-        config = pipeline.load_config(out)
-        config = dataclasses.replace(config, device=args.device)
-    else:  # a detector saved by the library: its settings, and the flags' data read as it needs
-        _need_data(args, out)
-        window = config.data.dicom_window
-        data = dataclasses.replace(
-            config.data,
-            image_size=detector.image_size_,
-            channels=detector.channels_,
-            dicom_window=detector.dicom_window if window is None else window,
-        )
-        config = dataclasses.replace(
-            config,
-            data=data,
-            detector=detector.detector_config,
-            score=detector.score_config,
-            diffusion=detector.diffusion or config.diffusion,
-            seed=detector.seed,
-            budget_s=None,  # how it was trained is not recorded
-            preset="",
-        )
-    return config, detector
-
-
 def _maps(args, config: RunConfig, out: Path) -> None:
     from . import pipeline
     from .maps import check_patch
 
     if args.count < 1:
         raise ValueError(f"--count={args.count}; expected at least 1")
-    _refuse_ignored(args, given_settings(args), out)
-    config, detector = _saved_run(args, config, out)
+    config, detector, test_set = _saved_detector(args, config, out)
     size = detector.image_size_
     check_patch(size, size, args.patch, args.stride)  # before scoring the whole test split
-    test = pipeline.load_run_data(config).test
+    if test_set:  # a library's detector: the test images dia evaluate scores
+        test = pipeline.load_test_set(pipeline.external_data_config(detector, test_set)).test
+    else:
+        test = pipeline.load_run_data(config).test
     print(f"scoring {len(test)} test images to pick the lowest-scoring", file=sys.stderr)
     path = args.image or out / "anomaly_maps.png"
     shown = pipeline.write_anomaly_maps(

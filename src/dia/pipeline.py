@@ -318,8 +318,8 @@ def evaluate_step(
         world_size=history.get("world_size", distributed.world_size()),
         wall_s={**(timings or {}), "test_scoring_s": score_s},
         test_images_per_s=len(labels) / max(score_s, 1e-9),
-        **(extra or {}),
     )
+    metrics.update(extra or {})
     # Each test image's file, where it came from one, so that a flagged scan can be found.
     names = data.test_names or [""] * len(labels)
     with open(out / "scores.csv", "w", newline="") as f:
@@ -373,14 +373,7 @@ def evaluate_external(
     detector's). Images are read at the detector's size and channels, and the threshold stays
     the one chosen on the run's own normal training images.
     """
-    settings = {
-        "cache_dir": config.data.cache_dir,
-        "dicom_window": detector.dicom_window,
-        **settings,
-        "image_size": detector.image_size_,
-        "channels": detector.channels_,
-    }
-    data_config = DataConfig(**settings)
+    data_config = external_data_config(detector, {"cache_dir": config.data.cache_dir, **settings})
     if trained_on is not None and _same_data(data_config.spec, trained_on.spec):
         warnings.warn(
             f"{data_config.spec} is the data set the detector was trained on, not an external "
@@ -392,9 +385,19 @@ def evaluate_external(
     data = load_test_set(data_config)
     folder = free_path(out / EXTERNAL_DIR / (data.name or "data"))
     folder.mkdir(parents=True)
-    external = {"run": str(out), "trained_on": trained_on and to_dict(trained_on)}
+    extra = {"external": {"run": str(out), "trained_on": trained_on and to_dict(trained_on)}}
     config = dataclasses.replace(config, data=data_config)
-    return evaluate_step(config, data, detector, folder, extra={"external": external}), folder
+    if trained_on is None:  # a library's detector: how it was trained is not recorded
+        extra["config"] = {**to_dict(config), "diffusion": None, "budget_s": None, "preset": None}
+    return evaluate_step(config, data, detector, folder, extra=extra), folder
+
+
+def external_data_config(detector: DIADetector, settings: dict) -> DataConfig:
+    """How an external test set (``settings``: :class:`~dia.config.DataConfig` fields) is
+    read for ``detector``: at its size and channels, DICOM files through its window unless
+    ``settings`` give another."""
+    settings = {"dicom_window": detector.dicom_window, **settings}
+    return DataConfig(**settings, image_size=detector.image_size_, channels=detector.channels_)
 
 
 def _same_data(spec: str, other: str) -> bool:
@@ -479,7 +482,7 @@ def write_dissolve_grid(
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
     """The detector of run folder ``out`` (``out/detector``), or the one saved in ``out``."""
     folder = saved_dir(out / DETECTOR_DIR)
-    if not (folder / "config.json").is_file() and holds_detector(saved_dir(out)):
+    if not (folder / "config.json").is_file() and holds_detector(out):
         folder = out
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -491,9 +494,10 @@ def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> D
 
 def run_folder_of(out: Path) -> Path:
     """The run folder that ``out`` names: its parent when ``out`` is a run's ``detector``
-    folder, else ``out`` itself."""
-    if out.name == DETECTOR_DIR and is_run_folder(out.parent):
-        return out.parent
+    folder (however written: ``.``, a link), else ``out`` itself."""
+    real = out.resolve()
+    if real.name == DETECTOR_DIR and is_run_folder(real.parent):
+        return real.parent
     return out
 
 
@@ -504,8 +508,9 @@ def is_run_folder(out: Path) -> bool:
 
 
 def holds_detector(folder: Path) -> bool:
-    """Whether ``folder`` is a detector's own folder (``save_pretrained``)."""
-    config = folder / "config.json"
+    """Whether ``folder`` is a detector's own folder (``save_pretrained``; found where a
+    save killed between its renames left it, :func:`~dia.io.saved_dir`)."""
+    config = saved_dir(folder) / "config.json"
     return config.is_file() and read_json(config).get("format") == DETECTOR_FORMAT
 
 

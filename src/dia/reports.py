@@ -296,6 +296,8 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
     dissolve = detector.get("dissolve", "-")
     method = "plain CSI (no dissolving)" if dissolve == "none" else f"DIA, {dissolve} dissolving"
     external = metrics.get("external")
+    # a library's detector evaluated on an external set: how it was trained is not recorded
+    budget_unset = "unknown" if external and not external.get("trained_on") else "none"
     test_images = (
         f"test {data.get('test_normal', '-')} normal, {data.get('test_abnormal', '-')} abnormal"
     )
@@ -307,7 +309,7 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ),
         ("method", f"{method}, {detector.get('shift', '-')} shifts"),
         ("preset, seed", f"{config.get('preset') or '-'}, {metrics.get('seed', '-')}"),
-        ("budget", f"{config.get('budget_s')} s" if config.get("budget_s") else "none"),
+        ("budget", f"{config.get('budget_s')} s" if config.get("budget_s") else budget_unset),
         (
             "training",
             f"{training.get('steps', '-')} steps, {number(training.get('images_per_s'), 0)} "
