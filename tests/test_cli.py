@@ -313,7 +313,7 @@ def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch
     assert not (out / "metrics.json").exists() and not (out / "detector-checkpoint").exists()
 
 
-def test_dissolve_grid(finished_run, tmp_path):
+def test_dissolve_grid(finished_run, tmp_path, capsys):
     grid = tmp_path / "grid.png"
     # no data flags: a run folder's own settings (16 px images, its diffusion model) are used
     args = ["dissolve", "--out", str(finished_run), "--grid", str(grid), "--count", "3",
@@ -332,6 +332,10 @@ def test_dissolve_grid(finished_run, tmp_path):
         assert first.size == second.size
         pixels = [np.asarray(img.convert("L"), dtype=np.float64) for img in (first, second)]
         assert not np.array_equal(*pixels)
+    # not a diffusion model other than the run's, which it would show under its name
+    args = ["dissolve", "--out", str(finished_run), "--diffusion-epochs", "3", "--device", "cpu"]
+    assert main(args) == 2
+    assert "diffusion.epochs: saved 1, now 3" in capsys.readouterr().err
 
 
 def test_a_dissolving_grid_without_dissolving_is_a_clear_error(tmp_path, capsys):
@@ -339,6 +343,17 @@ def test_a_dissolving_grid_without_dissolving_is_a_clear_error(tmp_path, capsys)
     assert main(args) == 2
     assert "--dissolve diffusion" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_a_diffusion_model_dissolve_trains_is_recorded_for_the_run_after(tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert main(["dissolve", "--out", str(out), "--count", "2", *TINY]) == 0
+    assert "training one" in capsys.readouterr().err and (out / "config.json").is_file()
+    model = (out / "diffusion" / "model.safetensors").read_bytes()
+    assert main(["dissolve", "--out", str(out), *TINY, "--diffusion-epochs", "2"]) == 2
+    assert "diffusion.epochs: saved 1, now 2" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), *TINY]) == 0  # reuses it
+    assert (out / "diffusion" / "model.safetensors").read_bytes() == model
 
 
 def test_plain_csi_and_blur_controls_run(tmp_path):

@@ -598,10 +598,20 @@ def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
     data = pipeline.load_run_data(config)
     diffusion = None
     if config.detector.dissolve == "diffusion":
+        # a run folder's config.json says how its diffusion model is (or would be) made
+        recorded = (out / "config.json").is_file()
+        differ = recorded and pipeline.diffusion_settings_differ(out, config, ("diffusion",))
+        if differ:
+            raise ValueError(
+                f"{out} records other diffusion settings ({differ}); dia dissolve uses the "
+                "run's diffusion model as it is: leave those flags out, or choose another --out"
+            )
         diffusion = pipeline.load_diffusion(out, config.device)
         if diffusion is None:
             print(f"no diffusion model in {out}; training one", file=sys.stderr)
             diffusion = pipeline.train_diffusion_step(config, data, out, progress)
+            if not recorded:  # how it was made, as dia train-diffusion records it
+                pipeline.save_config(config, out)
     images = data.test[: args.count]
     path = args.grid or out / "dissolve_grid.png"
     pipeline.write_dissolve_grid(

@@ -226,20 +226,24 @@ def has_model(out: Path, name: str = DIFFUSION_DIR) -> bool:
     return (saved_dir(out / name) / "config.json").is_file()
 
 
-def diffusion_settings_differ(out: Path, config: RunConfig) -> str:
-    """The settings that decide a diffusion model (data, diffusion, seed) where the run
-    folder's ``config.json`` and ``config`` differ, as ``name: saved X, now Y`` ('' when none)."""
+def diffusion_settings_differ(
+    out: Path, config: RunConfig, sections: tuple[str, ...] = ("data", "diffusion", "seed")
+) -> str:
+    """The settings that decide a diffusion model (data, diffusion, seed; or those of
+    ``sections``) where the run folder's ``config.json`` and ``config`` differ, as ``name:
+    saved X, now Y`` ('' when none)."""
     if not (out / "config.json").is_file():
         return f"no {out / 'config.json'} records them"
     saved = read_json(out / "config.json")
     now = json.loads(json.dumps(to_dict(config)))  # tuples as the saved JSON holds them: lists
     differ = [
         f"{section}.{key}: saved {saved.get(section, {}).get(key)!r}, now {value!r}"
-        for section in ("data", "diffusion")
+        for section in sections
+        if section != "seed"
         for key, value in now[section].items()
         if saved.get(section, {}).get(key) != value
     ]
-    if saved.get("seed") != now["seed"]:
+    if "seed" in sections and saved.get("seed") != now["seed"]:
         differ.append(f"seed: saved {saved.get('seed')!r}, now {now['seed']!r}")
     return "; ".join(differ)
 
