@@ -1,4 +1,4 @@
-"""The SimCLR augmentation of CSI (METHOD.md section 3, step 3), on batched tensors."""
+"""The SimCLR augmentation of CSI (docs/method.md, section 3), on batched tensors."""
 
 from __future__ import annotations
 

@@ -81,16 +81,18 @@ def _flag(section: str, name: str) -> str:
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
+    quick = apply_preset(RunConfig(), "quick")  # the defaults the flags' help names
     for section, (_, cls) in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
         for field in dataclasses.fields(cls):
+            default = getattr(getattr(quick, section), field.name)
             group.add_argument(
                 _flag(section, field.name),
                 dest=f"{section}.{field.name}",
                 default=None,
                 type=_parse_type(field.type),
                 metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
-                help=HELP.get((section, field.name), f"default {field.default!r} (quick preset)"),
+                help=HELP.get((section, field.name), f"default {default!r} (quick preset)"),
             )
     parser.add_argument(
         "--preset",
@@ -174,13 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
         "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
         "detector's score; labels are not looked at (default 8)",
     }
+    out_help = {
+        "run": "run folder (default runs/<data>-<dissolve>-seed<seed>)",
+        "dissolve": "run folder (default runs/<data>-<dissolve>-seed<seed>)",
+        "train-diffusion": "run folder",
+        "train": "run folder",
+        "evaluate": "run folder (or its detector folder); a folder holding a detector saved by "
+        "the library, with --data",
+        "maps": "run folder (or its detector folder); a folder holding a detector saved by "
+        "the library, with --data",
+    }
     for name, text in commands.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
             "--out",
             type=Path,
             default=None,
-            help="run folder (default runs/<data>-<dissolve>-seed<seed>)",
+            required=name not in ("run", "dissolve"),
+            help=out_help[name],
         )
         _add_settings(p)
         if name in count_help:
@@ -384,9 +397,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dissolve":
         config = _dissolve_config(args, config, out)
-    if out is None:
-        if args.command != "dissolve":
-            raise ValueError(f"dia {args.command} needs --out, the run folder")
+    if out is None:  # dia dissolve: the others require --out
         out = pipeline.default_run_dir(config)
     if args.command == "train-diffusion":
         # Its config.json would replace the one of whatever the folder holds.

@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class DiffusionConfig:
-    """The DDPM used as a dissolving operator (METHOD.md section 1)."""
+    """The DDPM used as a dissolving operator (docs/method.md, section 1)."""
 
     resolution: int = 32
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -63,11 +63,11 @@ class DiffusionConfig:
 
 @dataclass
 class DetectorConfig:
-    """The amplifying network and its training (METHOD.md sections 2 and 3).
+    """The amplifying network and its training (docs/method.md, sections 2 and 3).
 
     ``ema``: decay of a moving average of the weights, updated every step; the average is the
     trained network (0 = off, the last weights themselves). ``dissolve_fraction``: the share
-    of each batch's images that also get a dissolved view (1 = all, METHOD.md section 3).
+    of each batch's images that also get a dissolved view (1 = all, docs/method.md, section 3).
     ``dissolve_start``: the share of training (of its steps or its time, whichever runs out
     first) done as plain CSI before the dissolved views join (0 = from the first step).
     """
@@ -101,7 +101,7 @@ class DetectorConfig:
 
 @dataclass
 class ScoreConfig:
-    """The CSI score (METHOD.md section 4) and the choices made in it.
+    """The CSI score (docs/method.md, section 4) and the choices made in it.
 
     ``features``: what the similarity term compares, ``projection`` (z, as in CSI) or
     ``encoder`` (the ResNet features h before the projection). ``cosine``: compare by plain

@@ -1,4 +1,4 @@
-"""Dissolving operators (METHOD.md section 1): remove fine detail, more of it at larger t.
+"""Dissolving operators (docs/method.md, section 1): remove fine detail, more of it at larger t.
 
 Every operator takes images x (B, C, H, W) float in [0, 1] and a timestep t (an int, or a
 LongTensor (B,) with one value per image) and returns a deterministic result of the same shape,

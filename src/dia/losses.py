@@ -1,4 +1,4 @@
-"""Losses of the amplifying framework (METHOD.md section 3, steps 5 to 7). Pure functions."""
+"""Losses of the amplifying framework (docs/method.md, section 3). Pure functions."""
 
 from __future__ import annotations
 

@@ -48,10 +48,9 @@ PRESETS: dict[str, dict] = {
         },
         "score": {"features": "encoder", "cosine": True, "shift_weight": 0.0},
     },
-    # The authors' settings (METHOD.md section 3): ResNet-18 at full width, 32 images a step,
+    # The authors' settings (docs/method.md, section 3): ResNet-18 at full width, 32 images a step,
     # LARS at lr 0.1 with 10 warm-up epochs, up to 1000 epochs, no time limit. Meant for a GPU:
-    # on a 2-core CPU at 28-32 px it runs at roughly 20 images/s, about two days for
-    # PneumoniaMNIST.
+    # on a 2-core CPU it would take days.
     "paper": {
         "budget_s": None,
         "diffusion": {"epochs": 100, "max_seconds": None},

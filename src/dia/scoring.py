@@ -1,4 +1,4 @@
-"""The CSI score (METHOD.md section 4): feature bank, term weights and the score itself."""
+"""The CSI score (docs/method.md, section 4): feature bank, term weights and the score itself."""
 
 from __future__ import annotations
 

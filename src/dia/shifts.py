@@ -1,4 +1,4 @@
-"""Shifting transformations (METHOD.md section 2): K = 4 label-preserving-breaking shifts.
+"""Shifting transformations (docs/method.md, section 2): K = 4 label-preserving-breaking shifts.
 
 Each shift k in 0..3 is a function of a (B, C, H, W) tensor that keeps shape; the network
 learns to predict k, and the score averages over all k.

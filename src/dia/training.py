@@ -1,4 +1,4 @@
-"""Amplifying training (METHOD.md section 3): three views, shifts, augmentation, two losses."""
+"""Amplifying training (docs/method.md, section 3): three views, shifts, augmentation, losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A small DDPM: a diffusers ``UNet2DModel`` plus the linear beta schedule (METHOD.md section 1).
+"""A small DDPM: a diffusers ``UNet2DModel``, linear beta schedule (docs/method.md, section 1).
 
 The model works in its own space: square images of side ``config.resolution`` with values in
 [-1, 1]. :meth:`DiffusionModel.to_model_space` and :meth:`DiffusionModel.from_model_space`
