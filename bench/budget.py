@@ -10,7 +10,8 @@ fewer test-time samples while training, are for reporting; nothing is chosen fro
 Runs go one after another (two torch processes on one small CPU slow each other down many
 times). Results are merged into bench/results/<name>.json after every run, so an interrupted
 table resumes where it stopped: a (variant, seed) already there with the same settings is
-skipped. A Markdown table is written beside the JSON.
+skipped. A file holds one machine's runs (a budget buys as many steps as the machine's speed
+allows): a run on another processor is refused. A Markdown table is written beside the JSON.
 
     python bench/budget.py --data ../shared/data/pneumoniamnist.npz --preset cpu \\
         --seeds 0 1 2 --variants dia csi gaussian median dia-t0-30 dia-t100-300 \\
@@ -442,6 +443,25 @@ def chosen_on(data: ImageData) -> str:
     return f"{where}; the test split reports only"
 
 
+# What makes two machines alike for a budget: the same processor, cores and accelerator.
+MACHINE_KEYS = ("cpu_model", "amx", "cores", "cuda")
+
+
+def machine_text(m: dict) -> str:
+    return ", ".join(f"{key} {m.get(key)!r}" for key in MACHINE_KEYS)
+
+
+def other_machine(results: dict, current: dict) -> str | None:
+    """The first machine unlike ``current`` that a run in ``results`` records (None when
+    every run that records one ran on a machine like it)."""
+    for entry in results.get("variants", {}).values():
+        for run in entry.get("runs", {}).values():
+            ran_on = run.get("machine")
+            if ran_on and any(ran_on.get(k) != current.get(k) for k in MACHINE_KEYS):
+                return machine_text(ran_on)
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     name = args.name or Path(args.data.rstrip("/")).stem.replace("medmnist:", "")
@@ -451,11 +471,18 @@ def main(argv=None) -> int:
         base = dataclasses.replace(base, budget_s=args.budget)
     if base.budget_s is None:
         raise SystemExit("no budget: pass --budget SECONDS or a preset that sets one")
-    data = load_data(base.data)
     path = args.out / f"{name}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if results and results.get("budget_s") != base.budget_s:
         raise SystemExit(f"{path} holds budget {results.get('budget_s')}; use another --name")
+    elsewhere = other_machine(results, machine())
+    if elsewhere:
+        raise SystemExit(
+            f"{path} holds runs made on {elsewhere}, and this is {machine_text(machine())}: a "
+            "budget buys as many steps as a machine's speed allows, so a table holds one "
+            "machine's runs; use another --name"
+        )
+    data = load_data(base.data)
     baselines = {
         f"knn_{kind}_k5": {
             split: anomaly_metrics(

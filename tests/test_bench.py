@@ -115,6 +115,22 @@ def test_every_named_variant_does_what_its_name_says():
         budget.variant_settings("median-cutprem")
 
 
+def test_runs_on_another_machine_go_into_another_table(tmp_path):
+    budget = load("budget")
+    from dia.pipeline import machine
+
+    there = {**machine(), "cpu_model": "another processor", "amx": True}
+    results = {"budget_s": 6.0, "variants": {"csi": {"runs": {"0": {"machine": there}}}}}
+    (tmp_path / "synthetic.json").write_text(json.dumps(results))
+    argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "1"]
+    argv += ["--variants", "csi", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="cpu_model 'another processor', amx True"):
+        budget.main(argv)
+    assert json.loads((tmp_path / "synthetic.json").read_text()) == results
+    assert budget.other_machine(results, there) is None
+    assert budget.other_machine({"variants": {"csi": {"runs": {"0": {}}}}}, machine()) is None
+
+
 def test_a_variant_cannot_change_the_data_that_every_variant_shares(tmp_path):
     budget = load("budget")
     argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "0"]
