@@ -340,9 +340,9 @@ def _main(args: argparse.Namespace) -> int:
     from . import pipeline
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
 
-    if args.command in READS_RUN and args.out is not None:
-        args.out = pipeline.run_folder_of(args.out)
     try:
+        if args.command in READS_RUN and args.out is not None:
+            args.out = pipeline.run_folder_of(args.out)
         if args.command not in DISTRIBUTED:
             if int(os.environ.get("RANK", "0")) != 0:
                 return 0
