@@ -428,7 +428,20 @@ def test_presets_and_budget_flag_set_the_config():
 def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "budget"
     assert main(["run", "--out", str(out), "--budget", "0.001", *TINY]) == 2
-    assert "budget" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--budget" in err and f"dia run --out {out} with the same settings reuses it" in err
+    assert (out / "diffusion" / "model.safetensors").is_file()
+    assert main(["run", "--out", str(out), "--budget", "0", *TINY]) == 2
+    assert "expected a number of seconds above 0" in capsys.readouterr().err
+    # no time left for the feature bank: said before training, and no folder left behind
+    csi = tmp_path / "csi"
+    assert main(["run", "--out", str(csi), "--budget", "0.001", *TINY, "--dissolve", "none"]) == 2
+    assert "the time budget leaves no time to train the detector" in capsys.readouterr().err
+    assert not csi.exists()
+    # a budget that ends training within its first epoch is finished, with a warning
+    argv = ["run", "--out", str(csi), "--budget", "600", *TINY, "--dissolve", "none"]
+    assert main([*argv, "--max-seconds", "0.001"]) == 0
+    assert "dia run: warning: the detector trained for 1 step (0." in capsys.readouterr().err
 
 
 def _write_pngs(folder, images):

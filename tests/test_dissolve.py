@@ -103,7 +103,10 @@ def test_blurs_remove_more_detail_at_larger_t():
 
 
 def test_median_kernel_schedule():
-    assert [median_kernel(t) for t in (0, 49, 50, 99, 100, 900)] == [3, 3, 5, 5, 7, 7]
+    assert [median_kernel(t) for t in (0, 1, 49, 50, 99, 100, 900)] == [1, 3, 3, 5, 5, 7, 7]
+    x = torch.rand(3, 1, 8, 8)
+    out = median_dissolve(x, torch.tensor([0, 40, 0]))  # t = 0 leaves an image as it is
+    assert torch.equal(out[[0, 2]], x[[0, 2]]) and not torch.equal(out[1], x[1])
 
 
 def test_identity_returns_input():

@@ -149,6 +149,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         config, seed=args.seed or 0, device=args.device, precision=args.precision
     )
     if args.budget is not None:
+        if not args.budget > 0:
+            raise ValueError(f"--budget {args.budget}; expected a number of seconds above 0")
         config = dataclasses.replace(config, budget_s=args.budget)
     check_settings(config.detector, config.score)
     return config
@@ -527,7 +529,7 @@ def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bo
     if test_set_only:
         held, hint = "the test set --data names", ""
     else:
-        held, hint = "settings", ""
+        held, hint = "its settings", ""
         if args.command == "evaluate":
             hint = (
                 "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates "

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import distributed
 from .checkpoint import Checkpointing
 from .config import (
     DetectorConfig,
@@ -251,9 +252,24 @@ class DIADetector:
             bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
             self.timings_["bank_estimate_s"] = bank_s
             train_deadline = deadline - BANK_SAFETY * bank_s
+            left = deadline - time.perf_counter()
+            if distributed.broadcast_object(left <= BANK_SAFETY * bank_s):  # rank 0 decides
+                raise ValueError(
+                    f"the time budget leaves no time to train the detector: {max(left, 0):.0f} s "
+                    f"are left, and the feature bank of the {len(images)} training images needs "
+                    f"about {BANK_SAFETY * bank_s:.0f} s; give a larger budget (--budget)"
+                )
         self.net_, self.history_ = trainer.train(
             self.progress, callback, callback_every_s, train_deadline, checkpoint
         )
+        epochs, steps = self.history_.get("epochs", 1.0), self.history_.get("steps")
+        if deadline is not None and epochs < 1:
+            warnings.warn(
+                f"the detector trained for {steps} step{'' if steps == 1 else 's'} ({epochs:.2f} "
+                "of an epoch) in the time budget: too little to learn what normal images look "
+                "like, so its scores mean little; give a larger budget (--budget)",
+                stacklevel=2,
+            )
         self.timings_["detector_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         feats = self._fit_bank(images, groups)

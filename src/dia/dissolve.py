@@ -52,7 +52,10 @@ def gaussian_dissolve(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
 
 
 def median_kernel(t: int) -> int:
-    """Median-blur kernel size for timestep t: 3 for t < 50, 5 for t < 100, 7 from 100."""
+    """Median-blur kernel size for timestep t: 1 (the image as it is) for t = 0, 3 for t < 50,
+    5 for t < 100, 7 from 100."""
+    if t == 0:
+        return 1
     if t < 50:
         return 3
     return 5 if t < 100 else 7
@@ -63,11 +66,13 @@ def median_dissolve(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
     _check_input(x)
     steps = _per_item(t, x.shape[0])
     kernels = 3 + 2 * (steps >= 50).long() + 2 * (steps >= 100).long()  # as median_kernel
-    out = torch.empty_like(x)
+    kernels[steps == 0] = 1
+    out = x.clone()  # kernel 1: the image as it is
     # Items are grouped by kernel size: at most three filter calls per batch.
     for k in kernels.unique().tolist():
-        rows = (kernels == k).nonzero().flatten().to(x.device)
-        out[rows] = median_blur(x[rows].float(), k).to(x.dtype)
+        if k > 1:
+            rows = (kernels == k).nonzero().flatten().to(x.device)
+            out[rows] = median_blur(x[rows].float(), k).to(x.dtype)
     return out
 
 

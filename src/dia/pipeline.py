@@ -627,36 +627,45 @@ def run(
     if error is not None:
         raise FileExistsError(error)
     timings: dict = {}
-    t0 = time.perf_counter()
     try:
-        data = load_run_data(config)
-    except BaseException:
-        # Data that cannot be read leaves no folder behind holding its settings alone (the
-        # next run would be named -2).
-        if created and {p.name for p in out.iterdir()} <= {"config.json"}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    timings["data_s"] = time.perf_counter() - t0
-    diffusion_model = None
-    if reuse:
-        diffusion_model = load_diffusion(out, config.device)
-        timings["diffusion_reused"] = True
-    elif config.detector.dissolve == "diffusion":
         t0 = time.perf_counter()
-        diffusion_model = train_diffusion_step(config, data, out, progress)
-        timings["diffusion_s"] = time.perf_counter() - t0
-    saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
-    return _finish(
-        config,
-        data,
-        out,
-        diffusion_model,
-        saving,
-        progress=progress,
-        deadline=deadline,
-        timings=timings,
-        t_start=t_start,
-    )
+        data = load_run_data(config)
+        timings["data_s"] = time.perf_counter() - t0
+        diffusion_model = None
+        if reuse:
+            diffusion_model = load_diffusion(out, config.device)
+            timings["diffusion_reused"] = True
+        elif config.detector.dissolve == "diffusion":
+            t0 = time.perf_counter()
+            diffusion_model = train_diffusion_step(config, data, out, progress)
+            timings["diffusion_s"] = time.perf_counter() - t0
+        saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
+        return _finish(
+            config,
+            data,
+            out,
+            diffusion_model,
+            saving,
+            progress=progress,
+            deadline=deadline,
+            timings=timings,
+            t_start=t_start,
+        )
+    except BaseException as err:
+        # A run that failed before saving anything (data that cannot be read, a budget too
+        # small) leaves no folder behind holding its settings alone (the next would be -2).
+        if created and distributed.is_main() and {p.name for p in out.iterdir()} <= {"config.json"}:
+            shutil.rmtree(out, ignore_errors=True)
+        elif (
+            isinstance(err, ValueError)
+            and "diffusion_s" in timings
+            and not has_model(out, DETECTOR_DIR)
+        ):
+            raise ValueError(
+                f"{err}. The diffusion model it trained is saved: dia run --out {out} with the "
+                "same settings reuses it"
+            ) from err
+        raise
 
 
 def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, timings, t_start):

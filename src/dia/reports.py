@@ -225,7 +225,7 @@ def anomaly_map_grid(
         if scores is not None:
             parts.append(f"score {float(scores[i]):.3f}")
             if threshold is not None:
-                parts.append("abnormal" if float(scores[i]) < threshold else "normal")
+                parts.append("called abnormal" if float(scores[i]) < threshold else "called normal")
         parts.append(f"map max {float(maps[i].max()):+.3g}")
         labels.append("  ".join(parts))
     overlay = heat_overlay(images.cpu(), maps)
@@ -258,7 +258,7 @@ REPORT_PICTURES = (
     (
         "dissolve_grid.png",
         "Test images dissolved at increasing timesteps: the fine detail dissolving removes is "
-        "what the detector was trained to notice.",
+        "what a detector trained with dissolved negatives learns to notice.",
     ),
 )
 

@@ -167,8 +167,8 @@ class DetectorTrainer:
         max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
         if spent:
             raise ValueError(
-                "the time budget is spent before detector training starts; "
-                "give a larger budget or a shorter diffusion training"
+                "the time budget is spent before detector training starts; give a larger "
+                "budget (--budget) or a shorter diffusion training (--diffusion-max-seconds)"
             )
 
         fmt = memory_format(cfg.width)
