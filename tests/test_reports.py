@@ -19,6 +19,9 @@ def test_the_report_page_escapes_text_and_shows_only_the_pictures_it_has():
     assert "DIA, median dissolving, rotation shifts" in page
     assert page.count("data:image/png;base64,") == 1 and 'alt="roc.png"' in page
     assert "<td>none</td>" in page  # no budget
+    assert "resumed" not in page and "reused" not in page
+    again = report_html({**metrics, "resumed_at_step": 50, "diffusion_reused": True}, {})
+    assert "at step 50" in again and "reused: trained by an earlier start" in again
     empty = report_html({}, {})
     assert "none in this folder" in empty and "AUROC -" in empty
 

@@ -320,6 +320,10 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ("machine", _machine_text(metrics.get("machine", {}))),
         ("dia version, commit", f"{metrics.get('version', '-')}, {metrics.get('commit', '-')}"),
     ]
+    if "resumed_at_step" in metrics:
+        run.append(("resumed", f"at step {metrics['resumed_at_step']} (wall time: since then)"))
+    if metrics.get("diffusion_reused"):
+        run.append(("diffusion model", "reused: trained by an earlier start of this run"))
     if external:
         trained_on = external.get("trained_on")
         trained = (
