@@ -267,7 +267,8 @@ def _split_folder(root: Path) -> Path:
 
 def test_folder_split_layout(tmp_path: Path) -> None:
     root = _split_folder(tmp_path / "ct")
-    data = load_data(DataConfig(spec=str(root), image_size=16))
+    with pytest.warns(UserWarning, match="1 of 9 image files are in colour"):
+        data = load_data(DataConfig(spec=str(root), image_size=16))
     _check_image_data(data, channels=3, size=16)  # one red image makes the set colour
     assert data.counts() == {"train": 5, "test_normal": 1, "test_abnormal": 2}
     assert data.info["layout"] == "split" and data.info["files_skipped"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,14 @@ def load_data(config: DataConfig) -> ImageData:
 
     parts = [data.train, data.test, abnormal_train] + ([] if data.val is None else [data.val])
     channels = config.channels or (1 if all(_is_gray(p) for p in parts) else 3)
+    colour, read = data.info.get("colour_files", 0), data.info.get("files_read", 0)
+    if config.channels is None and channels == 3 and 0 < colour < read / 2:
+        warnings.warn(
+            f"{colour} of {read} image files are in colour, so the detector works in colour "
+            "(3 channels); if their colour is incidental (an annotation, an RGB export), "
+            "--channels 1 reads every file as gray",
+            stacklevel=2,
+        )
     data.train = to_channels(data.train, channels)
     data.test = to_channels(data.test, channels)
     data.val = None if data.val is None else to_channels(data.val, channels)
