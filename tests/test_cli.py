@@ -728,3 +728,11 @@ def test_the_command_line_parses_without_importing_torch():
     code = "import sys, dia.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # dia --help and argument errors stay instant
+
+
+def test_a_misspelt_flag_is_named_with_its_commands_usage(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--bugdet", "30"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: dia run" in err and "dia run: error: unrecognized arguments: --bugdet 30" in err

@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     _add_resume_command(sub)
     _add_score_command(sub)
+    parser.commands = sub.choices  # each command's own parser, for its error messages
     return parser
 
 
@@ -305,7 +306,10 @@ READS_RUN = ("resume", "evaluate", "score", "dissolve", "maps")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the command's own usage, not the top level's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
         return _main(args)

@@ -116,7 +116,8 @@ def load_test_set(config: DataConfig) -> ImageData:
     if counts["test_normal"] == 0 or counts["test_abnormal"] == 0:
         raise DataError(
             f"one-class test set in {config.spec!r}: {counts['test_normal']} normal and "
-            f"{counts['test_abnormal']} abnormal test images; AUROC needs both classes"
+            f"{counts['test_abnormal']} abnormal test images; AUROC needs both classes "
+            "(dia score scores images of one class)"
         )
     data.info.update(
         source=source,
