@@ -614,6 +614,7 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["external"]["run"] == str(finished_run)
     assert metrics["external"]["trained_on"]["spec"] == "synthetic"
+    assert metrics["training"]["steps"] == json.loads(before)["training"]["steps"]
     assert metrics["data"]["train"] == 0 and metrics["data"]["test_abnormal"] == len(abnormal)
     detector = DIADetector.from_pretrained(finished_run / "detector", device="cpu")
     scores = detector.score_samples(torch.cat([normal, abnormal]))

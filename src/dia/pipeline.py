@@ -349,13 +349,19 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     What the run recorded about its training is kept: the steps and speed (from the
     detector's ``history.json``), the wall times of its training and a resume or reuse."""
     earlier = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
-    history = out / DETECTOR_DIR / "history.json"
-    if getattr(detector, "history_", None) is None and history.is_file():
-        detector.history_ = read_json(history)
+    _load_history(detector, out)
     # the run's wall times; the test's scoring and maps are timed anew
     timings = earlier.get("wall_s", {})
     extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if k in earlier}
     return evaluate_step(config, load_run_data(config), detector, out, timings, extra)
+
+
+def _load_history(detector: DIADetector, out: Path) -> None:
+    """Give ``detector`` the training history saved beside it in run ``out`` (its steps and
+    speed, for the metrics and the report), unless it has one."""
+    history = out / DETECTOR_DIR / "history.json"
+    if getattr(detector, "history_", None) is None and history.is_file():
+        detector.history_ = read_json(history)
 
 
 def evaluate_external(
@@ -387,6 +393,7 @@ def evaluate_external(
             stacklevel=2,
         )
     data = load_test_set(data_config)
+    _load_history(detector, out)  # how the run's detector was trained
     folder = free_path(out / EXTERNAL_DIR / (data.name or "data"))
     folder.mkdir(parents=True)
     extra = {"external": {"run": str(out), "trained_on": trained_on and to_dict(trained_on)}}
