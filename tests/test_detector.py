@@ -237,10 +237,15 @@ def test_kept_training_features_are_the_banks_own(fitted):
     assert not hasattr(kept, "train_features_")  # a refit without keeping drops the old ones
 
 
-def test_a_spent_budget_is_a_clear_error():
+def test_a_spent_budget_is_a_clear_error(monkeypatch):
     det = DIADetector(TINY, SCORE, device="cpu", progress=False)
     with pytest.raises(ValueError, match="budget is spent"):
         det.fit(torch.rand(24, 1, 16, 16), deadline=time.perf_counter() - 1.0)
+    # time left, but not for the feature bank: said before any training
+    monkeypatch.setattr("dia.detector.estimate_seconds", lambda *args: 3600.0)
+    with pytest.raises(ValueError, match=r"no time to train the detector: \d+ s are left, and "):
+        det.fit(torch.rand(24, 1, 16, 16), deadline=time.perf_counter() + 60.0)
+    assert not hasattr(det, "net_")
 
 
 def test_the_score_config_shift_weight_is_used(fitted):

@@ -37,7 +37,7 @@ from .scoring import (
     plain_features,
     shifted_features,
 )
-from .training import DetectorTrainer, build_network
+from .training import BUDGET_SPENT, DetectorTrainer, build_network
 
 # The estimate of the feature bank's time is noisy: with one timed batch the real bank took
 # 0.69 to 1.15 times its estimate in the 30-minute runs (bench/results/pneumoniamnist-1800s.json
@@ -248,6 +248,8 @@ class DIADetector:
         )
         train_deadline = None
         if deadline is not None:
+            if distributed.broadcast_object(deadline <= time.perf_counter()):  # rank 0 decides
+                raise ValueError(BUDGET_SPENT)
             probe = build_network(cfg, images.shape[1]).to(device)
             bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
             self.timings_["bank_estimate_s"] = bank_s

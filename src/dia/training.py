@@ -56,6 +56,12 @@ def build_network(config: DetectorConfig, channels: int) -> AmplifierNet:
     )
 
 
+BUDGET_SPENT = (
+    "the time budget is spent before detector training starts; give a larger budget "
+    "(--budget) or a shorter diffusion training (--diffusion-max-seconds)"
+)
+
+
 @dataclasses.dataclass
 class _State:
     """What a checkpoint saves and restores besides the position in training."""
@@ -166,10 +172,7 @@ class DetectorTrainer:
             max_seconds = left if max_seconds is None else min(max_seconds, left)
         max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
         if spent:
-            raise ValueError(
-                "the time budget is spent before detector training starts; give a larger "
-                "budget (--budget) or a shorter diffusion training (--diffusion-max-seconds)"
-            )
+            raise ValueError(BUDGET_SPENT)
 
         fmt = memory_format(cfg.width)
         net = build_network(cfg, channels).to(device=device, memory_format=fmt)
