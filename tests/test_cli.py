@@ -692,6 +692,22 @@ def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
     for argv, message in cases:
         assert main(["score", *argv, "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
+    # a big folder with a broken file: the others scored, the broken one listed with why
+    folder = tmp_path / "mixed"
+    _write_pngs(folder, torch.rand(2, 1, 16, 16))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    argv = ["score", str(folder), "--out", str(finished_run), "--csv", str(tmp_path / "m.csv")]
+    assert main(argv) == 2
+    assert main([*argv, "--skip-unreadable"]) == 0
+    assert "skipped 1 file that could not be read" in capsys.readouterr().err
+    with open(tmp_path / "m.csv") as f:
+        assert [Path(r["path"]).name for r in csv.DictReader(f)] == ["scan00.png", "scan01.png"]
+    with open(tmp_path / "m-unreadable.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert Path(row["path"]).name == "broken.png" and "cannot read image" in row["reason"]
+    argv = ["score", str(tmp_path / "broken.png"), "--out", str(finished_run), "--skip-unreadable"]
+    assert main(argv) == 2
+    assert "none of the 1 files given could be read" in capsys.readouterr().err
 
 
 def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, capsys):

@@ -279,6 +279,12 @@ def _add_score_command(sub) -> None:
         help="the share of normal scans to call abnormal: set the threshold so that this "
         "fraction of the normal training images would be (default: the detector's, 0.05)",
     )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="score the files that can be read and list the others, with why, in a "
+        "-unreadable.csv file beside the CSV (default: the first one is an error)",
+    )
     _add_runtime(p)
 
 
@@ -645,7 +651,14 @@ def _score(args: argparse.Namespace) -> None:
     if args.csv is not None and args.csv.is_dir():
         raise ValueError(f"--csv {args.csv} is a folder; give the CSV file's name")
     csv_path = pipeline.free_path(args.csv or args.out / "scored.csv")
-    summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr)
+    summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr, args.skip_unreadable)
+    if summary["unreadable"]:
+        n = len(summary["unreadable"])
+        print(
+            f"skipped {n} file{'' if n == 1 else 's'} that could not be read, listed with why "
+            f"in {summary['unreadable_csv']}",
+            file=sys.stderr,
+        )
     if summary["images"] <= 20:
         for path, score in zip(summary["files"], summary["scores"], strict=True):
             verdict = "ABNORMAL" if score < summary["threshold"] else "normal"

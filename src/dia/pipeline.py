@@ -526,17 +526,24 @@ def holds_detector(folder: Path) -> bool:
 
 
 def score_files(
-    detector: DIADetector, paths: list, csv_path: Path, fpr: float | None = None
+    detector: DIADetector,
+    paths: list,
+    csv_path: Path,
+    fpr: float | None = None,
+    skip_unreadable: bool = False,
 ) -> dict:
     """Score image files (and the image files under folders) with a fitted ``detector`` and
     write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary.
 
     ``fpr``: call abnormal the share of normal training images this is, instead of the
-    detector's own (:meth:`~dia.detector.DIADetector.threshold_at`).
+    detector's own (:meth:`~dia.detector.DIADetector.threshold_at`). ``skip_unreadable``:
+    score the files that can be read and list the others, with why, in ``-unreadable.csv``
+    beside ``csv_path`` (else the first one stops the scoring).
     """
     threshold = detector.threshold_ if fpr is None else detector.threshold_at(fpr)
+    unreadable: list | None = [] if skip_unreadable else None
     images, files = load_images(
-        paths, detector.image_size_, detector.channels_, detector.dicom_window
+        paths, detector.image_size_, detector.channels_, detector.dicom_window, unreadable
     )
     scores = detector.score_samples(images)
     abnormal = scores < threshold
@@ -555,7 +562,15 @@ def score_files(
         "files": [str(p) for p in files],
         "scores": scores.tolist(),
         "volumes": volumes,
+        "unreadable": [str(path) for path, _ in unreadable or []],
     }
+    if unreadable:
+        unreadable_csv = free_path(csv_path.with_name(f"{csv_path.stem}-unreadable.csv"))
+        summary["unreadable_csv"] = str(unreadable_csv)
+        with open(unreadable_csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows([str(path), reason] for path, reason in unreadable)
     if volumes:
         volumes_csv = free_path(csv_path.with_name(f"{csv_path.stem}-volumes.csv"))
         summary["volumes_csv"] = str(volumes_csv)

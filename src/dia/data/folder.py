@@ -322,15 +322,25 @@ class Reader:
             raise DataError(f"class folder {folder} holds no image files. {LAYOUTS}")
         return self.files(files)
 
-    def files(self, files: list[Path | tuple[Path, range | None]]) -> list[FileImages]:
+    def files(
+        self, files: list[Path | tuple[Path, range | None]], unreadable: list | None = None
+    ) -> list[FileImages]:
         """The images of ``files``, in order, file by file: (S,S) or (S,S,3) float32. An item
-        may be a (volume, range of slices) pair, which reads only those slices."""
+        may be a (volume, range of slices) pair, which reads only those slices. With a list
+        ``unreadable``, a file that cannot be read is appended to it as ``(path, reason)`` and
+        skipped, instead of stopping the reading."""
         out = []
         for item in files:
             path, selection = item if isinstance(item, tuple) else (item, None)
-            named, displays = read_images(
-                path, self.size, self.dicom_window, selection, self._last_volume
-            )
+            try:
+                named, displays = read_images(
+                    path, self.size, self.dicom_window, selection, self._last_volume
+                )
+            except DataError as err:
+                if unreadable is None:
+                    raise
+                unreadable.append((path, str(err)))
+                continue
             names, images = [name for name, _ in named], [image for _, image in named]
             dicom = not is_nifti(path) and any(d is not None for d in displays)
             study = dicom_study(path) if dicom and self.studies else None
@@ -492,6 +502,7 @@ def load_images(
     image_size: int,
     channels: int,
     dicom_window: tuple[float, float] | None = None,
+    unreadable: list | None = None,
 ) -> tuple[torch.Tensor, list[Path]]:
     """Image files, and the image files found under folders (recursively, sorted), as float32
     (N, ``channels``, S, S) in [0, 1], resized like a data folder's; also the images' names:
@@ -503,6 +514,8 @@ def load_images(
     Hidden files and files with other suffixes are skipped inside folders; a path given
     explicitly must be an image, or a CSV list whose ``path`` column names images
     (:func:`~dia.data.manifest.listed_files`). ``dicom_window`` as in :func:`load_folder`.
+    With a list ``unreadable``, files that cannot be read are skipped and appended to it as
+    ``(path, reason)``; without one, the first stops the reading with an error that names it.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}; expected 1 or 3")
@@ -533,7 +546,9 @@ def load_images(
     if not files:
         raise DataError("no images given")
     reader = Reader(image_size, dicom_window)
-    read = reader.files(files)
+    read = reader.files(files, unreadable)
+    if not read:
+        raise DataError(f"none of the {len(files)} files given could be read: {unreadable[0][1]}")
     images = [img for f in read for img in f.images]
     # Stacked and converted as a data folder's images are, so that a file gives the
     # detector the same pixels here as in training.
