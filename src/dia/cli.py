@@ -178,15 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
         "detector's score; labels are not looked at (default 8)",
     }
+    new_run = "run folder (default runs/<data>-<dissolve>-seed<seed>)"
+    saved = "run folder (or its detector folder); a folder holding a detector saved by the "
+    saved += "library, with --data"
     out_help = {
-        "run": "run folder (default runs/<data>-<dissolve>-seed<seed>)",
-        "dissolve": "run folder (default runs/<data>-<dissolve>-seed<seed>)",
+        "run": new_run,
+        "dissolve": new_run,
         "train-diffusion": "run folder",
         "train": "run folder",
-        "evaluate": "run folder (or its detector folder); a folder holding a detector saved by "
-        "the library, with --data",
-        "maps": "run folder (or its detector folder); a folder holding a detector saved by "
-        "the library, with --data",
+        "evaluate": saved,
+        "maps": saved,
     }
     for name, text in commands.items():
         p = sub.add_parser(name, help=text, description=text)
