@@ -23,6 +23,7 @@ from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
 from .networks import AmplifierNet
 from .optim import WeightAverage, lr_factor, make_optimizer
+from .progress import expected_steps
 from .shifts import NUM_SHIFTS, all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
@@ -257,6 +258,7 @@ class DetectorTrainer:
                     for key, value in losses.items():
                         history[key].append(value)
                     train_s = time.perf_counter() - t0 - paused_s
+                    bar.total = expected_steps(step, train_s, max_seconds, total_steps)
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
                     if (

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import DiffusionConfig
+from ..progress import expected_steps
 from .model import DiffusionModel
 
 
@@ -71,9 +72,8 @@ def train_diffusion(
     steps = seen = 0
     out_of_time = False
     main = distributed.is_main()
-    bar = tqdm(
-        total=config.epochs * steps_per_epoch, desc="diffusion", disable=not progress or not main
-    )
+    bar_total = config.epochs * steps_per_epoch
+    bar = tqdm(total=bar_total, desc="diffusion", disable=not progress or not main)
     for epoch in range(config.epochs):
         perm = torch.randperm(n, generator=order, device=device)
         total, count = torch.zeros((), device=device), 0
@@ -91,6 +91,8 @@ def train_diffusion(
             count += 1
             steps += 1
             seen += x0.shape[0]
+            elapsed = time.perf_counter() - start
+            bar.total = expected_steps(steps, elapsed, config.max_seconds, bar_total)
             bar.update(1)
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{(total / count).item():.4f}")
