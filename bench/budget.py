@@ -11,7 +11,8 @@ Runs go one after another (two torch processes on one small CPU slow each other 
 times). Results are merged into bench/results/<name>.json after every run, so an interrupted
 table resumes where it stopped: a (variant, seed) already there with the same settings is
 skipped. A file holds one machine's runs (a budget buys as many steps as the machine's speed
-allows): a run on another processor is refused. A Markdown table is written beside the JSON.
+allows): a run on another processor, or with another DIA_CPU_MEMORY, is refused. A Markdown
+table is written beside the JSON.
 
     python bench/budget.py --data ../shared/data/pneumoniamnist.npz --preset cpu \\
         --seeds 0 1 2 --variants dia csi gaussian median dia-t0-30 dia-t100-300 \\
@@ -35,7 +36,7 @@ import torch
 from dia.baselines import knn_pixel_scores
 from dia.config import DataConfig, RunConfig, to_dict
 from dia.data import ImageData, load_data
-from dia.device import resolve_device, resolve_precision
+from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.evaluation import anomaly_metrics
 from dia.pipeline import code_commit, machine, make_detector
@@ -443,12 +444,18 @@ def chosen_on(data: ImageData) -> str:
     return f"{where}; the test split reports only"
 
 
-# What makes two machines alike for a budget: the same processor, cores and accelerator.
-MACHINE_KEYS = ("cpu_model", "amx", "cores", "cuda")
+# What makes two machines alike for a budget: the same processor, cores and accelerator, and
+# the same way of taking CPU memory (runs that predate the record took it the system's way).
+MACHINE_KEYS = ("cpu_model", "amx", "cores", "cuda", "cpu_memory")
+MACHINE_DEFAULTS = {"cpu_memory": "system"}
 
 
 def machine_text(m: dict) -> str:
-    return ", ".join(f"{key} {m.get(key)!r}" for key in MACHINE_KEYS)
+    return ", ".join(f"{key} {_machine_value(m, key)!r}" for key in MACHINE_KEYS)
+
+
+def _machine_value(m: dict, key: str):
+    return m.get(key, MACHINE_DEFAULTS.get(key))
 
 
 def other_machine(results: dict, current: dict) -> str | None:
@@ -457,13 +464,16 @@ def other_machine(results: dict, current: dict) -> str | None:
     for entry in results.get("variants", {}).values():
         for run in entry.get("runs", {}).values():
             ran_on = run.get("machine")
-            if ran_on and any(ran_on.get(k) != current.get(k) for k in MACHINE_KEYS):
+            if ran_on and any(
+                _machine_value(ran_on, k) != _machine_value(current, k) for k in MACHINE_KEYS
+            ):
                 return machine_text(ran_on)
     return None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    set_cpu_memory_from_env()  # as the dia command does: runs take the speed users get
     name = args.name or Path(args.data.rstrip("/")).stem.replace("medmnist:", "")
     base = apply_preset(RunConfig(data=DataConfig(spec=args.data)), args.preset)
     base = apply_settings(base, dict(args.set))

@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 
 from dia.config import DetectorConfig
-from dia.device import autocast, memory_format, resolve_device, resolve_precision
+from dia.device import (
+    autocast,
+    memory_format,
+    resolve_device,
+    resolve_precision,
+    set_cpu_memory_from_env,
+)
 from dia.losses import contrastive_loss, shift_loss
 from dia.pipeline import machine
 from dia.shifts import NUM_SHIFTS
@@ -65,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--name", default="compile")
     args = p.parse_args(argv)
+    set_cpu_memory_from_env()  # as the dia command does
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     config = DetectorConfig(width=args.width)

@@ -30,7 +30,7 @@ import torch
 from dia import training
 from dia.config import DataConfig, DetectorConfig, DiffusionConfig, ScoreConfig
 from dia.data import load_data
-from dia.device import resolve_device
+from dia.device import resolve_device, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel
 from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
 from dia.pipeline import machine
@@ -94,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    set_cpu_memory_from_env()  # as the dia command does
     device = resolve_device(args.device)
     data = load_data(DataConfig(spec=args.data))
     images = data.train[: args.images]

@@ -131,6 +131,17 @@ def test_runs_on_another_machine_go_into_another_table(tmp_path):
     assert budget.other_machine({"variants": {"csi": {"runs": {"0": {}}}}}, machine()) is None
 
 
+def test_runs_that_took_cpu_memory_another_way_go_into_another_table():
+    budget = load("budget")
+    from dia.pipeline import machine
+
+    here = {**machine(), "cpu_memory": "keep"}
+    before = {k: v for k, v in here.items() if k != "cpu_memory"}  # recorded before the mode
+    results = {"variants": {"csi": {"runs": {"0": {"machine": before}}}}}
+    assert "cpu_memory 'system'" in budget.other_machine(results, here)
+    assert budget.other_machine(results, {**here, "cpu_memory": "system"}) is None
+
+
 def test_a_variant_cannot_change_the_data_that_every_variant_shares(tmp_path):
     budget = load("budget")
     argv = ["--data", "synthetic", "--preset", "quick", "--budget", "6", "--seeds", "0"]

@@ -352,8 +352,10 @@ def _launch_device(args: argparse.Namespace) -> str:
 def _main(args: argparse.Namespace) -> int:
     from . import pipeline
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
+    from .device import set_cpu_memory_from_env
 
     try:
+        set_cpu_memory_from_env()
         if args.command in READS_RUN and args.out is not None:
             args.out = pipeline.run_folder_of(args.out)
         if args.command not in DISTRIBUTED:

@@ -28,7 +28,7 @@ from .data.folder import load_images
 from .data.volumes import split_selection
 from .detector import FORMAT as DETECTOR_FORMAT
 from .detector import DIADetector
-from .device import cpu_has_fast_bf16, resolve_device, resolve_precision
+from .device import cpu_has_fast_bf16, cpu_memory, resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
@@ -86,7 +86,8 @@ def cpu_model() -> str | None:
 
 def machine() -> dict:
     """What the numbers were measured on; ``amx``: whether bf16 runs on AMX tiles (the
-    ``auto`` precision's choice on a CPU)."""
+    ``auto`` precision's choice on a CPU); ``cpu_memory``: how CPU memory is taken
+    (:func:`dia.device.set_cpu_memory`)."""
     return {
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
@@ -95,6 +96,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_memory": cpu_memory(),
     }
 
 
