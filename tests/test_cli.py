@@ -710,6 +710,37 @@ def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):
     assert "none of the 1 files given could be read" in capsys.readouterr().err
 
 
+def test_maps_pick_images_by_the_scores_evaluate_wrote(finished_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from dia import pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    picked = []
+    write = pipeline.write_anomaly_maps
+    monkeypatch.setattr(
+        pipeline,
+        "write_anomaly_maps",
+        lambda det, images, scores, *rest: (
+            picked.append(np.asarray(scores)) or write(det, images, scores, *rest)
+        ),
+    )
+    args = ["maps", "--out", str(run), "--count", "2", "--patch", "4", "--device", "cpu"]
+    assert main(args) == 0
+    assert f"by {run / 'scores.csv'}" in capsys.readouterr().err
+    # another saved detector than the one evaluated, or another precision: scored anew
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["detector_sha256"] == pipeline.detector_digest(run / "detector")
+    (run / "metrics.json").write_text(json.dumps({**metrics, "detector_sha256": "0" * 64}))
+    assert main(args) == 0
+    assert "scoring 24 test images" in capsys.readouterr().err
+    np.testing.assert_allclose(picked[0], picked[1], atol=1e-5)
+    (run / "metrics.json").write_text(json.dumps({**metrics, "precision": "bf16"}))
+    assert main(args) == 0
+    assert "scoring 24 test images" in capsys.readouterr().err
+
+
 def test_anomaly_maps_of_the_lowest_scoring_test_images(finished_run, tmp_path, capsys):
     png = tmp_path / "maps.png"
     args = ["maps", "--out", str(finished_run), "--image", str(png), "--count", "3",

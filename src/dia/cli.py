@@ -563,14 +563,20 @@ def _maps(args, config: RunConfig, out: Path) -> None:
     config, detector, test_set = _saved_detector(args, config, out)
     size = detector.image_size_
     check_patch(size, size, args.patch, args.stride)  # before scoring the whole test split
+    scores = None
     if test_set:  # a library's detector: the test images dia evaluate scores
-        test = pipeline.load_test_set(pipeline.external_data_config(detector, test_set)).test
+        data = pipeline.load_test_set(pipeline.external_data_config(detector, test_set))
     else:
-        test = pipeline.load_run_data(config).test
-    print(f"scoring {len(test)} test images to pick the lowest-scoring", file=sys.stderr)
+        data = pipeline.load_run_data(config)
+        scores = pipeline.saved_test_scores(out, data, detector)
+    if scores is None:
+        print(f"scoring {len(data.test)} test images to pick the lowest-scoring", file=sys.stderr)
+        scores = detector.score_samples(data.test)
+    else:
+        print(f"the lowest-scoring test images by {out / 'scores.csv'}", file=sys.stderr)
     path = args.image or out / "anomaly_maps.png"
     shown = pipeline.write_anomaly_maps(
-        detector, test, detector.score_samples(test), path, args.count, args.patch, args.stride
+        detector, data.test, scores, path, args.count, args.patch, args.stride
     )
     print(f"anomaly maps of the {shown} lowest-scoring test images saved to {path}")
     pipeline.refresh_report(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import platform
 import shutil
@@ -324,6 +325,8 @@ def evaluate_step(
         world_size=history.get("world_size", distributed.world_size()),
         wall_s={**(timings or {}), "test_scoring_s": score_s},
         test_images_per_s=len(labels) / max(score_s, 1e-9),
+        # which saved detector made scores.csv: dia maps reuses the scores while it is the same
+        detector_sha256=detector_digest(out / DETECTOR_DIR),
     )
     metrics.update(extra or {})
     # Each test image's file, where it came from one, so that a flagged scan can be found.
@@ -356,6 +359,49 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     timings = earlier.get("wall_s", {})
     extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if k in earlier}
     return evaluate_step(config, load_run_data(config), detector, out, timings, extra)
+
+
+def detector_digest(folder: Path) -> str | None:
+    """SHA-256 of the files of the detector saved in ``folder`` (its settings, network and
+    bank: all its scores depend on), None when there is none."""
+    folder = saved_dir(folder)
+    files = [folder / "config.json", folder / "model.safetensors"]
+    if not all(f.is_file() for f in files):
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def saved_test_scores(out: Path, data: ImageData, detector: DIADetector) -> np.ndarray | None:
+    """The test scores that evaluating run ``out`` wrote (``scores.csv``), when they are the
+    scores ``detector`` gives ``data``'s test images: the same saved detector, device type and
+    precision, the same images in the same order. None otherwise (scores to compute anew)."""
+    device = resolve_device(detector.device)
+    try:
+        metrics = read_json(out / "metrics.json")
+        digest = metrics.get("detector_sha256")
+        if digest is None or digest != detector_digest(out / DETECTOR_DIR):
+            return None
+        if metrics.get("precision") != resolve_precision(detector.precision, device):
+            return None
+        if torch.device(metrics.get("device", "")).type != device.type:
+            return None
+        with open(out / "scores.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        names = data.test_names or [""] * len(data.test)
+        labels = data.test_labels.tolist()
+        if len(rows) != len(names) or any(
+            row["path"] != name or int(row["label"]) != label
+            for row, name, label in zip(rows, names, labels, strict=True)
+        ):
+            return None
+        return np.array([float(row["score"]) for row in rows])
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
 
 
 def _load_history(detector: DIADetector, out: Path) -> None:
