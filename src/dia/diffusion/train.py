@@ -98,7 +98,7 @@ def train_diffusion(
                 bar.set_postfix(loss=f"{(total / count).item():.4f}")
             max_s = config.max_seconds
             # Rank 0's clock decides for all, so that every process takes the same steps.
-            if max_s is not None and distributed.agree(time.perf_counter() - start)[0] >= max_s:
+            if max_s is not None and distributed.agree(elapsed)[0] >= max_s:
                 out_of_time = True
                 break
         history["loss"].append((total / count).item())
