@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from dia.baselines import knn_pixel_scores
+from dia.baselines import BASELINES, knn_pixel_scores
 from dia.config import DataConfig, RunConfig, to_dict
 from dia.data import ImageData, load_data
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
@@ -72,10 +72,6 @@ GRID_NEIGHBOURS = (5, 20)
 # features each: the crop changes what the network sees, not only how its outputs combine).
 GRID_CROPS = (0.3, 1.0)
 LABELS = {"dia": "DIA (diffusion)", "csi": "CSI (no dissolving)"}
-BASELINES = {
-    "knn_pixel_k5": "raw-pixel kNN (k=5)",
-    "knn_standardized_k5": "standardised-pixel kNN (k=5)",
-}
 
 
 def parse_setting(text: str) -> tuple[str, object]:

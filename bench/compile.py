@@ -41,7 +41,8 @@ from dia.training import build_network
 def make_step(config, x, labels, device, precision, compiled: bool):
     """A training step on the fixed batch ``x``; the network is compiled when asked."""
     torch.manual_seed(0)
-    net = build_network(config, x.shape[1]).to(device, memory_format=memory_format(config.width))
+    net = build_network(config, x.shape[1], x.shape[-1])
+    net = net.to(device, memory_format=memory_format(config.width))
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     model = torch.compile(net) if compiled else net

@@ -5,7 +5,8 @@ Compared on the same images, the same network and the same number of steps:
   channels_last against the plain one;
 - dissolving: looked up in a precomputed cache against calling the UNet every step
   (the cache's one-off build time is reported beside it);
-- scoring (the feature bank and test images: every shift, S test-time samples).
+- scoring (the feature bank and test images) with the presets' score against the one dia used
+  before (every shift, 10 test-time samples), in fp32 and bf16.
 Variants run interleaved, ``--repeats`` rounds, and the median of each is kept; ratios between
 variants of the same run are what to read, since absolute times move with the machine's load.
 Writes bench/results/speed.json and speed.md (``--name`` changes the name).
@@ -27,29 +28,30 @@ from pathlib import Path
 
 import torch
 
-from dia import training
-from dia.config import DataConfig, DetectorConfig, DiffusionConfig, ScoreConfig
+from dia import scoring, training
+from dia.config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
 from dia.data import load_data
 from dia.device import resolve_device, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel
 from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
 from dia.pipeline import machine
-from dia.scoring import shifted_features
+from dia.presets import apply_preset
+from dia.scoring import features
 from dia.training import build_network
 
 
 @contextlib.contextmanager
 def plain_layout(active: bool):
-    """Train with the plain (contiguous) memory layout instead of channels_last."""
+    """Train and score with the plain (contiguous) memory layout instead of channels_last."""
     if not active:
         yield
         return
-    original = training.memory_format
-    training.memory_format = lambda width: torch.contiguous_format
+    originals = training.memory_format, scoring.memory_format
+    training.memory_format = scoring.memory_format = lambda width: torch.contiguous_format
     try:
         yield
     finally:
-        training.memory_format = original
+        training.memory_format, scoring.memory_format = originals
 
 
 def train_rate(config, images, dissolver, device, precision, seed=0, contiguous=False) -> dict:
@@ -67,13 +69,30 @@ def train_rate(config, images, dissolver, device, precision, seed=0, contiguous=
     }
 
 
-def score_rate(config, score, images, device, precision) -> dict:
-    net = build_network(config, images.shape[1]).to(device)
-    shifted_features(net, images[:8], config, dataclasses.replace(score, samples=1), device)
-    t0 = time.perf_counter()
-    shifted_features(net, images, config, score, device, precision)
-    seconds = time.perf_counter() - t0
+def score_rate(config, score, images, device, precision, contiguous=False) -> dict:
+    net = build_network(config, images.shape[1], images.shape[-1]).to(device)
+    with plain_layout(contiguous):
+        features(net, images[:8], config, score, device, precision)  # warm: the tables drawn
+        t0 = time.perf_counter()
+        features(net, images, config, score, device, precision)
+        seconds = time.perf_counter() - t0
     return {"score_images_per_s": images.shape[0] / seconds, "seconds": seconds}
+
+
+def scoring_variants() -> dict[str, tuple]:
+    """name: (score settings, precision, plain layout): the presets' score ("now") against the
+    one dia used before (every shift, 10 samples), and inference settings around "now, bf16"."""
+    before = ScoreConfig(samples=10, shifts=4)
+    now = apply_preset(RunConfig(), "quick").score
+    return {
+        "before, fp32": (before, "fp32", False),
+        "before, bf16": (before, "bf16", False),
+        "now, fp32": (now, "fp32", False),
+        "now, bf16": (now, "bf16", False),
+        "now, bf16, batch 64": (dataclasses.replace(now, batch_size=64), "bf16", False),
+        "now, bf16, batch 1024": (dataclasses.replace(now, batch_size=1024), "bf16", False),
+        "now, bf16, plain layout": (now, "bf16", True),
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,16 +137,17 @@ def main(argv=None) -> int:
         ),
         "dia bf16, cached dissolving": (base, dissolver, "bf16", False),
     }
-    score = ScoreConfig()
+    score_variants = scoring_variants()
+    now = score_variants["now, bf16"][0]
     measured: dict[str, list[dict]] = {name: [] for name in variants}
-    scoring: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+    scored: dict[str, list[dict]] = {name: [] for name in score_variants}
     for r in range(args.repeats):
         for name, (config, diss, precision, plain) in variants.items():
             rate = train_rate(config, images, diss, device, precision, seed=r, contiguous=plain)
             measured[name].append(rate)
             print(f"round {r} {name}: {measured[name][-1]['train_images_per_s']:.0f} img/s")
-        for precision in scoring:
-            scoring[precision].append(score_rate(base, score, images, device, precision))
+        for name, (score, precision, plain) in score_variants.items():
+            scored[name].append(score_rate(base, score, images, device, precision, plain))
     grid = timestep_grid(base.t_min, base.t_max, base.dissolve_cache_steps)
     cache_images = data.train[: args.cache_images]
     t0 = time.perf_counter()
@@ -138,7 +158,7 @@ def main(argv=None) -> int:
         return statistics.median(row[key] for row in rows)
 
     train = {name: median(rows, "train_images_per_s") for name, rows in measured.items()}
-    score_rates = {p: median(rows, "score_images_per_s") for p, rows in scoring.items()}
+    score_rates = {name: median(rows, "score_images_per_s") for name, rows in scored.items()}
     results = {
         "command": " ".join(["python", "bench/speed.py", *(argv or sys.argv[1:])]),
         "machine": {**machine(), "device": str(device)},
@@ -150,7 +170,10 @@ def main(argv=None) -> int:
             "batch_size": base.batch_size,
             "epochs_per_measurement": args.epochs,
             "repeats": args.repeats,
-            "score_samples": score.samples,
+            "scores": {
+                name: {**dataclasses.asdict(score), "precision": precision, "plain_layout": plain}
+                for name, (score, precision, plain) in score_variants.items()
+            },
         },
         "train_images_per_s": train,
         "train_runs": measured,
@@ -160,7 +183,11 @@ def main(argv=None) -> int:
             "cache_over_unet_every_step": train["dia fp32, cached dissolving"]
             / train["dia fp32, UNet every step"],
             "dia_over_csi_fp32": train["dia fp32, cached dissolving"] / train["csi fp32"],
-            "score_bf16_over_fp32": score_rates["bf16"] / score_rates["fp32"],
+            "score_bf16_over_fp32": score_rates["now, bf16"] / score_rates["now, fp32"],
+            **{
+                f"score_now_over_before_{p}": score_rates[f"now, {p}"] / score_rates[f"before, {p}"]
+                for p in ("fp32", "bf16")
+            },
         },
         "score_images_per_s": score_rates,
         "dissolve_cache_build_s": cache_full_s,
@@ -185,9 +212,14 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {rate:.0f} | {rate / train['csi fp32']:.2f} |")
     lines += [
         "",
-        "| scoring | images/s (each with 4 shifts x S samples) |",
-        "|---|---|",
-        *(f"| {p} | {rate:.1f} |" for p, rate in score_rates.items()),
+        "| scoring (before: 4 shifts x 10 samples; now: the presets' "
+        f"{now.shifts} x {now.samples}) | images/s | ratio to before, same precision |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {rate:.1f} | "
+            f"{rate / score_rates['before, ' + score_variants[name][1]]:.2f} |"
+            for name, rate in score_rates.items()
+        ),
         "",
         f"Dissolve cache for {cache_images.shape[0]} training images, "
         f"{len(grid)} timesteps: {cache_full_s:.1f} s. Peak RSS {results['peak_rss_mb']:.0f} MB.",

@@ -72,7 +72,64 @@ def test_speed_bench_compares_variants_side_by_side(tmp_path):
     for name in ("csi fp32", "csi fp32, plain layout", "csi bf16", "dia fp32, UNet every step"):
         assert results["train_images_per_s"][name] > 0
     assert results["ratios"]["cache_over_unet_every_step"] > 0
+    for name in ("before, fp32", "now, bf16", "now, bf16, plain layout"):
+        assert results["score_images_per_s"][name] > 0
+    assert results["ratios"]["score_now_over_before_fp32"] > 0
     assert (tmp_path / "speed-tiny.md").exists() and not (tmp_path / "speed.json").exists()
+
+
+def test_scoring_bench_tables_every_setting_on_one_network(tmp_path):
+    scoring_bench = load("scoring")
+    argv = ["--data", "synthetic", "--train-seconds", "1", "--max-samples", "2", "--max-bank"]
+    argv += ["48", "--timing-images", "8", "--device", "cpu", "--out", str(tmp_path)]
+    assert scoring_bench.main([*argv, "--label", "a"]) == 0
+    assert scoring_bench.main([*argv, "--label", "b", "--stem-stride", "2"]) == 0
+    results = json.loads((tmp_path / "scoring.json").read_text())
+    assert set(results["datasets"]) == {"a", "b"}  # merged, one entry a data set
+    entry = results["datasets"]["b"]
+    assert entry["settings"]["detector"]["stem_stride"] == 2
+    assert entry["settings"]["bank_images"] == 48 and entry["settings"]["val_images"] == 200
+    kinds, shifts, samples = len(scoring_bench.KINDS), len(scoring_bench.SHIFTS), 3  # 0, 1, 2
+    assert len(entry["val_auroc"]) == kinds * shifts * samples * samples
+    assert all(0 <= v <= 1 for v in entry["val_auroc"].values())
+    assert len(entry["images_per_s"]) == shifts * samples
+    table = (tmp_path / "scoring.md").read_text()
+    assert "| encoder/cosine | 2 x 1 | 2 |" in table  # the table across data sets
+    assert "## b, 32 px" in table
+
+
+def test_scoring_bench_features_are_the_scores_own():
+    """The bench's features, built a sample at a time, are what dia scores with."""
+    from dia.config import RunConfig, ScoreConfig
+    from dia.networks import AmplifierNet
+    from dia.scoring import features
+
+    scoring_bench = load("scoring")
+    net, images, cpu = AmplifierNet(1, width=4), torch.rand(5, 1, 16, 16), torch.device("cpu")
+    config = RunConfig()
+    parts = scoring_bench.per_sample(net, images, config, 3, (cpu, "fp32"))
+    for shifts, samples in ((1, 0), (2, 3), (4, 2)):
+        score = ScoreConfig(shifts=shifts, samples=samples)
+        expected = features(net, images, config.detector, score, cpu)
+        got = scoring_bench.combined(parts, samples, shifts)
+        for name in ("h", "z", "logits"):
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name))
+
+
+def test_scaling_bench_measures_each_setting_in_its_own_process(tmp_path):
+    scaling = load("scaling")
+    argv = ["--sizes", "16", "--device", "cpu", "--out", str(tmp_path), "--name", "tiny"]
+    assert scaling.main(argv) == 0
+    results = json.loads((tmp_path / "tiny.json").read_text())
+    for setting in ("before", "now"):
+        row = results["results"][f"16|{setting}"]
+        assert row["train_views_per_s"] > 0 and row["score_images_per_s"] > 0
+        assert row["bank_s_per_1000"] > 0 and row["peak_rss_mb"] > 0
+    # a process that needs more memory than it may take is recorded as failed, not fatal
+    assert scaling.main([*argv, "--memory-gb", "0.5"]) == 0
+    row = json.loads((tmp_path / "tiny.json").read_text())["results"]["16|now"]
+    assert "failed" in row
+    assert "did not run" in (tmp_path / "tiny.md").read_text()
 
 
 def test_stored_settings_match_only_when_a_new_setting_is_at_its_default():

@@ -11,7 +11,7 @@ from dia.detector import DIADetector, as_images
 from dia.scoring import build_bank, shifted_features
 
 TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
-SCORE = ScoreConfig(samples=2, features="projection", shift_weight=1.0)
+SCORE = ScoreConfig(samples=2, shifts=4, features="projection", shift_weight=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +205,8 @@ def test_as_images_accepts_common_layouts():
         as_images(torch.zeros(2, 1, 8, 6))
     with pytest.raises(ValueError, match="square"):
         DIADetector().fit(torch.rand(4, 1, 16, 12))
-    with pytest.raises(ValueError, match="score samples=0"):  # before any training
-        DIADetector(TINY, dataclasses.replace(SCORE, samples=0)).fit(torch.rand(4, 1, 16, 16))
+    with pytest.raises(ValueError, match="score samples=-1"):  # before any training
+        DIADetector(TINY, dataclasses.replace(SCORE, samples=-1)).fit(torch.rand(4, 1, 16, 16))
 
 
 def test_a_deadline_ends_training_in_time_for_the_bank():
@@ -267,9 +267,38 @@ def test_a_version_1_detector_keeps_the_csi_score(fitted, tmp_path):
     for key in ("features", "cosine", "shift_weight"):
         del config["score"][key]
     (tmp_path / "v1" / "config.json").write_text(json.dumps(config))
-    loaded = DIADetector.from_pretrained(tmp_path / "v1", device="cpu")
+    with pytest.warns(UserWarning, match="earlier dia"):
+        loaded = DIADetector.from_pretrained(tmp_path / "v1", device="cpu")
     assert loaded.score_config.features == "projection"
     assert loaded.score_config.shift_weight == 1.0
+    np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_version_2_detector_loads_with_cifars_stem_and_says_how_it_was_made(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "v2")
+    config = json.loads((tmp_path / "v2" / "config.json").read_text())
+    config["version"] = 2
+    del config["detector"]["stem_stride"], config["score"]["shifts"]
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="flipped after they were shifted"):
+        loaded = DIADetector.from_pretrained(tmp_path / "v2", device="cpu")
+    assert loaded.detector_config.stem_stride == 1 and loaded.score_config.shifts == 4
+    np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_a_strided_stem_and_one_plain_view_of_one_shift_round_trip(tmp_path):
+    images = torch.rand(16, 1, 16, 16)
+    config = dataclasses.replace(TINY, stem_stride=2)
+    score = ScoreConfig(samples=0, shifts=1)
+    det = DIADetector(config, score, device="cpu", progress=False).fit(images)
+    assert det.net_.encoder.stem[0].stride == (2, 2)
+    assert det.bank_.bank.shape == (1, 16, 32)  # one shift: the images as they are
+    det.save_pretrained(tmp_path / "det")
+    loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
+    assert loaded.detector_config.stem_stride == 2 and loaded.score_config.shifts == 1
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 

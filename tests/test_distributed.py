@@ -184,7 +184,7 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
     from dia.training import build_network
 
     torch.manual_seed(0)
-    initial = build_network(TINY, 1).state_dict()
+    initial = build_network(TINY, 1, 16).state_dict()
     weights = [k for k, v in a["state"].items() if v.is_floating_point()]
     assert any(not torch.equal(a["state"][k], initial[k]) for k in weights)
 
@@ -292,7 +292,7 @@ def test_torchrun_writes_one_run_folder(tmp_path):
     assert metrics["world_size"] == 2
     history = json.loads((runs[0] / "detector" / "history.json").read_text())
     assert history["world_size"] == 2 and history["steps"] == 32 // (2 * 4)
-    assert done.stdout.count("AUROC") == 1  # rank 0 alone reports
+    assert done.stdout.count("AUPRC") == 1  # rank 0 alone reports
     assert (runs[0] / "diffusion" / "model.safetensors").is_file()
     diffusion = json.loads((runs[0] / "diffusion" / "history.json").read_text())
     assert diffusion["world_size"] == 2 and diffusion["steps"] == 32 // (2 * 16)

@@ -24,6 +24,19 @@ def test_the_report_page_escapes_text_and_shows_only_the_pictures_it_has():
     assert "at step 50" in again and "reused: trained by an earlier start" in again
     empty = report_html({}, {})
     assert "none in this folder" in empty and "AUROC -" in empty
+    assert "baselines" not in page and "baselines" not in empty
+
+
+def test_the_report_page_shows_the_detector_beside_the_baselines():
+    baselines = {
+        "knn_pixel_k5": {"test": 0.61234, "k": 5},
+        "knn_standardized_k5": {"test": 0.687, "k": 5},
+    }
+    page = report_html({"auroc": 0.75, "val_auroc": 0.7, "baselines": baselines}, {})
+    assert "Against simple baselines (AUROC)" in page
+    assert "<th>raw-pixel kNN (k=5)</th><td>0.612</td><td>-</td>" in page
+    assert "<th>standardised-pixel kNN (k=5)</th><td>0.687</td><td>-</td>" in page
+    assert "<th>this detector</th><td>0.750</td><td>0.700</td>" in page
 
 
 def test_the_training_curve_smooths_over_a_fiftieth_of_the_steps(tmp_path):

@@ -12,9 +12,10 @@ from dia.scoring import (
     estimate_seconds,
     plain_features,
     score_terms,
+    shifted_features,
 )
 
-CSI = ScoreConfig(features="projection", cosine=False, shift_weight=1.0)  # CSI's own score
+CSI = ScoreConfig(features="projection", cosine=False, shift_weight=1.0, shifts=4)  # CSI's
 
 
 def make_feats(seed: int, n: int) -> ShiftedFeatures:
@@ -199,7 +200,7 @@ def test_plain_features_are_the_networks_output_on_each_shift():
 def test_keyed_augmentation_replays_the_batch_draw_image_by_image(channels):
     from dia.augment import KeyedAugment, SimCLRAugment
 
-    augment = SimCLRAugment(8, channels, crop_scale=(0.54, 0.54), flip=True)
+    augment = SimCLRAugment(8, channels, crop_scale=(0.54, 0.54))
     keyed = KeyedAugment(augment, (channels, 8, 8), seed=5, rows=16)
     x = torch.rand(16, channels, 8, 8)
     every = keyed(x.clone(), torch.arange(16))
@@ -226,3 +227,71 @@ def test_image_keys_follow_the_pixels_alone():
     zeros = torch.zeros(1, 1, 4, 4)
     assert torch.equal(image_keys(-zeros), image_keys(zeros))  # -0.0 is 0.0
     assert len(set(image_keys(torch.rand(64, 1, 8, 8)).tolist())) > 55
+
+
+def test_test_time_views_are_flipped_before_they_are_shifted():
+    """Training flips a view, then shifts it; so must scoring. A flip after a rotation by 90
+    degrees would be a rotation by 270 degrees of the flipped image: a training image of
+    another shift class."""
+    from dia.networks import AmplifierNet
+    from dia.shifts import unshift
+
+    seen = []
+
+    class Recording(AmplifierNet):
+        def forward_features(self, x):
+            seen.append(x.clone())
+            return super().forward_features(x)
+
+    net, images = Recording(1, width=4), torch.rand(6, 1, 8, 8)
+    # No jitter and a crop of the whole image: each view is the shifted, maybe flipped, image.
+    detector = DetectorConfig(jitter_prob=0.0)
+    score = ScoreConfig(samples=8, shifts=4, crop_scale=1.0)
+    shifted_features(net, images, detector, score, torch.device("cpu"))
+    flipped = 0
+    for views in seen:
+        for k, view in enumerate(views.view(4, 6, 1, 8, 8)):
+            back = unshift(view, k)
+            as_is = torch.isclose(back, images).flatten(1).all(1)
+            mirrored = torch.isclose(back, images.flip(-1)).flatten(1).all(1)
+            assert (as_is | mirrored).all(), f"shift {k}: a view is not a shifted (flipped) image"
+            flipped += int(mirrored.sum())
+    assert 0 < flipped < 8 * 4 * 6  # some views are flipped, some not
+    # One flip a view, the same for all its shifts: as training flips a view, then shifts it.
+    for views in seen:
+        per_shift = [unshift(v, k) for k, v in enumerate(views.view(4, 6, 1, 8, 8))]
+        assert all(torch.equal(p, per_shift[0]) for p in per_shift)
+
+
+def test_fewer_shifts_and_one_plain_view():
+    from dia.networks import AmplifierNet
+    from dia.scoring import features
+
+    net, images, cpu = AmplifierNet(1, width=4), torch.rand(5, 1, 16, 16), torch.device("cpu")
+    detector = DetectorConfig()
+    plain = features(net, images, detector, ScoreConfig(samples=0, shifts=2), cpu)
+    every = plain_features(net, images, detector, ScoreConfig(shifts=4), cpu)
+    assert plain.z.shape == (2, 5, 128)
+    torch.testing.assert_close(plain.z, every.z[:2])
+    # shift k's augmented views are the same whatever the number of shifts scored
+    two = features(net, images, detector, ScoreConfig(samples=2, shifts=2), cpu)
+    four = features(net, images, detector, ScoreConfig(samples=2, shifts=4), cpu)
+    torch.testing.assert_close(two.h, four.h[:2])
+    assert not torch.allclose(two.h, plain.h)  # augmented, unlike the plain view
+    score = ScoreConfig(shifts=2)
+    assert csi_score(two, build_bank(two, score), score).shape == (5,)
+    with pytest.raises(ValueError, match="features of 2 shifts against a bank of 4"):
+        csi_score(two, build_bank(four, score), score)
+
+
+def test_the_stem_downsamples_larger_images_to_a_first_stage_of_32_to_63_px():
+    from dia.networks import ResNet18, stem_stride_for
+
+    assert [stem_stride_for(s) for s in (16, 28, 63, 64, 127, 128, 224, 256, 512)] == [
+        1, 1, 1, 2, 2, 4, 4, 8, 16,
+    ]  # fmt: skip
+    for stride, size in ((1, 28), (2, 64), (4, 128)):
+        net = ResNet18(1, width=4, stem_stride=stride)
+        assert net.stem(torch.rand(2, 1, size, size)).shape[-1] == size // stride
+    with pytest.raises(ValueError, match="power of two"):
+        ResNet18(1, width=4, stem_stride=3)

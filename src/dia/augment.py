@@ -9,6 +9,11 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from .shifts import NUM_SHIFTS
+
+# How many sets of test-time randomness there are; an image's key picks one.
+KEY_ROWS = 4096
+
 
 class SimCLRAugment(nn.Module):
     """Colour jitter, random grayscale and random resized crop, independently per image.
@@ -16,6 +21,9 @@ class SimCLRAugment(nn.Module):
     Input and output: (B, C, H, W) in [0, 1], same shape. On 1-channel images only brightness
     and contrast apply (saturation, hue and grayscale mean nothing there). ``crop_scale`` is the
     (min, max) area fraction of the crop; test-time augmentation fixes it, e.g. (0.54, 0.54).
+    The horizontal flip is not part of it: it comes before the shift (training's
+    ``random_hflip``, scoring's :func:`keyed_views`), since a flip after a rotation is another
+    rotation of the flipped image.
     """
 
     def __init__(
@@ -26,15 +34,12 @@ class SimCLRAugment(nn.Module):
         jitter_strength: float = 0.4,
         jitter_prob: float = 0.8,
         gray_prob: float = 0.2,
-        flip: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale={crop_scale}; expected 0 < min <= max <= 1")
         s = jitter_strength
         ops: list[nn.Module] = []
-        if flip:
-            ops.append(K.RandomHorizontalFlip())
         if channels == 3:
             ops.append(K.ColorJitter(s, s, s, s / 4, p=jitter_prob))
             ops.append(K.RandomGrayscale(p=gray_prob))
@@ -66,7 +71,7 @@ class KeyedAugment:
     SHARED = frozenset({"order", "forward_input_shape"})
 
     def __init__(
-        self, augment: SimCLRAugment, shape: tuple[int, int, int], seed: int, rows: int = 4096
+        self, augment: SimCLRAugment, shape: tuple[int, int, int], seed: int, rows: int = KEY_ROWS
     ) -> None:
         self.ops = list(augment.ops)
         self.rows = rows
@@ -102,16 +107,27 @@ class KeyedAugment:
 
 @functools.lru_cache(maxsize=64)
 def keyed_views(settings: tuple, shape: tuple[int, int, int], sample: int, shifts: int) -> tuple:
-    """One :class:`KeyedAugment` a shift for test-time sample ``sample``, each with a seed of
-    its own; ``settings``: :class:`SimCLRAugment`'s arguments, in order. Kept, so that scoring
-    draws its tables once, not at every call."""
+    """Test-time sample ``sample``'s randomness: (flips, augments). ``flips``: (rows,) bools,
+    whether the image of each key is flipped horizontally, before it is shifted, as training
+    flips its views; ``augments``: one :class:`KeyedAugment` a shift, applied after the shift,
+    each with a seed of its own (that of shift k is the same whatever ``shifts``, the number
+    of shifts scored, is). ``settings``: :class:`SimCLRAugment`'s arguments, in order. Kept, so
+    that scoring draws its tables once, not at every call."""
     augment = SimCLRAugment(*settings)
-    return tuple(
-        KeyedAugment(augment, shape, seed=10_000 + shifts * sample + k) for k in range(shifts)
+    flips = torch.rand(KEY_ROWS, generator=torch.Generator().manual_seed(20_000 + sample)) < 0.5
+    augments = tuple(
+        KeyedAugment(augment, shape, seed=10_000 + NUM_SHIFTS * sample + k) for k in range(shifts)
     )
+    return flips, augments
 
 
-def image_keys(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+def keyed_flip(x: torch.Tensor, flips: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images, each flipped horizontally where ``flips`` says so for its key."""
+    flip = flips[keys.cpu()].to(x.device)[:, None, None, None]
+    return torch.where(flip, x.flip(-1), x)
+
+
+def image_keys(images: torch.Tensor, rows: int = KEY_ROWS) -> torch.Tensor:
     """(N,) int64 keys in [0, rows), each a hash of one image's values: equal images, equal
     keys, whatever else is in the batch."""
     keys = []

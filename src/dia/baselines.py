@@ -6,7 +6,16 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from .evaluation import anomaly_metrics
 from .networks import normalize_input
+
+# The pixel kNN baselines every DIA number is read beside: key -> (label, standardize).
+_KNN = {
+    "knn_pixel_k5": ("raw-pixel kNN (k=5)", False),
+    "knn_standardized_k5": ("standardised-pixel kNN (k=5)", True),
+}
+BASELINES = {key: label for key, (label, _) in _KNN.items()}
+BASELINE_K = 5
 
 
 def knn_pixel_scores(
@@ -27,3 +36,21 @@ def knn_pixel_scores(
     nn = NearestNeighbors(n_neighbors=k).fit(a.numpy())
     distances, _ = nn.kneighbors(b.numpy())
     return distances.mean(axis=1)
+
+
+def baseline_aurocs(
+    train: torch.Tensor, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, dict]:
+    """AUROC (abnormal positive) of each of :data:`BASELINES` on each labelled split.
+
+    ``train`` (N, C, H, W) as the detector saw it; ``splits`` name -> (images (M, C, H, W),
+    labels (M,)). Returns key -> {split: AUROC, ``k``: the neighbours used, at most N}.
+    """
+    k = min(BASELINE_K, train.shape[0])
+    results = {}
+    for key, (_, standardize) in _KNN.items():
+        results[key] = {"k": k}
+        for split, (images, labels) in splits.items():
+            scores = knn_pixel_scores(train, images, k, standardize)
+            results[key][split] = anomaly_metrics(labels.numpy(), scores)["auroc"]
+    return results

@@ -694,13 +694,20 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _print_metrics(metrics: dict, out: Path, wall: float | None = None) -> None:
-    """The metrics' line and where the rest is; ``wall``: the seconds this command took
-    (default: the run's recorded total)."""
+    """The metrics' lines (the validation AUROC and the baselines' where recorded) and where
+    the rest is; ``wall``: the seconds this command took (default: the run's recorded total)."""
     wall = metrics["wall_s"].get("total_s") if wall is None else wall
     print(
         f"AUROC {metrics['auroc']:.4f}  AUPRC {metrics['auprc']:.4f}  "
         f"FPR@95%TPR {metrics['fpr_at_95_tpr']:.4f}" + (f"  ({wall:.0f} s)" if wall else "")
     )
+    if "val_auroc" in metrics:
+        print(f"validation AUROC {metrics['val_auroc']:.4f}")
+    if "baselines" in metrics:
+        from .baselines import BASELINES
+
+        found = [f"{BASELINES.get(k, k)} {b['test']:.3f}" for k, b in metrics["baselines"].items()]
+        print(f"baselines (test AUROC): {', '.join(found)}")
     held = "metrics, scores" if "external" in metrics else "metrics, scores, models"
     print(f"{held}, ROC curve, score histograms and anomaly maps in {out}")
     print(f"all on one page: {out / 'report.html'}")

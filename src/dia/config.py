@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# How many shifts every shift family makes (dia.shifts).
+NUM_SHIFTS = 4
+
 
 @dataclass
 class DataConfig:
@@ -70,6 +73,9 @@ class DetectorConfig:
     of each batch's images that also get a dissolved view (1 = all, docs/method.md, section 3).
     ``dissolve_start``: the share of training (of its steps or its time, whichever runs out
     first) done as plain CSI before the dissolved views join (0 = from the first step).
+    ``stem_stride``: how much the network's stem downsamples images before its first stage (a
+    power of two; 0 = from the image size: the first stage at 32 to 63 px, see
+    :func:`~dia.networks.stem_stride_for`).
     """
 
     dissolve: str = "diffusion"
@@ -78,6 +84,7 @@ class DetectorConfig:
     shift: str = "rotation"
     mask: str = "shifted_removed"
     width: int = 16
+    stem_stride: int = 0
     input_norm: str = "fixed"
     proj_dim: int = 128
     temperature: float = 0.5
@@ -111,9 +118,13 @@ class ScoreConfig:
     cosine, weight 1, one neighbour
     (the ``paper`` preset); the defaults were chosen on validation splits (``bench/budget.py``):
     there the rotation head's term lowered AUROC and the encoder's features raised it.
+    ``samples``: test-time augmentations averaged per shift (0: one view, not augmented);
+    ``shifts``: how many of the shifts, from the first (the image as it is), the score averages
+    over. Every image costs ``shifts * max(samples, 1)`` passes through the network.
     """
 
     samples: int = 10
+    shifts: int = 2
     crop_scale: float = 0.54
     features: str = "encoder"
     cosine: bool = False
@@ -147,6 +158,7 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
     training checks its own choices, such as the timestep range, as it starts)."""
     at_least = {
         "width": (detector.width, 1),
+        "stem_stride": (detector.stem_stride, 0),
         "proj_dim": (detector.proj_dim, 1),
         "batch_size": (detector.batch_size, 1),
         "epochs": (detector.epochs, 1),
@@ -154,7 +166,8 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
         "dissolve_cache_steps": (detector.dissolve_cache_steps, 0),
         "weight_decay": (detector.weight_decay, 0.0),
         "jitter_strength": (detector.jitter_strength, 0.0),
-        "score samples": (score.samples, 1),
+        "score samples": (score.samples, 0),
+        "score shifts": (score.shifts, 1),
         "score neighbours": (score.neighbours, 1),
         "score batch_size": (score.batch_size, 1),
     }
@@ -166,6 +179,12 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
         "lr": detector.lr,
         "max_seconds": 1.0 if detector.max_seconds is None else detector.max_seconds,
     }
+    if detector.stem_stride & (detector.stem_stride - 1):
+        raise ValueError(
+            f"stem_stride={detector.stem_stride}; expected a power of two, or 0 for automatic"
+        )
+    if score.shifts > NUM_SHIFTS:
+        raise ValueError(f"score shifts={score.shifts}; expected at most {NUM_SHIFTS}")
     for name, value in above_zero.items():
         if not value > 0:
             raise ValueError(f"{name}={value}; expected more than 0")

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed
 from .checkpoint import Checkpointing
 from .config import (
+    NUM_SHIFTS,
     DetectorConfig,
     DiffusionConfig,
     ScoreConfig,
@@ -34,8 +35,8 @@ from .scoring import (
     build_bank,
     csi_score,
     estimate_seconds,
+    features,
     plain_features,
-    shifted_features,
 )
 from .training import BUDGET_SPENT, DetectorTrainer, build_network
 
@@ -45,9 +46,12 @@ from .training import BUDGET_SPENT, DetectorTrainer, build_network
 # it twice too long. It is now the median of three timings; a margin is kept on top of it.
 BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 predates the score settings and always scored with CSI's own score.
 V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
+# Versions 1 and 2 flipped test-time views after shifting them; their banks and thresholds
+# were made so.
+FLIP_FIXED_VERSION = 3
 # Anomaly maps dissolve patches with the median blur at its strongest (kernel 7): it needs no
 # diffusion model (none is saved with a detector) and, unlike a Gaussian blur, it removes a spot
 # smaller than half its window entirely while keeping larger edges in place, so a patched copy
@@ -250,7 +254,7 @@ class DIADetector:
         if deadline is not None:
             if distributed.broadcast_object(deadline <= time.perf_counter()):  # rank 0 decides
                 raise ValueError(BUDGET_SPENT)
-            probe = build_network(cfg, images.shape[1]).to(device)
+            probe = build_network(cfg, images.shape[1], images.shape[-1]).to(device)
             bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
             self.timings_["bank_estimate_s"] = bank_s
             train_deadline = deadline - BANK_SAFETY * bank_s
@@ -284,7 +288,7 @@ class DIADetector:
 
     def _fit_bank(self, images: torch.Tensor, groups: torch.Tensor | None) -> ShiftedFeatures:
         device, precision = self._runtime()
-        feats = shifted_features(
+        feats = features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
         self.bank_ = build_bank(feats, self.score_config)
@@ -321,7 +325,7 @@ class DIADetector:
         self._check_fitted()
         images = as_images(X, self.channels_, self.image_size_)
         device, precision = self._runtime()
-        feats = shifted_features(
+        feats = features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
         return csi_score(feats, self.bank_, self.score_config).numpy()
@@ -406,12 +410,23 @@ class DIADetector:
         window = config.get("dicom_window")
         if config.get("version", 0) < 2:
             score_settings = {**V1_SCORE, **score_settings}
+        if config.get("version", 0) < FLIP_FIXED_VERSION:
+            score_settings = {"shifts": NUM_SHIFTS, **score_settings}  # all four, then
+            warnings.warn(
+                f"{path} was saved by an earlier dia, whose test-time views were flipped after "
+                "they were shifted (now before, as in training): its feature bank and threshold "
+                "were made the old way, so new scores differ slightly from its own; train it "
+                "again for scores made one way throughout",
+                stacklevel=2,
+            )
         try:
             tensors = load_file(str(path / "model.safetensors"))
         except (SafetensorError, FileNotFoundError, OSError) as err:
             raise ValueError(f"cannot read {path / 'model.safetensors'}: {err}") from err
+        # saved before the stem's stride was a setting: CIFAR's stem
+        detector_settings = {"stem_stride": 1, **config["detector"]}
         det = cls(
-            detector=from_dict(DetectorConfig, config["detector"]),
+            detector=from_dict(DetectorConfig, detector_settings),
             score=from_dict(ScoreConfig, score_settings),
             fpr=config["fpr"],
             device=device,
@@ -420,7 +435,7 @@ class DIADetector:
             progress=False,
             dicom_window=None if window is None else tuple(window),
         )
-        net = build_network(det.detector_config, config["channels"])
+        net = build_network(det.detector_config, config["channels"], config["image_size"])
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         try:
             net.load_state_dict(state)

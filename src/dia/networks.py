@@ -27,18 +27,36 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
 
 
+def stem_stride_for(image_size: int) -> int:
+    """The stem's downsampling for ``image_size`` px images: the largest power of two that
+    leaves the first stage at least 32 px (1 up to 63 px, 2 at 64, 4 at 128 and 224, 8 at 256)."""
+    stride = 1
+    while image_size // (2 * stride) >= 32:
+        stride *= 2
+    return stride
+
+
 class ResNet18(nn.Module):
-    """ResNet-18 with the small-image (CIFAR) stem: a 3x3 stride-1 convolution, no max-pool.
+    """ResNet-18 with the small-image (CIFAR) stem: a 3x3 convolution, no max-pool.
 
     ``width`` is the channel count of the first stage (64 in the standard network); the feature
-    dimension is 8 * width. Input (B, C, H, W), output (B, 8 * width).
+    dimension is 8 * width. Input (B, C, H, W), output (B, 8 * width). ``stem_stride`` (a power
+    of two) downsamples larger images before the first stage: log2(stride) 3x3 convolutions of
+    stride 2 come before the stem's own, so that a 128 px image costs about what a 32 px one
+    does (1: CIFAR's stem alone).
     """
 
-    def __init__(self, channels: int = 1, width: int = 64) -> None:
+    def __init__(self, channels: int = 1, width: int = 64, stem_stride: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
+        if stem_stride < 1 or stem_stride & (stem_stride - 1):
+            raise ValueError(f"stem_stride={stem_stride}; expected a power of two")
+        layers: list[nn.Module] = []
+        c_in = channels
+        for step in [2] * (stem_stride.bit_length() - 1) + [1]:
+            layers += [nn.Conv2d(c_in, width, 3, step, 1, bias=False), nn.BatchNorm2d(width)]
+            layers.append(nn.ReLU())
+            c_in = width
+        self.stem = nn.Sequential(*layers)
         stages, c_in = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
             c_out = width * 2**i
@@ -82,14 +100,19 @@ class AmplifierNet(nn.Module):
     """
 
     def __init__(
-        self, channels: int = 1, width: int = 64, proj_dim: int = 128, input_norm: str = "fixed"
+        self,
+        channels: int = 1,
+        width: int = 64,
+        proj_dim: int = 128,
+        input_norm: str = "fixed",
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm={input_norm!r}; expected one of {INPUT_NORMS}")
         self.width = width
         self.input_norm = input_norm
-        self.encoder = ResNet18(channels, width)
+        self.encoder = ResNet18(channels, width, stem_stride)
         d = self.encoder.out_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
         self.shift_head = nn.Linear(d, NUM_SHIFTS)

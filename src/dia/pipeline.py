@@ -22,8 +22,9 @@ import torch
 
 from . import __version__, distributed
 from . import checkpoint as ckpt
+from .baselines import baseline_aurocs
 from .checkpoint import Checkpointing
-from .config import DataConfig, RunConfig, from_dict, to_dict
+from .config import NUM_SHIFTS, DataConfig, RunConfig, from_dict, to_dict
 from .data import ImageData, load_data, load_test_set
 from .data.folder import load_images
 from .data.volumes import split_selection
@@ -120,9 +121,13 @@ def save_config(config: RunConfig, out: Path) -> None:
 
 def load_config(out: Path) -> RunConfig:
     """The run's settings. A run saved before DICOM studies were grouped is read with them
-    grouped file by file, as it was made, so that its data splits as it did."""
+    grouped file by file, as it was made, so that its data splits as it did; one saved before
+    the stem's stride and the scored shifts were settings, with CIFAR's stem and every shift,
+    as it was made."""
     values = read_json(out / "config.json")
     values.get("data", {}).setdefault("dicom_studies", False)
+    values.get("detector", {}).setdefault("stem_stride", 1)
+    values.get("score", {}).setdefault("shifts", NUM_SHIFTS)
     return from_dict(RunConfig, values)
 
 
@@ -294,7 +299,8 @@ def evaluate_step(
     """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``,
     the score histograms ``score_histogram.png``, the training losses ``training_curve.png``,
     the anomaly maps ``anomaly_maps.png`` and the page ``report.html`` that shows them all;
-    return the metrics (with ``extra`` added)."""
+    return the metrics (with ``extra`` added). The metrics hold the validation AUROC and the
+    baselines' AUROCs as well (:func:`reference_metrics`)."""
     t0 = time.perf_counter()
     scores = detector.score_samples(data.test)
     score_s = time.perf_counter() - t0
@@ -328,6 +334,7 @@ def evaluate_step(
         # which saved detector made scores.csv: dia maps reuses the scores while it is the same
         detector_sha256=detector_digest(out / DETECTOR_DIR),
     )
+    metrics.update(reference_metrics(data, detector, metrics["wall_s"]))
     metrics.update(extra or {})
     # Each test image's file, where it came from one, so that a flagged scan can be found.
     names = data.test_names or [""] * len(labels)
@@ -345,6 +352,28 @@ def evaluate_step(
     metrics["wall_s"]["anomaly_maps_s"] = time.perf_counter() - t0
     write_json(out / "metrics.json", metrics)
     write_report(out)
+    return metrics
+
+
+def reference_metrics(data: ImageData, detector: DIADetector, wall_s: dict) -> dict:
+    """What the detector's test AUROC is read beside: ``val_auroc``, its AUROC on the
+    validation split (where ``data`` has one with both classes), and ``baselines``, the pixel
+    kNN baselines' AUROCs on the test and validation splits with ``data.train`` as their
+    training set (none without training images: an external test set). The seconds each took
+    go into ``wall_s`` (``val_scoring_s``, ``baselines_s``)."""
+    splits = {"test": (data.test, data.test_labels)}
+    if data.val is not None and data.val_labels is not None and len(data.val_labels.unique()) == 2:
+        splits["val"] = (data.val, data.val_labels)
+    metrics: dict = {}
+    if "val" in splits:
+        t0 = time.perf_counter()
+        scores = detector.score_samples(data.val)
+        metrics["val_auroc"] = anomaly_metrics(data.val_labels.numpy(), -scores)["auroc"]
+        wall_s["val_scoring_s"] = time.perf_counter() - t0
+    if len(data.train):
+        t0 = time.perf_counter()
+        metrics["baselines"] = baseline_aurocs(data.train, splits)
+        wall_s["baselines_s"] = time.perf_counter() - t0
     return metrics
 
 

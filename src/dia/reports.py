@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from .baselines import BASELINES
+
 # What a run draws besides its curves: how many test images, and the dissolving timesteps.
 PICTURE_COUNT = 8
 GRID_TIMESTEPS = (0, 30, 50, 100, 200, 400)
@@ -360,6 +362,7 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <table>
 {rows(results)}
 </table>
+{_against_baselines(metrics)}
 <h2>Run</h2>
 <table>
 {rows(run)}
@@ -369,6 +372,27 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <p>Per-image scores: scores.csv; every number and setting: {settings}.</p>
 </body></html>
 """
+
+
+def _against_baselines(metrics: dict) -> str:
+    """A table of the detector's AUROC beside the pixel kNN baselines', on the test and
+    validation splits ('' when ``metrics`` hold neither baselines nor a validation AUROC)."""
+    baselines = metrics.get("baselines", {})
+    if not baselines and "val_auroc" not in metrics:
+        return ""
+    rows = [("this detector", metrics.get("auroc"), metrics.get("val_auroc"))]
+    rows += [(BASELINES.get(k, k), b.get("test"), b.get("val")) for k, b in baselines.items()]
+    cells = "\n".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{'-' if v is None else f'{v:.3f}'}</td>" for v in (test, val))
+        + "</tr>"
+        for name, test, val in rows
+    )
+    return f"""<h2>Against simple baselines (AUROC)</h2>
+<table>
+<tr><th></th><th>test</th><th>validation</th></tr>
+{cells}
+</table>"""
 
 
 def _machine_text(machine: dict) -> str:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import image_keys, keyed_views
+from .augment import image_keys, keyed_flip, keyed_views
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
-from .shifts import NUM_SHIFTS, shift
+from .shifts import shift
 
 FEATURES = ("projection", "encoder")
 
@@ -44,7 +44,23 @@ class ShiftedFeatures:
         raise ValueError(f"features={features!r}; expected one of {FEATURES}")
 
 
-@torch.no_grad()
+def features(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    detector: DetectorConfig,
+    score: ScoreConfig,
+    device: torch.device,
+    precision: str = "fp32",
+) -> ShiftedFeatures:
+    """The features the score compares: :func:`shifted_features` with ``score.samples``
+    test-time samples, or with ``samples`` 0 the one un-augmented view of
+    :func:`plain_features`."""
+    if score.samples == 0:
+        return plain_features(net, images, detector, score, device, precision)
+    return shifted_features(net, images, detector, score, device, precision)
+
+
+@torch.inference_mode()
 def shifted_features(
     net: torch.nn.Module,
     images: torch.Tensor,
@@ -54,16 +70,52 @@ def shifted_features(
     precision: str = "fp32",
     keys: torch.Tensor | None = None,
 ) -> ShiftedFeatures:
-    """Run (N, C, H, W) images in [0, 1] through ``net`` under every shift and S augmentations.
+    """Run (N, C, H, W) images in [0, 1] through ``net`` under the first ``score.shifts``
+    shifts and ``score.samples`` augmentations (at least one).
 
-    The augmentation is the training one with the crop area fixed at ``score.crop_scale`` plus a
-    random horizontal flip. Its randomness is seeded, and an image's views follow from its own
-    pixels (:class:`~dia.augment.KeyedAugment`; ``keys``, when given, are the images'
-    :func:`~dia.augment.image_keys`), so that its features, hence its score, are the same
-    alone or in any batch.
+    Each view is made as training makes one: a random horizontal flip, the shift, then the
+    training augmentation with the crop area fixed at ``score.crop_scale``. Its randomness is
+    seeded, and an image's views follow from its own pixels (:class:`~dia.augment.KeyedAugment`;
+    ``keys``, when given, are the images' :func:`~dia.augment.image_keys`), so that its
+    features, hence its score, are the same alone or in any batch.
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
+    keys = image_keys(images) if keys is None else keys
+    samples = max(score.samples, 1)
+    total = None
+    for s in range(samples):
+        outs = sample_features(net, images, detector, score, device, precision, s, keys)
+        total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
+    h, z, logits = (t / samples for t in total)
+    return ShiftedFeatures(z=z, logits=logits, h=h)
+
+
+@torch.inference_mode()
+def sample_features(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    detector: DetectorConfig,
+    score: ScoreConfig,
+    device: torch.device,
+    precision: str,
+    sample: int,
+    keys: torch.Tensor,
+) -> list[torch.Tensor]:
+    """[h, z, logits], each (K, N, ...), of test-time sample ``sample`` alone: the mean of
+    those of samples 0 to S - 1 are :func:`shifted_features`' with S samples."""
+    flips, augments = _sample_views(images, detector, score, sample)
+
+    def view(x, k, batch):
+        flipped = keyed_flip(x, flips, keys[batch])
+        return augments[k](shift(flipped, k, detector.shift), keys[batch])
+
+    with _scoring_mode(net) as fmt:
+        return _features_once(net, images, view, score, (device, precision, fmt))
+
+
+def _sample_views(images: torch.Tensor, detector: DetectorConfig, score: ScoreConfig, s: int):
+    """Test-time sample ``s``'s keyed flips and augmentations (:func:`~dia.augment.keyed_views`)."""
     settings = (
         images.shape[-1],
         images.shape[1],
@@ -71,26 +123,11 @@ def shifted_features(
         detector.jitter_strength,
         detector.jitter_prob,
         detector.gray_prob,
-        True,  # flip
     )
-    keys = image_keys(images) if keys is None else keys
-    shape = tuple(images.shape[1:])
-    total = None
-    with _scoring_mode(net) as fmt:
-        runtime = (device, precision, fmt)
-        for s in range(score.samples):
-            views = keyed_views(settings, shape, s, NUM_SHIFTS)
-
-            def view(x: torch.Tensor, k: int, batch: slice, views=views) -> torch.Tensor:
-                return views[k](x, keys[batch])
-
-            outs = _features_once(net, images, detector.shift, view, score, runtime)
-            total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
-    h, z, logits = (t / score.samples for t in total)
-    return ShiftedFeatures(z=z, logits=logits, h=h)
+    return keyed_views(settings, tuple(images.shape[1:]), s, score.shifts)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def plain_features(
     net: torch.nn.Module,
     images: torch.Tensor,
@@ -102,13 +139,17 @@ def plain_features(
     """Like :func:`shifted_features` but with one un-augmented view per shift (no crop, flip or
     jitter): every image's features depend on that image alone, with no randomness at all.
 
-    ``score.samples`` and ``score.crop_scale`` are not used; ``score.batch_size`` is.
+    ``score.samples`` and ``score.crop_scale`` are not used; ``score.shifts`` and
+    ``score.batch_size`` are.
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
+
+    def view(x, k, batch):
+        return shift(x, k, detector.shift)
+
     with _scoring_mode(net) as fmt:
-        runtime = (device, precision, fmt)
-        h, z, logits = _features_once(net, images, detector.shift, _unchanged, score, runtime)
+        h, z, logits = _features_once(net, images, view, score, (device, precision, fmt))
     return ShiftedFeatures(z=z, logits=logits, h=h)
 
 
@@ -125,28 +166,30 @@ def _scoring_mode(net: torch.nn.Module):
         net.train(was_training)
 
 
-def _unchanged(x: torch.Tensor, k: int, batch: slice) -> torch.Tensor:
-    return x
-
-
-def _features_once(net, images, shift_kind, view, score, runtime):
-    """[h, z, logits], each (K, N, ...), for one augmentation sample: ``view(x, k, batch)``
-    gives the view of the images ``x`` (those of slice ``batch``) shifted by ``k``."""
+def _features_once(net, images, view, score, runtime):
+    """[h, z, logits], each (K, N, ...) for the K = ``score.shifts`` shifts, for one
+    augmentation sample: ``view(x, k, batch)`` gives shift k's view of the images ``x`` (those
+    of slice ``batch``)."""
     device, precision, fmt = runtime
+    shifts = score.shifts
     outs: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, images.shape[0], score.batch_size):
         batch = slice(start, start + score.batch_size)
         x = images[batch].to(device, non_blocking=True)
-        views = torch.cat([view(shift(x, k, shift_kind), k, batch) for k in range(NUM_SHIFTS)])
+        views = torch.cat([view(x, k, batch) for k in range(shifts)])
         views = views.contiguous(memory_format=fmt)
         with autocast(device, precision):
             results = net.forward_features(views)
         for out, result in zip(outs, results, strict=True):
-            out.append(result.float().view(NUM_SHIFTS, x.shape[0], -1).cpu())
+            out.append(result.float().view(shifts, x.shape[0], -1).cpu())
     return [torch.cat(out, dim=1) for out in outs]
 
 
-@torch.no_grad()
+# Images timed to estimate the feature bank's time: enough for a warm batch's cost per image.
+ESTIMATE_IMAGES = 64
+
+
+@torch.inference_mode()
 def estimate_seconds(
     net: torch.nn.Module,
     images: torch.Tensor,
@@ -155,31 +198,30 @@ def estimate_seconds(
     device: torch.device,
     precision: str = "fp32",
 ) -> float:
-    """Seconds :func:`shifted_features` will take on ``images``: the median of three timings
-    of one warm batch, so that one timing slowed by another process does not count.
+    """Seconds :func:`features` will take on ``images``: the median of three timings of one
+    warm batch of at most ``ESTIMATE_IMAGES`` images and one test-time sample, so that one
+    timing slowed by another process does not count.
 
-    Shifts, augmentation and the network are all timed, and the images' keys, which are
-    computed once however many samples there are. Used to reserve time for the feature bank
-    when training runs under a wall-clock budget.
+    Keys, shifts, augmentation and the network are all timed; the augmentation's tables of
+    every sample are drawn before (once a process, and not part of the bank's time after that).
+    Used to reserve time for the feature bank when training runs under a wall-clock budget.
     """
-    batch = images[: min(score.batch_size, images.shape[0])]
-    once = dataclasses.replace(score, samples=1)
-    t0 = time.perf_counter()
-    keys = image_keys(batch)
-    keys_s = time.perf_counter() - t0
-    # The first call pays the one-off costs (the augmentation's tables among them).
-    shifted_features(net, batch, detector, once, device, precision, keys)
+    n = min(score.batch_size, ESTIMATE_IMAGES, images.shape[0])
+    batch = images[:n]
+    once = dataclasses.replace(score, samples=min(score.samples, 1), batch_size=n)
+    for s in range(score.samples):  # draws the tables; kept for the bank
+        _sample_views(batch, detector, score, s)
+    features(net, batch, detector, once, device, precision)  # the remaining one-off costs
     timings = []
     for _ in range(3):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        shifted_features(net, batch, detector, once, device, precision, keys)
+        features(net, batch, detector, once, device, precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - t0)
-    per_image = statistics.median(timings) / batch.shape[0]
-    return (per_image * score.samples + keys_s / batch.shape[0]) * images.shape[0]
+    return statistics.median(timings) / n * max(score.samples, 1) * images.shape[0]
 
 
 @dataclass
@@ -202,7 +244,7 @@ def build_bank(train: ShiftedFeatures, score: ScoreConfig | None = None) -> Feat
     """
     score = score or ScoreConfig()
     f = train.select(score.features)
-    k = torch.arange(NUM_SHIFTS)
+    k = torch.arange(f.shape[0])
     norms = f.norm(dim=2).mean(dim=1)
     own_logit = train.logits[k, :, k].mean(dim=1)
     return FeatureBank(F.normalize(f, dim=2), 1.0 / norms, 1.0 / own_logit)
@@ -235,6 +277,11 @@ def score_terms(
     if groups is not None and not exclude_self:
         raise ValueError("groups leave images out only with exclude_self")
     f = feats.select(score.features)
+    if f.shape[0] != bank.bank.shape[0]:
+        raise ValueError(
+            f"features of {f.shape[0]} shifts against a bank of {bank.bank.shape[0]}: score "
+            "with the shifts the bank was built with"
+        )
     if score.cosine:
         f = F.normalize(f, dim=2)
     n, m = f.shape[1], bank.bank.shape[1]
@@ -269,7 +316,7 @@ def score_terms(
         best = sim.topk(width, dim=2).values
         counted = torch.arange(width)[None, :] < take[part, None]
         nearest[:, part] = torch.where(counted, best, 0.0).sum(dim=2) / take[part]
-    k = torch.arange(NUM_SHIFTS)
+    k = torch.arange(f.shape[0])
     w_sim = torch.ones_like(bank.w_sim) if score.cosine else bank.w_sim
     sim_term = (nearest * w_sim[:, None]).mean(dim=0)
     shift_term = (feats.logits[k, :, k] * bank.w_shift[:, None]).mean(dim=0)

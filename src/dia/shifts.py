@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-NUM_SHIFTS = 4
+from .config import NUM_SHIFTS
+
+__all__ = ["NUM_SHIFTS", "SHIFTS", "all_shifts", "cut_permute", "rotate", "shift", "unshift"]
 SHIFTS = ("rotation", "cutperm")
 
 

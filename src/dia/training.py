@@ -21,7 +21,7 @@ from .config import DetectorConfig, to_dict
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
-from .networks import AmplifierNet
+from .networks import AmplifierNet, stem_stride_for
 from .optim import WeightAverage, lr_factor, make_optimizer
 from .progress import expected_steps
 from .shifts import NUM_SHIFTS, all_shifts
@@ -47,13 +47,14 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
-def build_network(config: DetectorConfig, channels: int) -> AmplifierNet:
-    """The network the config describes, untrained."""
+def build_network(config: DetectorConfig, channels: int, image_size: int) -> AmplifierNet:
+    """The network the config describes, untrained, for ``image_size`` px images."""
     return AmplifierNet(
         channels=channels,
         width=config.width,
         proj_dim=config.proj_dim,
         input_norm=config.input_norm,
+        stem_stride=config.stem_stride or stem_stride_for(image_size),
     )
 
 
@@ -176,7 +177,7 @@ class DetectorTrainer:
             raise ValueError(BUDGET_SPENT)
 
         fmt = memory_format(cfg.width)
-        net = build_network(cfg, channels).to(device=device, memory_format=fmt)
+        net = build_network(cfg, channels, size).to(device=device, memory_format=fmt)
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
         average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
