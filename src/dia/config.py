@@ -116,8 +116,8 @@ class ScoreConfig:
     term (1 = CSI, 0 = similarity only). ``neighbours``: how many of the most similar bank
     features the similarity averages (1 = CSI's nearest). CSI's own score is projection, no
     cosine, weight 1, one neighbour
-    (the ``paper`` preset); the defaults were chosen on validation splits (``bench/budget.py``):
-    there the rotation head's term lowered AUROC and the encoder's features raised it.
+    (the ``paper`` preset); the defaults were chosen on validation splits (``bench/budget.py``,
+    ``bench/scoring.py``).
     ``samples``: test-time augmentations averaged per shift (0: one view, not augmented);
     ``shifts``: how many of the shifts, from the first (the image as it is), the score averages
     over. Every image costs ``shifts * max(samples, 1)`` passes through the network.

@@ -13,8 +13,9 @@ PRESETS: dict[str, dict] = {
     # Both CPU presets take the stem's stride from the image size (the first stage at 32 to
     # 63 px) and score the first two shifts with 10 test-time samples each: on the validation
     # splits of PneumoniaMNIST, knee-oa and the synthetic set that scored as all four shifts
-    # did, at half the cost, and the stride cost nothing on knee-oa at 64 px while it made
-    # training steps 2.9 times as fast (bench/results/scoring.md).
+    # did, at half the cost; on knee-oa the stride scored within 0.02 of CIFAR's stem at 64 px
+    # with training steps 2.9 times as fast, and at 128 px it trained 7.7 epochs in 180 s
+    # where CIFAR's stem trained 0.8 (bench/RESULTS.md, "Score settings and the stem").
     "quick": {"detector": {"max_seconds": None}},
     # A 30-minute budget on a 2-core CPU for data loading, detector training and feature bank
     # (and diffusion training and dissolve cache with --dissolve diffusion), with detector
