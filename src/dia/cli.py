@@ -173,11 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
         "dissolve": "write a PNG grid of images and their dissolved versions",
         "maps": "write a PNG of anomaly maps: where OUT/detector finds test images abnormal",
     }
-    count_help = {
-        "dissolve": "how many test images, the first ones (default 8)",
-        "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
-        "detector's score; labels are not looked at (default 8)",
-    }
     new_run = "run folder (default runs/<data>-<dissolve>-seed<seed>)"
     saved = "run folder (or its detector folder); a folder holding a detector saved by the "
     saved += "library, with --data"
@@ -199,52 +194,64 @@ def build_parser() -> argparse.ArgumentParser:
             help=out_help[name],
         )
         _add_settings(p)
-        if name in count_help:
-            p.add_argument("--count", type=int, default=8, help=count_help[name])
-        if name in ("run", "train"):
-            p.add_argument(
-                "--checkpoint-every",
-                type=float,
-                default=None,
-                metavar="SECONDS",
-                help="save the detector's training every SECONDS of training, and on Ctrl-C, "
-                "into OUT/detector-checkpoint for dia resume; 0: never (default 300)",
-            )
-        if name == "dissolve":
-            p.add_argument(
-                "--timesteps",
-                default=None,
-                help="comma-separated timesteps (default 0,30,50,100,200,400)",
-            )
-            p.add_argument(
-                "--grid",
-                type=Path,
-                default=None,
-                help="PNG file to write (default OUT/dissolve_grid.png)",
-            )
-        if name == "maps":
-            p.add_argument(
-                "--patch",
-                type=int,
-                default=None,
-                help="side in pixels of the dissolved squares (default an eighth of the image)",
-            )
-            p.add_argument(
-                "--stride",
-                type=int,
-                default=None,
-                help="pixels between squares (default half the patch)",
-            )
-            p.add_argument(
-                "--image",
-                type=Path,
-                default=None,
-                help="PNG file to write (default OUT/anomaly_maps.png)",
-            )
+        _add_own_options(p, name)
     _add_resume_command(sub)
     _add_score_command(sub)
     parser.commands = sub.choices  # each command's own parser, for its error messages
     return parser
+
+
+COUNT_HELP = {
+    "dissolve": "how many test images, the first ones (default 8)",
+    "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
+    "detector's score; labels are not looked at (default 8)",
+}
+
+
+def _add_own_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The options command ``name`` has besides --out and the settings."""
+    if name in COUNT_HELP:
+        p.add_argument("--count", type=int, default=8, help=COUNT_HELP[name])
+    if name in ("run", "train"):
+        p.add_argument(
+            "--checkpoint-every",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="save the detector's training every SECONDS of training, and on Ctrl-C, "
+            "into OUT/detector-checkpoint for dia resume; 0: never (default 300)",
+        )
+    if name == "dissolve":
+        p.add_argument(
+            "--timesteps",
+            default=None,
+            help="comma-separated timesteps (default 0,30,50,100,200,400)",
+        )
+        p.add_argument(
+            "--grid",
+            type=Path,
+            default=None,
+            help="PNG file to write (default OUT/dissolve_grid.png)",
+        )
+    if name == "maps":
+        p.add_argument(
+            "--patch",
+            type=int,
+            default=None,
+            help="side in pixels of the dissolved squares (default an eighth of the image)",
+        )
+        p.add_argument(
+            "--stride",
+            type=int,
+            default=None,
+            help="pixels between squares (default half the patch)",
+        )
+        p.add_argument(
+            "--image",
+            type=Path,
+            default=None,
+            help="PNG file to write (default OUT/anomaly_maps.png)",
+        )
 
 
 def _add_score_command(sub) -> None:

@@ -215,56 +215,22 @@ class DIADetector:
         one trained here again for a limited time would dissolve differently); see
         :meth:`~dia.training.DetectorTrainer.train`.
         """
-        if not 0.0 < self.fpr < 1.0:
-            raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
-        check_settings(self.detector_config, self.score_config)
-        if self.score_config.features not in FEATURES:
-            raise ValueError(
-                f"score features={self.score_config.features!r}; expected one of {FEATURES}"
-            )
+        self._check_settings()
         images = as_images(X)
         groups = _groups(groups, len(images))
-        cfg = self.detector_config
         device, precision = self._runtime()
         self.timings_ = {}
-        if cfg.dissolve == "diffusion" and diffusion_model is None:
-            t0 = time.perf_counter()
-            diffusion_model = DiffusionModel(
-                self.diffusion or DiffusionConfig(), images.shape[1], seed=self.seed
-            )
-            self.diffusion_history_ = train_diffusion(
-                diffusion_model,
-                images,
-                diffusion_model.config,
-                device=device,
-                seed=self.seed,
-                progress=self.progress,
-            )
-            self.timings_["diffusion_s"] = time.perf_counter() - t0
-        self.diffusion_model_ = diffusion_model if cfg.dissolve == "diffusion" else None
-        dissolver = None
-        if cfg.dissolve != "none":
-            dissolver = build_dissolver(cfg.dissolve, self.diffusion_model_)
-            dissolver.to(device)
+        dissolver = self._fit_dissolver(images, diffusion_model, device)
         t0 = time.perf_counter()
         trainer = DetectorTrainer(
-            cfg, images, dissolver=dissolver, device=device, precision=precision, seed=self.seed
+            self.detector_config,
+            images,
+            dissolver=dissolver,
+            device=device,
+            precision=precision,
+            seed=self.seed,
         )
-        train_deadline = None
-        if deadline is not None:
-            if distributed.broadcast_object(deadline <= time.perf_counter()):  # rank 0 decides
-                raise ValueError(BUDGET_SPENT)
-            probe = build_network(cfg, images.shape[1], images.shape[-1]).to(device)
-            bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
-            self.timings_["bank_estimate_s"] = bank_s
-            train_deadline = deadline - BANK_SAFETY * bank_s
-            left = deadline - time.perf_counter()
-            if distributed.broadcast_object(left <= BANK_SAFETY * bank_s):  # rank 0 decides
-                raise ValueError(
-                    f"the time budget leaves no time to train the detector: {max(left, 0):.0f} s "
-                    f"are left, and the feature bank of the {len(images)} training images needs "
-                    f"about {BANK_SAFETY * bank_s:.0f} s; give a larger budget (--budget)"
-                )
+        train_deadline = None if deadline is None else self._train_deadline(images, deadline)
         self.net_, self.history_ = trainer.train(
             self.progress, callback, callback_every_s, train_deadline, checkpoint
         )
@@ -285,6 +251,58 @@ class DIADetector:
         elif hasattr(self, "train_features_"):
             del self.train_features_  # from an earlier fit: not these images' features
         return self
+
+    def _check_settings(self) -> None:
+        """Refuse settings that cannot work, before anything is trained."""
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
+        check_settings(self.detector_config, self.score_config)
+        if self.score_config.features not in FEATURES:
+            raise ValueError(
+                f"score features={self.score_config.features!r}; expected one of {FEATURES}"
+            )
+
+    def _fit_dissolver(self, images, diffusion_model, device):
+        """The dissolver of training (None for plain CSI), training the diffusion model when
+        dissolving needs one and none is given (its time in ``timings_["diffusion_s"]``)."""
+        cfg = self.detector_config
+        if cfg.dissolve == "diffusion" and diffusion_model is None:
+            t0 = time.perf_counter()
+            diffusion_model = DiffusionModel(
+                self.diffusion or DiffusionConfig(), images.shape[1], seed=self.seed
+            )
+            self.diffusion_history_ = train_diffusion(
+                diffusion_model,
+                images,
+                diffusion_model.config,
+                device=device,
+                seed=self.seed,
+                progress=self.progress,
+            )
+            self.timings_["diffusion_s"] = time.perf_counter() - t0
+        self.diffusion_model_ = diffusion_model if cfg.dissolve == "diffusion" else None
+        if cfg.dissolve == "none":
+            return None
+        return build_dissolver(cfg.dissolve, self.diffusion_model_).to(device)
+
+    def _train_deadline(self, images: torch.Tensor, deadline: float) -> float:
+        """When detector training must end for the feature bank to be built by ``deadline``:
+        the bank's time is measured first (``timings_["bank_estimate_s"]``), and a budget that
+        leaves no time to train is refused."""
+        cfg, (device, precision) = self.detector_config, self._runtime()
+        if distributed.broadcast_object(deadline <= time.perf_counter()):  # rank 0 decides
+            raise ValueError(BUDGET_SPENT)
+        probe = build_network(cfg, images.shape[1], images.shape[-1]).to(device)
+        bank_s = estimate_seconds(probe, images, cfg, self.score_config, device, precision)
+        self.timings_["bank_estimate_s"] = bank_s
+        left = deadline - time.perf_counter()
+        if distributed.broadcast_object(left <= BANK_SAFETY * bank_s):  # rank 0 decides
+            raise ValueError(
+                f"the time budget leaves no time to train the detector: {max(left, 0):.0f} s "
+                f"are left, and the feature bank of the {len(images)} training images needs "
+                f"about {BANK_SAFETY * bank_s:.0f} s; give a larger budget (--budget)"
+            )
+        return deadline - BANK_SAFETY * bank_s
 
     def _fit_bank(self, images: torch.Tensor, groups: torch.Tensor | None) -> ShiftedFeatures:
         device, precision = self._runtime()

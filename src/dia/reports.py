@@ -265,35 +265,37 @@ REPORT_PICTURES = (
 )
 
 
-def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
-    """A self-contained HTML page of a run: its ``metrics`` (the content of ``metrics.json``)
-    and ``pictures`` (file name -> PNG bytes, shown in :data:`REPORT_PICTURES` order, embedded
-    so that the page can be moved or mailed alone)."""
-    data, config = metrics.get("data", {}), metrics.get("config", {})
-    detector = config.get("detector", {})
+def _number(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
-    def number(value, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
 
-    def rows(pairs) -> str:
-        return "\n".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in pairs
-        )
+def _rows(pairs) -> str:
+    return "\n".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs
+    )
 
-    results = [
-        ("AUROC (abnormal = positive)", number(metrics.get("auroc"))),
-        ("AUPRC", number(metrics.get("auprc"))),
-        ("FPR at 95% TPR", number(metrics.get("fpr_at_95_tpr"))),
-        ("threshold (score)", number(metrics.get("threshold"), 4)),
+
+def _result_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report's test-split results: the metrics and the threshold's operating point."""
+    return [
+        ("AUROC (abnormal = positive)", _number(metrics.get("auroc"))),
+        ("AUPRC", _number(metrics.get("auprc"))),
+        ("FPR at 95% TPR", _number(metrics.get("fpr_at_95_tpr"))),
+        ("threshold (score)", _number(metrics.get("threshold"), 4)),
         (
             "test FPR at the threshold",
-            f"{number(metrics.get('test_fpr_at_threshold'))} "
+            f"{_number(metrics.get('test_fpr_at_threshold'))} "
             f"(target {metrics.get('threshold_fpr_target', '-')} on normal training images)",
         ),
-        ("test TPR at the threshold", number(metrics.get("test_tpr_at_threshold"))),
+        ("test TPR at the threshold", _number(metrics.get("test_tpr_at_threshold"))),
         ("protocol", metrics.get("protocol", "-")),
     ]
+
+
+def _run_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report's description of the run: data, method, budget, training, machine."""
+    data, config = metrics.get("data", {}), metrics.get("config", {})
+    detector = config.get("detector", {})
     training, wall = metrics.get("training", {}), metrics.get("wall_s", {})
     dissolve = detector.get("dissolve", "-")
     method = "plain CSI (no dissolving)" if dissolve == "none" else f"DIA, {dissolve} dissolving"
@@ -314,7 +316,7 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
         ("budget", f"{config.get('budget_s')} s" if config.get("budget_s") else budget_unset),
         (
             "training",
-            f"{training.get('steps', '-')} steps, {number(training.get('images_per_s'), 0)} "
+            f"{training.get('steps', '-')} steps, {_number(training.get('images_per_s'), 0)} "
             "images/s",
         ),
         ("wall time", f"{wall['total_s']:.0f} s" if "total_s" in wall else "-"),
@@ -336,6 +338,11 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
             "recorded); its threshold from its normal training images"
         )
         run.insert(2, ("external test set for", trained))
+    return run
+
+
+def _figures(pictures: dict[str, bytes]) -> str:
+    """The pictures, embedded, in :data:`REPORT_PICTURES` order."""
     figures = []
     for name, caption in REPORT_PICTURES:
         if name in pictures:
@@ -344,8 +351,16 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
                 f'<figure><img src="data:image/png;base64,{encoded}" alt="{name}">'
                 f"<figcaption>{html.escape(caption)} ({name})</figcaption></figure>"
             )
-    settings = "metrics.json" if external else "metrics.json, config.json"
-    title = html.escape(f"dia: {data.get('name', 'run')}, AUROC {number(metrics.get('auroc'))}")
+    return "".join(figures) or "<p>none in this folder</p>"
+
+
+def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
+    """A self-contained HTML page of a run: its ``metrics`` (the content of ``metrics.json``)
+    and ``pictures`` (file name -> PNG bytes, shown in :data:`REPORT_PICTURES` order, embedded
+    so that the page can be moved or mailed alone)."""
+    name = metrics.get("data", {}).get("name", "run")
+    settings = "metrics.json" if metrics.get("external") else "metrics.json, config.json"
+    title = html.escape(f"dia: {name}, AUROC {_number(metrics.get('auroc'))}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -360,15 +375,15 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <h1>{title}</h1>
 <h2>Results on the test split</h2>
 <table>
-{rows(results)}
+{_rows(_result_rows(metrics))}
 </table>
 {_against_baselines(metrics)}
 <h2>Run</h2>
 <table>
-{rows(run)}
+{_rows(_run_rows(metrics))}
 </table>
 <h2>Pictures</h2>
-{"".join(figures) or "<p>none in this folder</p>"}
+{_figures(pictures)}
 <p>Per-image scores: scores.csv; every number and setting: {settings}.</p>
 </body></html>
 """
@@ -384,7 +399,7 @@ def _against_baselines(metrics: dict) -> str:
     rows += [(BASELINES.get(k, k), b.get("test"), b.get("val")) for k, b in baselines.items()]
     cells = "\n".join(
         f"<tr><th>{html.escape(name)}</th>"
-        + "".join(f"<td>{'-' if v is None else f'{v:.3f}'}</td>" for v in (test, val))
+        + "".join(f"<td>{_number(v)}</td>" for v in (test, val))
         + "</tr>"
         for name, test, val in rows
     )

@@ -40,28 +40,14 @@ def train_diffusion(
     all processes').
     """
     _check_settings(config)
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a non-empty tensor (N, C, H, W), got {shape}")
     device = torch.device(device)
     start = time.perf_counter()
-    model.to(device)
-    with torch.no_grad():
-        # Converted once: padding/resizing every batch would cost as much as a small UNet step.
-        data = model.to_model_space(images.to(device=device, dtype=torch.float32))
+    data = _model_space(model, images, device)
     world, rank = distributed.world_size(), distributed.rank()
     n = data.shape[0]
     if n < world:
         raise ValueError(f"{n} training images cannot be shared by {world} processes")
-    gen = torch.Generator(device=device).manual_seed(seed)
-    # Every process draws the same permutations (``order``) and its own flips and noise.
-    order, loss_of = gen, model.loss
-    if world > 1:
-        order = torch.Generator(device=device).manual_seed(seed)
-        gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * (rank + 1))
-        ids = [device.index] if device.type == "cuda" else None
-        # The UNet's only buffer is the noise schedule, the same everywhere: nothing to sync.
-        loss_of = DistributedDataParallel(_Loss(model), device_ids=ids, broadcast_buffers=False)
+    order, gen, loss_of = _randomness_and_loss(model, seed, device)
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=config.lr)
     batch = min(config.batch_size, n // world)
     # One process keeps the last, smaller batch; several drop it, as a share could be empty.
@@ -79,15 +65,7 @@ def train_diffusion(
         total, count = torch.zeros((), device=device), 0
         for i in range(steps_per_epoch):
             x0 = data[distributed.shard(perm, i, batch, rank, world)]
-            flip = torch.rand(x0.shape[0], generator=gen, device=device) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-            loss = loss_of(x0, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Standard for DDPMs: the rare large-t batches otherwise cause loss spikes.
-            torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
-            optimizer.step()
-            total += loss.detach()
+            total += _step(model, optimizer, loss_of, x0, gen)
             count += 1
             steps += 1
             seen += x0.shape[0]
@@ -96,16 +74,11 @@ def train_diffusion(
             bar.update(1)
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{(total / count).item():.4f}")
-            max_s = config.max_seconds
-            # Rank 0's clock decides for all, so that every process takes the same steps.
-            if max_s is not None and distributed.agree(elapsed)[0] >= max_s:
-                out_of_time = True
+            out_of_time = _out_of_time(elapsed, config.max_seconds)
+            if out_of_time:
                 break
         history["loss"].append((total / count).item())
-        if not distributed.on_every_rank(math.isfinite(history["loss"][-1])):
-            bar.close()
-            model.eval()
-            raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
+        _check_finite(history["loss"][-1], bar, model)
         if log is not None and main:
             log(
                 f"diffusion epoch {epoch + 1}/{config.epochs} loss {history['loss'][-1]:.4f} "
@@ -124,6 +97,59 @@ def train_diffusion(
         world_size=world,
     )
     return history
+
+
+def _model_space(model: DiffusionModel, images: torch.Tensor, device: torch.device):
+    """``images`` as the UNet trains on them, on ``device`` (with the model): converted once,
+    since padding and resizing every batch would cost as much as a small UNet step."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor (N, C, H, W), got {shape}")
+    model.to(device)
+    with torch.no_grad():
+        return model.to_model_space(images.to(device=device, dtype=torch.float32))
+
+
+def _randomness_and_loss(model: DiffusionModel, seed: int, device: torch.device):
+    """(order, gen, loss): every process draws the same permutations from ``order`` and its
+    own flips and noise from ``gen``; ``loss`` averages gradients across processes."""
+    world, rank = distributed.world_size(), distributed.rank()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if world == 1:
+        return gen, gen, model.loss
+    order = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * (rank + 1))
+    ids = [device.index] if device.type == "cuda" else None
+    # The UNet's only buffer is the noise schedule, the same everywhere: nothing to sync.
+    loss = DistributedDataParallel(_Loss(model), device_ids=ids, broadcast_buffers=False)
+    return order, gen, loss
+
+
+def _out_of_time(elapsed: float, max_seconds: float | None) -> bool:
+    """Whether training is out of time; rank 0's clock decides for all, so that every process
+    takes the same steps."""
+    return max_seconds is not None and distributed.agree(elapsed)[0] >= max_seconds
+
+
+def _check_finite(loss: float, bar, model: DiffusionModel) -> None:
+    """Stop, on every process, when the epoch's loss of any process is not finite."""
+    if not distributed.on_every_rank(math.isfinite(loss)):
+        bar.close()
+        model.eval()
+        raise FloatingPointError("diffusion loss is not finite; lower DiffusionConfig.lr")
+
+
+def _step(model, optimizer, loss_of, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One optimiser step on the images ``x0``, each flipped at random; returns the loss."""
+    flip = torch.rand(x0.shape[0], generator=gen, device=x0.device) < 0.5
+    x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+    loss = loss_of(x0, generator=gen)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Standard for DDPMs: the rare large-t batches otherwise cause loss spikes.
+    torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach()
 
 
 class _Loss(nn.Module):
