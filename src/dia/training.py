@@ -31,6 +31,14 @@ Callback = Callable[[AmplifierNet, float], None]
 LOSSES = ("loss", "contrastive", "shift")
 
 
+def _timed_callback(callback: Callback, trained, net: AmplifierNet, train_s: float) -> float:
+    """``callback(trained, train_s)``, with ``net`` put back in training mode; its seconds."""
+    c0 = time.perf_counter()
+    callback(trained, train_s)
+    net.train()
+    return time.perf_counter() - c0
+
+
 def _next_multiple(seconds: float, every: float | None) -> float | None:
     """The first multiple of ``every`` after ``seconds``: when a callback or checkpoint is next
     due (None when ``every`` is None; 0 means after every step)."""
@@ -150,44 +158,19 @@ class DetectorTrainer:
             saved = ckpt.load(checkpoint.folder)
             self._check_resumable(saved[1], world)
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
         n, channels, size = self.images.shape[0], self.images.shape[1], self.images.shape[-1]
         if n < world:
             raise ValueError(f"{n} training images cannot be shared by {world} processes")
-        # Every process draws the same permutations (``order``) and its own flips, timesteps
-        # and augmentations (``gen`` and torch's generator); one process uses one for all.
-        order = gen
-        if world > 1:
-            order = torch.Generator().manual_seed(self.seed)
-            gen = torch.Generator().manual_seed(self.seed + 1_000_003 * (rank + 1))
-        start = time.perf_counter()
-        if self.dissolver is not None and cfg.dissolve_cache_steps > 0:
-            grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
-            self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=device)
-        cache_s = time.perf_counter() - start
-        max_seconds, spent = cfg.max_seconds, False
-        if saved is not None:
-            max_seconds = saved[1]["max_seconds"]  # the first start's limit, deadline included
-        elif deadline is not None:
-            left = deadline - time.perf_counter()
-            spent = left <= 0
-            max_seconds = left if max_seconds is None else min(max_seconds, left)
-        max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
-        if spent:
-            raise ValueError(BUDGET_SPENT)
-
+        order, gen = self._generators(world, rank)
+        cache_s = self._build_cache()
+        max_seconds = self._time_limit(saved, deadline)
         fmt = memory_format(cfg.width)
         net = build_network(cfg, channels, size).to(device=device, memory_format=fmt)
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
         average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
         trained = net if average is None else average.net  # what the callback and caller get
-        model = net  # what the steps call: under a process group, the synchronising wrapper
-        if world > 1:
-            # Same seed, same initial weights; DDP also copies rank 0's weights to the others.
-            ids = [device.index] if device.type == "cuda" else None
-            model = DistributedDataParallel(net, device_ids=ids)
-            torch.manual_seed(self.seed + 1_000_003 * (rank + 1))
+        model = self._synchronised(net, world, rank)
         augment = SimCLRAugment(
             size,
             channels,
@@ -210,9 +193,6 @@ class DetectorTrainer:
         train_s, step, perm, first = 0.0, 0, None, 0
         if saved is not None:
             train_s, step, perm, first = self._restore(*saved, state)
-            history.update({k: saved[1]["history"][k] for k in LOSSES})
-            history["dissolved_steps"] = saved[1]["history"]["dissolved_steps"]
-            history["resumed_at_step"] = step
         main = distributed.is_main()
         quiet = not progress or not main
         bar = tqdm(total=total_steps, initial=step, disable=quiet, desc="detector", leave=False)
@@ -262,18 +242,10 @@ class DetectorTrainer:
                     bar.total = expected_steps(step, train_s, max_seconds, total_steps)
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
-                    if (
-                        main
-                        and callback is not None
-                        and next_callback is not None
-                        and train_s >= next_callback
-                    ):
+                    if main and next_callback is not None and train_s >= next_callback:
                         # Rank 0 alone; the others wait at the next step's agreement, and since
                         # rank 0's clock leaves this time out, so does the schedule of all.
-                        c0 = time.perf_counter()
-                        callback(trained, train_s)
-                        net.train()
-                        paused_s += time.perf_counter() - c0
+                        paused_s += _timed_callback(callback, trained, net, train_s)
                         next_callback += callback_every_s
                 perm, first = None, 0
         bar.close()
@@ -290,6 +262,52 @@ class DetectorTrainer:
             world_size=world,
         )
         return trained, history
+
+    def _generators(self, world: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
+        """(order, gen): every process draws the same permutations from ``order`` and its own
+        flips, timesteps and augmentations from ``gen`` (and torch's generator); one process
+        uses one generator for all."""
+        gen = torch.Generator().manual_seed(self.seed)
+        if world == 1:
+            return gen, gen
+        order = torch.Generator().manual_seed(self.seed)
+        return order, torch.Generator().manual_seed(self.seed + 1_000_003 * (rank + 1))
+
+    def _build_cache(self) -> float:
+        """Dissolve every training image on the timestep grid once, when the config caches;
+        returns the seconds it took."""
+        cfg, start = self.config, time.perf_counter()
+        if self.dissolver is not None and cfg.dissolve_cache_steps > 0:
+            grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
+            self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=self.device)
+        return time.perf_counter() - start
+
+    def _time_limit(self, saved, deadline: float | None) -> float | None:
+        """Training seconds allowed: the config's, cut to what ``deadline`` leaves, or a
+        resumed training's first limit (deadline included); rank 0's for every process. A
+        deadline already passed is refused."""
+        max_seconds, spent = self.config.max_seconds, False
+        if saved is not None:
+            max_seconds = saved[1]["max_seconds"]
+        elif deadline is not None:
+            left = deadline - time.perf_counter()
+            spent = left <= 0
+            max_seconds = left if max_seconds is None else min(max_seconds, left)
+        max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
+        if spent:
+            raise ValueError(BUDGET_SPENT)
+        return max_seconds
+
+    def _synchronised(self, net: AmplifierNet, world: int, rank: int) -> torch.nn.Module:
+        """What the steps call: ``net``, or under a process group its synchronising wrapper
+        (after which each process draws its own augmentations)."""
+        if world == 1:
+            return net
+        # Same seed, same initial weights; DDP also copies rank 0's weights to the others.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        model = DistributedDataParallel(net, device_ids=ids)
+        torch.manual_seed(self.seed + 1_000_003 * (rank + 1))
+        return model
 
     def _check_resumable(self, meta: dict, world: int) -> None:
         """Refuse a checkpoint of another training: its steps would not continue this one."""
@@ -344,10 +362,13 @@ class DetectorTrainer:
         distributed.barrier()
 
     def _restore(self, tensors, meta, state: _State):
-        """Load a checkpoint's state, each process its own random generators; returns
-        (train_s, step, perm, next_index)."""
+        """Load a checkpoint's state, each process its own random generators, and its
+        history of losses; returns (train_s, step, perm, next_index)."""
         net, optimizer, average, order, gen = state.modules()
         try:
+            state.history.update({k: meta["history"][k] for k in LOSSES})
+            state.history["dissolved_steps"] = meta["history"]["dissolved_steps"]
+            state.history["resumed_at_step"] = int(meta["step"])
             net.load_state_dict(ckpt.under_prefix("net.", tensors))
             if average is not None:
                 average.net.load_state_dict(ckpt.under_prefix("average.", tensors))
