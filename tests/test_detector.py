@@ -289,6 +289,17 @@ def test_a_version_2_detector_loads_with_cifars_stem_and_says_how_it_was_made(fi
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
+def test_a_version_3_detector_says_its_colour_jitter_was_drawn_per_shift(fitted, tmp_path):
+    det, images = fitted
+    det.save_pretrained(tmp_path / "v3")
+    config = json.loads((tmp_path / "v3" / "config.json").read_text())
+    config["version"] = 3
+    (tmp_path / "v3" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="colour jitter for each shift"):
+        loaded = DIADetector.from_pretrained(tmp_path / "v3", device="cpu")
+    assert loaded.score_config == det.score_config
+
+
 def test_a_strided_stem_and_one_plain_view_of_one_shift_round_trip(tmp_path):
     images = torch.rand(16, 1, 16, 16)
     config = dataclasses.replace(TINY, stem_stride=2)

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -201,7 +202,7 @@ def test_keyed_augmentation_replays_the_batch_draw_image_by_image(channels):
     from dia.augment import KeyedAugment, SimCLRAugment
 
     augment = SimCLRAugment(8, channels, crop_scale=(0.54, 0.54))
-    keyed = KeyedAugment(augment, (channels, 8, 8), seed=5, rows=16)
+    keyed = KeyedAugment(augment.ops, (channels, 8, 8), seed=5, rows=16)
     x = torch.rand(16, channels, 8, 8)
     every = keyed(x.clone(), torch.arange(16))
     # Key n takes row n of the tables: as the batch-wise augmentation would draw for image n.
@@ -252,15 +253,81 @@ def test_test_time_views_are_flipped_before_they_are_shifted():
     for views in seen:
         for k, view in enumerate(views.view(4, 6, 1, 8, 8)):
             back = unshift(view, k)
-            as_is = torch.isclose(back, images).flatten(1).all(1)
-            mirrored = torch.isclose(back, images.flip(-1)).flatten(1).all(1)
+            # (a crop of the whole image is an interpolation: equal to within float rounding)
+            as_is = torch.isclose(back, images, atol=1e-5).flatten(1).all(1)
+            mirrored = torch.isclose(back, images.flip(-1), atol=1e-5).flatten(1).all(1)
             assert (as_is | mirrored).all(), f"shift {k}: a view is not a shifted (flipped) image"
             flipped += int(mirrored.sum())
     assert 0 < flipped < 8 * 4 * 6  # some views are flipped, some not
     # One flip a view, the same for all its shifts: as training flips a view, then shifts it.
     for views in seen:
         per_shift = [unshift(v, k) for k, v in enumerate(views.view(4, 6, 1, 8, 8))]
-        assert all(torch.equal(p, per_shift[0]) for p in per_shift)
+        assert all(torch.allclose(p, per_shift[0], atol=1e-5) for p in per_shift)
+
+
+def test_test_time_colour_jitter_is_drawn_once_for_all_shifts_of_a_view():
+    """Colour jitter acts pixel by pixel, so jittering a view once and then shifting it is
+    jittering each shift alike: scoring draws it once a view, not once a shift."""
+    from dia.networks import AmplifierNet
+    from dia.shifts import unshift
+
+    seen = []
+
+    class Recording(AmplifierNet):
+        def forward_features(self, x):
+            seen.append(x.clone())
+            return super().forward_features(x)
+
+    net, images = Recording(3, width=4), torch.rand(6, 3, 8, 8)
+    detector = DetectorConfig(jitter_prob=1.0, gray_prob=0.5)  # every view jittered
+    score = ScoreConfig(samples=3, shifts=4, crop_scale=1.0)  # and not cropped
+    shifted_features(net, images, detector, score, torch.device("cpu"))
+    for views in seen:
+        per_shift = [unshift(v, k) for k, v in enumerate(views.view(4, 6, 3, 8, 8))]
+        assert all(torch.allclose(p, per_shift[0], atol=1e-5) for p in per_shift)
+        unchanged = torch.isclose(per_shift[0], images, atol=1e-3).flatten(1).all(1)
+        mirrored = torch.isclose(per_shift[0], images.flip(-1), atol=1e-3).flatten(1).all(1)
+        assert not (unchanged | mirrored).any()  # jittered
+    assert not torch.allclose(seen[0], seen[1])  # each sample draws its own
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fast_hue_turn_is_kornias(seed):
+    from kornia.enhance import adjust_hue as kornias
+
+    from dia.augment import adjust_hue
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(64, 3, 9, 7, generator=gen)
+    images[:8] = images[:8, :1]  # gray pixels: no hue
+    images[8:16] = torch.round(images[8:16] * 3) / 3  # ties between channels
+    images[16:18] = 0.0  # black
+    images[18:20] = 1.0  # white
+    factor = (torch.rand(64, generator=gen) * 2 - 1) * math.pi
+    expected = kornias(images, factor)
+    torch.testing.assert_close(adjust_hue(images, factor), expected, atol=1e-5, rtol=0)
+
+
+def test_the_scoring_network_folds_its_batch_norms_and_follows_training():
+    from dia.networks import AmplifierNet, inference_network
+
+    torch.manual_seed(0)
+    net, x = AmplifierNet(3, width=4, stem_stride=2), torch.rand(8, 3, 16, 16)
+    net.train()
+    for _ in range(2):  # batch statistics away from their initial values
+        net(torch.rand(16, 3, 16, 16) * 3)
+    net.eval()
+    fast = inference_network(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert inference_network(net) is fast  # kept while the weights stay
+    with torch.no_grad():
+        for a, b in zip(fast.forward_features(x), net.forward_features(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        next(net.parameters()).add_(0.5)  # a training step
+        refreshed = inference_network(net)
+        assert refreshed is not fast
+        for a, b in zip(refreshed.forward_features(x), net.forward_features(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_fewer_shifts_and_one_plain_view():

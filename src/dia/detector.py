@@ -46,12 +46,15 @@ from .training import BUDGET_SPENT, DetectorTrainer, build_network
 # it twice too long. It is now the median of three timings; a margin is kept on top of it.
 BANK_SAFETY = 1.35
 FORMAT = "dia-detector"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Version 1 predates the score settings and always scored with CSI's own score.
 V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
-# Versions 1 and 2 flipped test-time views after shifting them; their banks and thresholds
-# were made so.
-FLIP_FIXED_VERSION = 3
+# How earlier versions made their test-time views, hence their banks and thresholds: versions
+# 1 and 2 flipped them after shifting them, and 1 to 3 drew colour jitter for each shift.
+OLD_VIEWS = {
+    3: "whose test-time views were flipped after they were shifted (now before, as in training)",
+    4: "whose test-time views drew their colour jitter for each shift (now once for all)",
+}
 # Anomaly maps dissolve patches with the median blur at its strongest (kernel 7): it needs no
 # diffusion model (none is saved with a detector) and, unlike a Gaussian blur, it removes a spot
 # smaller than half its window entirely while keeping larger edges in place, so a patched copy
@@ -428,11 +431,12 @@ class DIADetector:
         window = config.get("dicom_window")
         if config.get("version", 0) < 2:
             score_settings = {**V1_SCORE, **score_settings}
-        if config.get("version", 0) < FLIP_FIXED_VERSION:
+        if config.get("version", 0) < 3:
             score_settings = {"shifts": NUM_SHIFTS, **score_settings}  # all four, then
+        old = [why for version, why in OLD_VIEWS.items() if config.get("version", 0) < version]
+        if old:
             warnings.warn(
-                f"{path} was saved by an earlier dia, whose test-time views were flipped after "
-                "they were shifted (now before, as in training): its feature bank and threshold "
+                f"{path} was saved by an earlier dia, {old[0]}: its feature bank and threshold "
                 "were made the old way, so new scores differ slightly from its own; train it "
                 "again for scores made one way throughout",
                 stacklevel=2,

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import image_keys, keyed_flip, keyed_views
+from .augment import image_keys, keyed_views
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
+from .networks import inference_network
 from .shifts import shift
 
 FEATURES = ("projection", "encoder")
@@ -74,7 +75,9 @@ def shifted_features(
     shifts and ``score.samples`` augmentations (at least one).
 
     Each view is made as training makes one: a random horizontal flip, the shift, then the
-    training augmentation with the crop area fixed at ``score.crop_scale``. Its randomness is
+    training augmentation with the crop area fixed at ``score.crop_scale``; its colour jitter
+    is drawn once for all the shifts of an image (:class:`~dia.augment.TestViews`, the same
+    as jittering after the shift, at a fraction of the cost). Its randomness is
     seeded, and an image's views follow from its own pixels (:class:`~dia.augment.KeyedAugment`;
     ``keys``, when given, are the images' :func:`~dia.augment.image_keys`), so that its
     features, hence its score, are the same alone or in any batch.
@@ -104,18 +107,17 @@ def sample_features(
 ) -> list[torch.Tensor]:
     """[h, z, logits], each (K, N, ...), of test-time sample ``sample`` alone: the mean of
     those of samples 0 to S - 1 are :func:`shifted_features`' with S samples."""
-    flips, augments = _sample_views(images, detector, score, sample)
+    views = _sample_views(images, detector, score, sample)
 
-    def view(x, k, batch):
-        flipped = keyed_flip(x, flips, keys[batch])
-        return augments[k](shift(flipped, k, detector.shift), keys[batch])
+    def view(x, batch):
+        return views(x, keys[batch], lambda y, k: shift(y, k, detector.shift))
 
-    with _scoring_mode(net) as fmt:
-        return _features_once(net, images, view, score, (device, precision, fmt))
+    with _scoring_mode(net) as (fast, fmt):
+        return _features_once(fast, images, view, score, (device, precision, fmt))
 
 
 def _sample_views(images: torch.Tensor, detector: DetectorConfig, score: ScoreConfig, s: int):
-    """Test-time sample ``s``'s keyed flips and augmentations (:func:`~dia.augment.keyed_views`)."""
+    """Test-time sample ``s``'s keyed views (:func:`~dia.augment.keyed_views`)."""
     settings = (
         images.shape[-1],
         images.shape[1],
@@ -145,39 +147,39 @@ def plain_features(
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
 
-    def view(x, k, batch):
-        return shift(x, k, detector.shift)
+    def view(x, batch):
+        return torch.cat([shift(x, k, detector.shift) for k in range(score.shifts)])
 
-    with _scoring_mode(net) as fmt:
-        h, z, logits = _features_once(net, images, view, score, (device, precision, fmt))
+    with _scoring_mode(net) as (fast, fmt):
+        h, z, logits = _features_once(fast, images, view, score, (device, precision, fmt))
     return ShiftedFeatures(z=z, logits=logits, h=h)
 
 
 @contextlib.contextmanager
 def _scoring_mode(net: torch.nn.Module):
-    """Evaluation mode and the fast memory layout while scoring; yields the layout."""
+    """Evaluation mode and the fast memory layout while scoring; yields the network to run
+    (:func:`~dia.networks.inference_network`: batch norms folded into the convolutions) and
+    the layout."""
     was_training = net.training
     net.eval()
     fmt = memory_format(getattr(net, "width", 0))
-    net.to(memory_format=fmt)  # same values, faster layout
     try:
-        yield fmt
+        yield inference_network(net).to(memory_format=fmt), fmt  # same values, faster
     finally:
         net.train(was_training)
 
 
 def _features_once(net, images, view, score, runtime):
     """[h, z, logits], each (K, N, ...) for the K = ``score.shifts`` shifts, for one
-    augmentation sample: ``view(x, k, batch)`` gives shift k's view of the images ``x`` (those
-    of slice ``batch``)."""
+    augmentation sample: ``view(x, batch)`` gives the views of the images ``x`` (those of slice
+    ``batch``) under every shift, shift by shift."""
     device, precision, fmt = runtime
     shifts = score.shifts
     outs: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, images.shape[0], score.batch_size):
         batch = slice(start, start + score.batch_size)
         x = images[batch].to(device, non_blocking=True)
-        views = torch.cat([view(x, k, batch) for k in range(shifts)])
-        views = views.contiguous(memory_format=fmt)
+        views = view(x, batch).contiguous(memory_format=fmt)
         with autocast(device, precision):
             results = net.forward_features(views)
         for out, result in zip(outs, results, strict=True):
