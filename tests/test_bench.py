@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,26 @@ def test_map_localisation_measures_known_maps():
     detail = maps_bench.detail_map(images, 4, 2)
     assert divmod(int(detail.flatten().argmax()), 16) in {(r, c) for r in (9, 10, 11, 12)
                                                          for c in (2, 3, 4, 5)}  # fmt: skip
+
+
+def test_version_bench_scores_with_each_versions_own_code(tmp_path):
+    """Both arms run in processes of their own, each importing dia from the folder it names;
+    here the 'before' folder is a copy whose presets score 1 shift x 1 sample."""
+    versions = load("score_versions")
+    before = tmp_path / "before" / "dia"
+    src = Path(__file__).parents[1] / "src" / "dia"
+    shutil.copytree(src, before, ignore=shutil.ignore_patterns("__pycache__"))
+    presets = before / "presets.py"
+    presets.write_text(
+        presets.read_text().replace(
+            '"quick": {"detector": {"max_seconds": None}}',
+            '"quick": {"detector": {"max_seconds": None}, "score": {"samples": 1, "shifts": 1}}',
+        )
+    )
+    argv = ["--before-src", str(before.parent), "--presets", "quick", "--cases", "16x1x4"]
+    argv += ["--rounds", "1", "--repeats", "1", "--out", str(tmp_path), "--name", "tiny"]
+    assert versions.main(argv) == 0
+    (row,) = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    assert row["before"]["passes"] == 1 and row["now"]["passes"] == 2 * 10
+    assert row["before"]["images_per_s"] > 0 and row["now"]["images_per_s"] > 0
+    assert "| quick | 16 px, 1 channel | 4 | 1 |" in (tmp_path / "tiny.md").read_text()

@@ -103,10 +103,27 @@ def test_npz_normal_class(tmp_path: Path) -> None:
 
 
 def test_npz_missing_keys_and_corrupt_file(tmp_path: Path) -> None:
-    path = _write_npz(tmp_path / "partial.npz", BINARY, drop=("val_images", "test_labels"))
+    path = _write_npz(tmp_path / "partial.npz", BINARY, drop=("train_images", "test_labels"))
     with pytest.raises(DataError, match="partial.npz") as err:
         load_data(DataConfig(spec=str(path)))
-    assert "val_images" in str(err.value) and "test_labels" in str(err.value)
+    assert "train_images" in str(err.value) and "test_labels" in str(err.value)
+    half = _write_npz(tmp_path / "half.npz", BINARY, drop=("val_labels",))
+    with pytest.raises(DataError, match=r"half.npz has \['val_images'\] but not \['val_labels'\]"):
+        load_data(DataConfig(spec=str(half)))
+
+
+def test_an_npz_without_a_validation_split_loads_and_can_hold_one_out(tmp_path: Path) -> None:
+    """A user's own file often has train and test arrays only: the validation split is
+    optional, and val_fraction draws one from the training images."""
+    labels = {"train": [0] * 8 + [1] * 4, "test": [0, 0, 1, 1, 1]}
+    path = _write_npz(tmp_path / "own.npz", labels)
+    data = load_data(DataConfig(spec=str(path)))
+    assert data.val is None and data.val_labels is None
+    assert data.counts() == {"train": 8, "test_normal": 2, "test_abnormal": 3}
+    held = load_data(DataConfig(spec=str(path), val_fraction=0.25))
+    assert held.counts() == {
+        "train": 6, "test_normal": 2, "test_abnormal": 3, "val_normal": 2, "val_abnormal": 1
+    }  # fmt: skip
 
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"PK\x03\x04 not really a zip")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -76,14 +77,67 @@ def exists(folder: Path) -> bool:
 
 
 def read_meta(folder: Path) -> dict:
-    """The JSON of the checkpoint in ``folder``; errors name the file."""
+    """The JSON of the checkpoint in ``folder``, checked against :data:`META`; errors name
+    the file and the key."""
     folder = saved_dir(folder)
-    meta = read_json(folder / META_FILE)
+    file = folder / META_FILE
+    meta = read_json(file)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} does not hold a dia training checkpoint")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{folder} was saved by a newer dia (version {meta['version']})")
+    version = meta.get("version", 0)
+    if _count(version) and version > FORMAT_VERSION:
+        raise ValueError(f"{folder} was saved by a newer dia (version {version})")
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise ValueError(f"{file} lacks {missing}: the checkpoint is damaged")
+    for key, (check, expected) in META.items():
+        if key in meta and not check(meta[key]):
+            raise ValueError(f"{file}: {key}={meta[key]!r}; expected {expected}")
     return meta
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _seconds(value) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value >= 0
+
+
+def _losses(value) -> bool:
+    """A history: lists of finite numbers (or of [step, number] pairs) and counts."""
+    if not isinstance(value, dict):
+        return False
+    for entry in value.values():
+        items = entry if isinstance(entry, list) else [entry]
+        flat = [x for item in items for x in (item if isinstance(item, list) else [item])]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
+            return False
+    return True
+
+
+# What a checkpoint's JSON holds, each key's check and what it expects; REQUIRED must be there.
+META = {
+    "version": (_count, "a non-negative integer"),
+    "command": (lambda v: v in ("run", "train"), "'run' or 'train'"),
+    "every_s": (lambda v: v is None or (_seconds(v) and v > 0), "null or seconds above 0"),
+    "timings": (
+        lambda v: isinstance(v, dict) and all(map(_seconds, v.values())),
+        "an object of seconds",
+    ),
+    "images": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "seed": (_count, "a non-negative integer"),
+    "world_size": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "step": (_count, "a non-negative integer"),
+    "next_index": (_count, "a non-negative integer"),
+    "train_s": (_seconds, "non-negative seconds"),
+    "max_seconds": (lambda v: v is None or (_seconds(v) and v > 0), "null or seconds above 0"),
+    "average_updates": (_count, "a non-negative integer"),
+    "optimizer_groups": (lambda v: isinstance(v, list) and v, "a list of parameter groups"),
+    "history": (_losses, "an object of loss lists"),
+}
+REQUIRED = ("step", "next_index", "train_s", "optimizer_groups", "history")
 
 
 def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -320,13 +323,37 @@ READS_RUN = ("resume", "evaluate", "score", "dissolve", "maps")
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid text (bytes a file system allows) is printed with
+        # the odd bytes escaped, not as an encoding error.
+        if hasattr(stream, "reconfigure") and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said with the command's own usage, not the top level's
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _terminate_as_interrupt():
         warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
         return _main(args)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's or ``kill``'s stop) ends a command as Ctrl-C does: with what it
+    saved intact and a line that says so, not silently. Training installs its own handlers,
+    which save a checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _warning_printer(command: str, usual):
@@ -357,6 +384,8 @@ def _launch_device(args: argparse.Namespace) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from . import pipeline
     from .checkpoint import TrainingInterrupted  # torch: imported once the arguments are valid
     from .device import set_cpu_memory_from_env
@@ -373,13 +402,8 @@ def _main(args: argparse.Namespace) -> int:
 
         with process_group(_launch_device(args)):
             return _dispatch(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        RuntimeError,
-        FloatingPointError,
-    ) as err:
+    except (ValueError, OSError, RuntimeError, FloatingPointError, SafetensorError) as err:
+        # OSError: a full disk, a read-only folder, a file where a folder should be, ...
         print(f"dia {args.command}: error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
@@ -399,70 +423,94 @@ def _main(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from . import distributed, pipeline  # heavy imports only once the arguments are valid
 
-    if args.command in ("score", "resume"):
-        (_score if args.command == "score" else _resume)(args)
+    if args.command == "score":  # writes files of its own names: needs no hold on the folder
+        _score(args)
+        return 0
+    main_process = distributed.is_main()
+    if args.command == "resume":
+        with _holding(args.out, main_process, args.command):
+            _resume(args)
         return 0
     config = config_from_args(args)
-    main_process = distributed.is_main()
-    progress = not args.no_progress
-    out = args.out
-    if args.command == "run":
-        if out is None:  # rank 0's choice for all: a later process would see its folder taken
-            out = distributed.broadcast_object(
-                pipeline.default_run_dir(config) if main_process else None
-            )
-        if main_process:
-            print(f"dia run -> {out}", file=sys.stderr)
-        metrics = pipeline.run(config, out, progress, _checkpoint_every(args))
-        if metrics is not None:
-            _print_metrics(metrics, out)
-        return 0
     if args.command == "dissolve":
-        config = _dissolve_config(args, config, out)
-    if out is None:  # dia dissolve: the others require --out
-        out = pipeline.default_run_dir(config)
-    if args.command == "train-diffusion":
-        # Its config.json would replace the one of whatever the folder holds.
-        error = pipeline.in_the_way(out, config) or pipeline.model_in_the_way(
-            out, pipeline.DIFFUSION_DIR
+        config = _dissolve_config(args, config, args.out)
+    out = args.out
+    if out is None:  # dia run and dia dissolve: rank 0's choice for all
+        out = distributed.broadcast_object(
+            pipeline.default_run_dir(config) if main_process else None
         )
-        if error is not None:
-            raise FileExistsError(error)
-        out.mkdir(parents=True, exist_ok=True)
-        pipeline.save_config(config, out)
-        data = pipeline.load_run_data(config)
-        pipeline.train_diffusion_step(config, data, out, progress)
-        print(f"diffusion model saved to {out / pipeline.DIFFUSION_DIR}")
-    elif args.command == "train":
-        start = time.perf_counter()
-        deadline = None if config.budget_s is None else start + config.budget_s
-        error = None
-        if main_process:
-            error = pipeline.in_the_way(out, config)
-        error = distributed.broadcast_object(error)
-        if error is not None:
-            raise FileExistsError(error)
-        if main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            pipeline.save_config(config, out)
-        data = pipeline.load_run_data(config)
-        diffusion = None
-        if config.detector.dissolve == "diffusion":
-            diffusion = pipeline.load_diffusion(out, config.device)
-            if diffusion is None:
-                diffusion = pipeline.train_diffusion_step(config, data, out, progress)
-        saving = pipeline.checkpointing(out, _checkpoint_every(args), command="train")
-        pipeline.train_detector_step(config, data, out, diffusion, progress, deadline, saving)
-        if main_process:
-            print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
-    elif args.command == "evaluate":
-        _evaluate(args, config, out)
-    elif args.command == "dissolve":
-        out.mkdir(parents=True, exist_ok=True)
-        _dissolve(args, config, out, progress)
-    elif args.command == "maps":
-        _maps(args, config, out)
+    with _holding(out, main_process, args.command):
+        COMMANDS[args.command](args, config, out)
     return 0
+
+
+def _holding(out: Path, main_process: bool, command: str):
+    """The main process works on run folder ``out`` as its only dia process
+    (:func:`~dia.io.hold_folder`) and says what an interrupted save left there."""
+    from .io import hold_folder
+
+    if not main_process:
+        return contextlib.nullcontext([])
+
+    @contextlib.contextmanager
+    def held():
+        with hold_folder(out, disposable=("config.json",)) as stale:
+            if stale:
+                names = ", ".join(p.name for p in stale)
+                print(
+                    f"dia {command}: removed what interrupted saves left: {names}", file=sys.stderr
+                )
+            yield
+
+    return held()
+
+
+def _run(args, config: RunConfig, out: Path) -> None:
+    from . import distributed, pipeline
+
+    if distributed.is_main():
+        print(f"dia run -> {out}", file=sys.stderr)
+    metrics = pipeline.run(config, out, not args.no_progress, _checkpoint_every(args))
+    if metrics is not None:
+        _print_metrics(metrics, out)
+
+
+def _train_diffusion(args, config: RunConfig, out: Path) -> None:
+    from . import pipeline
+
+    # Its config.json would replace the one of whatever the folder holds.
+    error = pipeline.in_the_way(out, config) or pipeline.model_in_the_way(
+        out, pipeline.DIFFUSION_DIR
+    )
+    if error is not None:
+        raise FileExistsError(error)
+    pipeline.save_config(config, out)
+    data = pipeline.load_run_data(config)
+    pipeline.train_diffusion_step(config, data, out, not args.no_progress)
+    print(f"diffusion model saved to {out / pipeline.DIFFUSION_DIR}")
+
+
+def _train(args, config: RunConfig, out: Path) -> None:
+    from . import distributed, pipeline
+
+    start, progress = time.perf_counter(), not args.no_progress
+    deadline = None if config.budget_s is None else start + config.budget_s
+    main_process = distributed.is_main()
+    error = distributed.broadcast_object(pipeline.in_the_way(out, config) if main_process else None)
+    if error is not None:
+        raise FileExistsError(error)
+    if main_process:
+        pipeline.save_config(config, out)
+    data = pipeline.load_run_data(config)
+    diffusion = None
+    if config.detector.dissolve == "diffusion":
+        diffusion = pipeline.load_diffusion(out, config.device)
+        if diffusion is None:
+            diffusion = pipeline.train_diffusion_step(config, data, out, progress)
+    saving = pipeline.checkpointing(out, _checkpoint_every(args), command="train")
+    pipeline.train_detector_step(config, data, out, diffusion, progress, deadline, saving)
+    if main_process:
+        print(f"detector saved to {out / pipeline.DETECTOR_DIR}")
 
 
 def _checkpoint_every(args: argparse.Namespace) -> float:
@@ -624,10 +672,12 @@ def _dissolve_config(args, config: RunConfig, out: Path | None) -> RunConfig:
     return config
 
 
-def _dissolve(args, config: RunConfig, out: Path, progress: bool) -> None:
+def _dissolve(args, config: RunConfig, out: Path) -> None:
     from . import pipeline
     from .device import resolve_device
     from .reports import GRID_TIMESTEPS
+
+    progress = not args.no_progress
 
     timesteps = list(GRID_TIMESTEPS)
     if args.timesteps is not None:
@@ -666,8 +716,9 @@ def _score(args: argparse.Namespace) -> None:
     detector = pipeline.load_detector(args.out, args.device, args.precision)
     if args.csv is not None and args.csv.is_dir():
         raise ValueError(f"--csv {args.csv} is a folder; give the CSV file's name")
-    csv_path = pipeline.free_path(args.csv or args.out / "scored.csv")
+    csv_path = args.csv or args.out / "scored.csv"
     summary = pipeline.score_files(detector, args.paths, csv_path, args.fpr, args.skip_unreadable)
+    csv_path = summary["csv"]
     if summary["unreadable"]:
         n = len(summary["unreadable"])
         print(
@@ -719,6 +770,16 @@ def _print_metrics(metrics: dict, out: Path, wall: float | None = None) -> None:
     print(f"{held}, ROC curve, score histograms and anomaly maps in {out}")
     print(f"all on one page: {out / 'report.html'}")
 
+
+# What each command that works on a run folder does, once the folder is held.
+COMMANDS = {
+    "run": _run,
+    "train-diffusion": _train_diffusion,
+    "train": _train,
+    "evaluate": _evaluate,
+    "dissolve": _dissolve,
+    "maps": _maps,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,6 +7,9 @@ Each dataclass is plain data: it is saved as JSON next to every result and read 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,24 +210,84 @@ def to_dict(config: Any) -> dict:
 
 
 def from_dict(cls: type, values: dict) -> Any:
-    """Build ``cls`` from a dict written by :func:`to_dict`; unknown keys are an error."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(names)
+    """Build ``cls`` from a dict written by :func:`to_dict`. Unknown keys, and values not of
+    their field's type (a string for a number, NaN or infinity for a float, a list of the
+    wrong length), are errors that name the setting and what it must be."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{cls.__name__} settings must be a JSON object, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    kwargs = {}
-    for key, value in values.items():
-        sub = _dataclass_type(names[key].type)
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        key: _typed(value, hints[key], f"{cls.__name__}.{key}") for key, value in values.items()
+    }
     return cls(**kwargs)
 
 
-def _dataclass_type(annotation: Any) -> type | None:
-    by_name = {c.__name__: c for c in (DataConfig, DiffusionConfig, DetectorConfig, ScoreConfig)}
-    if isinstance(annotation, str):
-        return by_name.get(annotation)
-    return annotation if dataclasses.is_dataclass(annotation) else None
+def _typed(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` as a field annotated ``annotation`` holds it (lists become tuples), or a
+    ValueError naming ``name`` and the type expected."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    for option in options:
+        try:
+            return _as_type(value, option, name)
+        except ValueError:
+            if len(options) == 1:
+                raise
+    raise ValueError(f"{name}={value!r}; expected {' or '.join(_describe(o) for o in options)}")
+
+
+def _as_type(value: Any, annotation: Any, name: str) -> Any:
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return from_dict(annotation, value)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+            raise ValueError(f"{name}={value!r}; expected a finite number")
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(annotation) is tuple and isinstance(value, (list, tuple)):
+        items = typing.get_args(annotation)
+        if len(items) == 2 and items[1] is Ellipsis:
+            items = (items[0],) * len(value)
+        if len(items) == len(value):
+            return tuple(
+                _typed(v, t, f"{name}[{i}]")
+                for i, (v, t) in enumerate(zip(value, items, strict=True))
+            )
+    raise ValueError(f"{name}={value!r}; expected {_describe(annotation)}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _describe(annotation: Any) -> str:
+    """How an error names a type: 'an integer', 'null', 'a list of 2 numbers', ..."""
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    if annotation is type(None):
+        return "null"
+    if annotation in words:
+        return words[annotation]
+    if dataclasses.is_dataclass(annotation):
+        return f"an object of {annotation.__name__} settings"
+    items = typing.get_args(annotation)
+    if len(items) == 2 and items[1] is Ellipsis:
+        return f"a list of {_describe(items[0]).split(' ', 1)[-1]}s"
+    if len(set(items)) == 1:
+        return f"a list of {len(items)} {_describe(items[0]).split(' ', 1)[-1]}s"
+    return f"a list of {len(items)} values"

@@ -26,8 +26,11 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+        # In place: the sum and the activation reuse the memory they read, as autograd allows
+        # (batch norm keeps its input for the backward pass, not its output).
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out.add_(self.skip(x)), inplace=True)
 
 
 def stem_stride_for(image_size: int) -> int:

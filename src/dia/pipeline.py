@@ -24,7 +24,7 @@ from . import __version__, distributed
 from . import checkpoint as ckpt
 from .baselines import baseline_aurocs
 from .checkpoint import Checkpointing
-from .config import NUM_SHIFTS, DataConfig, RunConfig, from_dict, to_dict
+from .config import NUM_SHIFTS, DataConfig, RunConfig, check_settings, from_dict, to_dict
 from .data import ImageData, load_data, load_test_set
 from .data.folder import load_images
 from .data.volumes import split_selection
@@ -34,7 +34,7 @@ from .device import cpu_has_fast_bf16, cpu_memory, resolve_device, resolve_preci
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
-from .io import read_json, saved_dir, write_json, write_text
+from .io import new_folder, numbered, read_json, saved_dir, write_csv, write_json, write_text
 from .reports import (
     GRID_TIMESTEPS,
     PICTURE_COUNT,
@@ -108,11 +108,7 @@ def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
     data_name = Path(spec).stem if spec not in ("synthetic",) else spec
     data_name = data_name.replace("medmnist:", "")
     base = Path(root) / f"{data_name}-{config.detector.dissolve}-seed{config.seed}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return next(path for path in numbered(base, suffix=False) if not path.exists())
 
 
 def save_config(config: RunConfig, out: Path) -> None:
@@ -124,11 +120,21 @@ def load_config(out: Path) -> RunConfig:
     grouped file by file, as it was made, so that its data splits as it did; one saved before
     the stem's stride and the scored shifts were settings, with CIFAR's stem and every shift,
     as it was made."""
-    values = read_json(out / "config.json")
-    values.get("data", {}).setdefault("dicom_studies", False)
-    values.get("detector", {}).setdefault("stem_stride", 1)
-    values.get("score", {}).setdefault("shifts", NUM_SHIFTS)
-    return from_dict(RunConfig, values)
+    file = out / "config.json"
+    values = read_json(file)
+    if "data" not in values:
+        raise ValueError(f"{file} lacks 'data': it does not say what the run was trained on")
+    earlier = {"data": ("dicom_studies", False), "detector": ("stem_stride", 1)}
+    earlier["score"] = ("shifts", NUM_SHIFTS)
+    for section, (key, value) in earlier.items():
+        if isinstance(values.get(section), dict):
+            values[section].setdefault(key, value)
+    try:
+        config = from_dict(RunConfig, values)
+        check_settings(config.detector, config.score)
+    except ValueError as err:
+        raise ValueError(f"{file}: {err}") from err
+    return config
 
 
 def load_run_data(config: RunConfig) -> ImageData:
@@ -295,10 +301,12 @@ def evaluate_step(
     out: Path,
     timings: dict | None = None,
     extra: dict | None = None,
+    finish: bool = True,
 ) -> dict:
-    """Score the test split, write ``scores.csv``, ``metrics.json``, the ROC curve ``roc.png``,
-    the score histograms ``score_histogram.png``, the training losses ``training_curve.png``,
-    the anomaly maps ``anomaly_maps.png`` and the page ``report.html`` that shows them all;
+    """Score the test split, write ``scores.csv``, the ROC curve ``roc.png``, the score
+    histograms ``score_histogram.png``, the training losses ``training_curve.png``, the
+    anomaly maps ``anomaly_maps.png``, and with ``finish`` the page ``report.html`` that shows
+    them all and ``metrics.json`` (:func:`finish_run`; without it, the caller finishes);
     return the metrics (with ``extra`` added). The metrics hold the validation AUROC and the
     baselines' AUROCs as well (:func:`reference_metrics`)."""
     t0 = time.perf_counter()
@@ -338,11 +346,12 @@ def evaluate_step(
     metrics.update(extra or {})
     # Each test image's file, where it came from one, so that a flagged scan can be found.
     names = data.test_names or [""] * len(labels)
-    with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "path", "label", "score", "predicted_abnormal"])
-        for i, (name, y, s, p) in enumerate(zip(names, labels, scores, predicted, strict=True)):
-            writer.writerow([i, name, int(y), f"{s:.6f}", int(p)])
+    rows = zip(names, labels, scores, predicted, strict=True)
+    write_csv(
+        out / "scores.csv",
+        ["index", "path", "label", "score", "predicted_abnormal"],
+        ([i, name, int(y), f"{s:.6f}", int(p)] for i, (name, y, s, p) in enumerate(rows)),
+    )
     title = f"{data.name}, test split (AUROC {metrics['auroc']:.3f})"
     roc_plot(labels, scores, out / "roc.png", detector.threshold_, title)
     score_histogram(labels, scores, out / "score_histogram.png", detector.threshold_, title)
@@ -350,9 +359,16 @@ def evaluate_step(
     t0 = time.perf_counter()
     write_anomaly_maps(detector, data.test, scores, out / "anomaly_maps.png")
     metrics["wall_s"]["anomaly_maps_s"] = time.perf_counter() - t0
-    write_json(out / "metrics.json", metrics)
-    write_report(out)
+    if finish:
+        finish_run(out, metrics)
     return metrics
+
+
+def finish_run(out: Path, metrics: dict) -> None:
+    """Write the report, then ``metrics.json``: written last, since a folder with it counts
+    as a finished run."""
+    write_report(out, metrics)
+    write_json(out / "metrics.json", metrics)
 
 
 def reference_metrics(data: ImageData, detector: DIADetector, wall_s: dict) -> dict:
@@ -419,7 +435,7 @@ def saved_test_scores(out: Path, data: ImageData, detector: DIADetector) -> np.n
             return None
         if torch.device(metrics.get("device", "")).type != device.type:
             return None
-        with open(out / "scores.csv", newline="") as f:
+        with open(out / "scores.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
         names = data.test_names or [""] * len(data.test)
         labels = data.test_labels.tolist()
@@ -471,8 +487,7 @@ def evaluate_external(
         )
     data = load_test_set(data_config)
     _load_history(detector, out)  # how the run's detector was trained
-    folder = free_path(out / EXTERNAL_DIR / (data.name or "data"))
-    folder.mkdir(parents=True)
+    folder = new_folder(out / EXTERNAL_DIR / (data.name or "data"))
     extra = {"external": {"run": str(out), "trained_on": trained_on and to_dict(trained_on)}}
     config = dataclasses.replace(config, data=data_config)
     if trained_on is None:  # a library's detector: how it was trained is not recorded
@@ -510,14 +525,15 @@ def write_training_curve(out: Path) -> Path | None:
     )
 
 
-def write_report(out: Path) -> Path:
-    """``out/report.html``: the run's numbers (``metrics.json``) and the pictures found in
-    ``out``, on one self-contained page; returns its path."""
+def write_report(out: Path, metrics: dict | None = None) -> Path:
+    """``out/report.html``: the run's numbers (``metrics``, by default its ``metrics.json``)
+    and the pictures found in ``out``, on one self-contained page; returns its path."""
     pictures = {
         name: (out / name).read_bytes() for name, _ in REPORT_PICTURES if (out / name).is_file()
     }
     path = out / REPORT_NAME
-    write_text(path, report_html(read_json(out / "metrics.json"), pictures))
+    metrics = read_json(out / "metrics.json") if metrics is None else metrics
+    write_text(path, report_html(metrics, pictures))
     return path
 
 
@@ -610,7 +626,9 @@ def score_files(
     skip_unreadable: bool = False,
 ) -> dict:
     """Score image files (and the image files under folders) with a fitted ``detector`` and
-    write ``path,score,threshold,abnormal`` per image to ``csv_path``; returns a summary.
+    write ``path,score,threshold,abnormal`` per image to ``csv_path`` (or ``NAME-2.csv``, ...:
+    the first free name, :func:`~dia.io.write_csv`); returns a summary, the file's path in
+    ``csv``.
 
     ``fpr``: call abnormal the share of normal training images this is, instead of the
     detector's own (:meth:`~dia.detector.DIADetector.threshold_at`). ``skip_unreadable``:
@@ -624,14 +642,16 @@ def score_files(
     )
     scores = detector.score_samples(images)
     abnormal = scores < threshold
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "threshold", "abnormal"])
-        for path, score, flag in zip(files, scores, abnormal, strict=True):
-            writer.writerow([str(path), f"{score:.6f}", f"{threshold:.6f}", int(flag)])
+    rows = zip(files, scores, abnormal, strict=True)
+    csv_path = write_csv(
+        csv_path,
+        ["path", "score", "threshold", "abnormal"],
+        ([str(p), f"{score:.6f}", f"{threshold:.6f}", int(flag)] for p, score, flag in rows),
+        new_name=True,
+    )
     volumes = _volume_summary(files, scores, abnormal)
     summary = {
+        "csv": str(csv_path),
         "images": len(files),
         "abnormal": int(abnormal.sum()),
         "threshold": threshold,
@@ -642,19 +662,23 @@ def score_files(
         "unreadable": [str(path) for path, _ in unreadable or []],
     }
     if unreadable:
-        unreadable_csv = free_path(csv_path.with_name(f"{csv_path.stem}-unreadable.csv"))
-        summary["unreadable_csv"] = str(unreadable_csv)
-        with open(unreadable_csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows([str(path), reason] for path, reason in unreadable)
+        summary["unreadable_csv"] = str(
+            write_csv(
+                csv_path.with_name(f"{csv_path.stem}-unreadable.csv"),
+                ["path", "reason"],
+                ([str(path), reason] for path, reason in unreadable),
+                new_name=True,
+            )
+        )
     if volumes:
-        volumes_csv = free_path(csv_path.with_name(f"{csv_path.stem}-volumes.csv"))
-        summary["volumes_csv"] = str(volumes_csv)
-        with open(summary["volumes_csv"], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(volumes[0]))
-            writer.writeheader()
-            writer.writerows(volumes)
+        summary["volumes_csv"] = str(
+            write_csv(
+                csv_path.with_name(f"{csv_path.stem}-volumes.csv"),
+                list(volumes[0]),
+                (list(v.values()) for v in volumes),
+                new_name=True,
+            )
+        )
     return summary
 
 
@@ -680,15 +704,6 @@ def _volume_summary(files: list[Path], scores: np.ndarray, abnormal: np.ndarray)
         if score < entry["lowest_score"]:
             entry["most_abnormal"], entry["lowest_score"] = str(name), score
     return list(volumes.values())
-
-
-def free_path(path: Path) -> Path:
-    """``path``, or ``name-2.ext``, ``name-3.ext``, ... when it exists: nothing is overwritten."""
-    candidate, i = path, 1
-    while candidate.exists():
-        i += 1
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-    return candidate
 
 
 def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
@@ -756,6 +771,15 @@ def run(
         if created and distributed.is_main() and {p.name for p in out.iterdir()} <= {"config.json"}:
             shutil.rmtree(out, ignore_errors=True)
         elif (
+            isinstance(err, Exception)
+            and has_model(out, DETECTOR_DIR)
+            and not (out / "metrics.json").exists()
+        ):
+            raise RuntimeError(
+                f"{err}. The trained detector is saved: once that is put right, dia evaluate "
+                f"--out {out} evaluates it"
+            ) from err
+        elif (
             isinstance(err, ValueError)
             and "diffusion_s" in timings
             and not has_model(out, DETECTOR_DIR)
@@ -780,7 +804,7 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         return None
     # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
     reused = timings.pop("diffusion_reused", False)
-    metrics = evaluate_step(config, data, detector, out, timings)
+    metrics = evaluate_step(config, data, detector, out, timings, finish=False)
     if config.detector.dissolve != "none":
         t0 = time.perf_counter()
         write_dissolve_grid(
@@ -796,8 +820,7 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         metrics["diffusion_reused"] = True
     if "resumed_at_step" in detector.history_:
         metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
-    write_json(out / "metrics.json", metrics)
-    write_report(out)
+    finish_run(out, metrics)
     return metrics
 
 

@@ -10,14 +10,8 @@ import torch
 
 from dia.data.types import ImageData
 
-REQUIRED_KEYS = (
-    "train_images",
-    "train_labels",
-    "val_images",
-    "val_labels",
-    "test_images",
-    "test_labels",
-)
+REQUIRED_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+VAL_KEYS = ("val_images", "val_labels")  # both or neither: the validation split is optional
 TEST_KEYS = ("test_images", "test_labels")  # all an external test set needs
 
 
@@ -41,10 +35,11 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
-    arrays = _read_arrays(path)
+    arrays = _read_arrays(path, REQUIRED_KEYS, optional=VAL_KEYS)
+    present_splits = ("train", "val", "test") if "val_images" in arrays else ("train", "test")
 
     splits, findings = {}, {}
-    for split in ("train", "val", "test"):
+    for split in present_splits:
         images = _images(arrays[f"{split}_images"], path, split)
         labels, findings[split] = _labels(arrays[f"{split}_labels"], path, split, len(images))
         splits[split] = (images, labels)
@@ -63,7 +58,7 @@ def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.
 
     train_images, train_labels = splits["train"]
     is_normal = train_labels == normal_class
-    val_images, val_labels = splits["val"]
+    val_images, val_labels = splits.get("val", (train_images[:0], train_labels[:0]))
     test_images, test_labels = splits["test"]
     data = ImageData(
         name=path.stem,
@@ -107,7 +102,11 @@ def load_npz_test(path: str | Path, normal_class: int = 0) -> ImageData:
     return data
 
 
-def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, np.ndarray]:
+def _read_arrays(
+    path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the npz at ``path``, and ``optional``, a group of keys that is
+    there as a whole or not at all."""
     try:
         with open(path, "rb") as f:
             is_zip = zipfile.is_zipfile(f)
@@ -126,7 +125,14 @@ def _read_arrays(path: Path, keys: tuple[str, ...] = REQUIRED_KEYS) -> dict[str,
                     f"{path} lacks the keys {missing}; a MedMNIST-style npz needs "
                     f"{list(keys)}{' for a test set' if keys == TEST_KEYS else ''}"
                 )
-            return {key: archive[key] for key in keys}
+            found = [key for key in optional if key in archive.files]
+            if found and len(found) < len(optional):
+                lacking = [key for key in optional if key not in found]
+                raise DataError(
+                    f"{path} has {found} but not {lacking}: give both or neither (the "
+                    "validation split is optional)"
+                )
+            return {key: archive[key] for key in (*keys, *found)}
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:

@@ -21,6 +21,8 @@ from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
 from dia.data.types import ImageData
 
 SYNTHETIC_SIZE = 32
+# The smallest images the network can take: its stages halve them three times.
+MIN_IMAGE_SIZE = 8
 SPEC_FORMS = (
     "accepted data specs:\n"
     "  synthetic             the built-in procedural chest X-ray set\n"
@@ -282,9 +284,10 @@ def _contaminate(
 
 
 def _check_config(config: DataConfig) -> None:
-    if config.image_size is not None and config.image_size < 8:
+    if config.image_size is not None and config.image_size < MIN_IMAGE_SIZE:
         raise DataError(
-            f"image_size must be >= 8 (or None for the source's size), got {config.image_size}"
+            f"image_size must be >= {MIN_IMAGE_SIZE} (or None for the source's size), got "
+            f"{config.image_size}"
         )
     if config.channels not in (None, 1, 3):
         raise DataError(f"channels must be None (automatic), 1 or 3, got {config.channels}")
@@ -318,6 +321,12 @@ def _check_sizes(data: ImageData, config: DataConfig) -> None:
         raise DataError(
             f"the splits of {config.spec!r} differ in image size ({listed}); give an image "
             "size (--image-size N) to resize every split to N x N"
+        )
+    (h, w), *_ = sizes.values()
+    if min(h, w) < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"the images of {config.spec!r} are {h}x{w} px, too small to hold detail; give an "
+            f"image size (--image-size N, at least {MIN_IMAGE_SIZE}) to resize them"
         )
 
 

@@ -25,6 +25,8 @@ from ..io import save_dir_atomically, saved_dir
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+# The largest resolution a config may name: beyond it a config is damaged, not large.
+MAX_RESOLUTION = 4096
 WEIGHTS_NAME = "model.safetensors"
 # Images this much smaller than the resolution (MedMNIST 28 -> 32) are padded, not resized,
 # so that no interpolation blurs the fine detail the detector has to learn.
@@ -177,7 +179,9 @@ class DiffusionModel(nn.Module):
         weights = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         # The weights carry a copy of the config, so a save interrupted between the two files
         # is detected on load instead of pairing new weights with an old architecture.
-        metadata = {"format": "pt", _METADATA_KEY: config_text}
+        # One key: safetensors writes a metadata map in no fixed order, and identical models
+        # should give identical files.
+        metadata = {_METADATA_KEY: config_text}
 
         def write(folder: Path) -> None:
             save_file(weights, str(folder / WEIGHTS_NAME), metadata=metadata)
@@ -230,13 +234,20 @@ class DiffusionModel(nn.Module):
         version = values.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+        channels = values.pop("channels", None)
+        attention = values.pop("attention", False)
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(
+                f"invalid diffusion config {path}: channels={channels!r}; expected 1 or 3"
+            )
+        if not isinstance(attention, bool):
+            raise ValueError(
+                f"invalid diffusion config {path}: attention={attention!r}; expected true or false"
+            )
         try:
-            channels = values.pop("channels")
-            attention = values.pop("attention", False)
-            config = from_dict(DiffusionConfig, values)
-            return cls(config, channels, attention=attention)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"invalid diffusion config {path}: {err!r}") from err
+            return cls(from_dict(DiffusionConfig, values), channels, attention=attention)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"invalid diffusion config {path}: {err}") from err
 
 
 def norm_groups(block_out_channels: Sequence[int]) -> int:
@@ -249,6 +260,8 @@ def _check_config(config: DiffusionConfig) -> None:
     if not blocks or any(int(c) < 1 for c in blocks):
         raise ValueError(f"block_out_channels must be positive ints, got {blocks!r}")
     scale = 2 ** (len(blocks) - 1)
+    if config.resolution > MAX_RESOLUTION:
+        raise ValueError(f"resolution={config.resolution}; expected at most {MAX_RESOLUTION}")
     if config.resolution < scale or config.resolution % scale:
         raise ValueError(
             f"resolution={config.resolution} must be a multiple of {scale} "
