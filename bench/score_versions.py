@@ -1,7 +1,8 @@
 """Test-time scoring speed of two versions of dia side by side: this checkout and another one.
 
 Each arm is a fresh process importing dia from its own source folder (``--before-src``, say a
-``git worktree`` of an earlier commit, and this checkout's ``src``). In it the network its
+``git worktree`` of an earlier commit, and this checkout's ``src``), with the C library's
+memory settings the dia command sets (``DIA_CPU_MEMORY``). In it the network its
 ``build_network`` makes for the image size (untrained: the speed does not depend on the
 weights) scores the same seeded random images with the preset's score settings of that
 version, in the precision ``auto`` picks; the arm reports the best of ``--repeats`` timings
@@ -32,11 +33,12 @@ ARM = """
 import inspect, sys, time
 import torch
 from dia.config import DetectorConfig, RunConfig
-from dia.device import resolve_device, resolve_precision
+from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.presets import apply_preset
 from dia.scoring import shifted_features
 from dia.training import build_network
 
+set_cpu_memory_from_env()  # as the dia command does
 size, channels, n, preset, repeats = sys.argv[1:6]
 size, channels, n, repeats = int(size), int(channels), int(n), int(repeats)
 config = apply_preset(RunConfig(), preset)

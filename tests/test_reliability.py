@@ -396,3 +396,83 @@ def test_a_full_disk_never_leaves_a_run_that_looks_finished(tmp_path, capsys, mo
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "report.html").is_file() and (out / "scores.csv").is_file()
     assert 0 <= metrics["auroc"] <= 1
+
+
+def test_a_crash_while_plotting_loses_neither_timings_nor_pictures(tmp_path, capsys, monkeypatch):
+    import dia.pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the plotting library crashed")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(dia.pipeline, "write_anomaly_maps", crash)
+    args = ["median" if a == "none" else a for a in TINY]  # a run that dissolves
+    code = main(["run", "--out", str(out), *args])
+    one_clean_error(capsys, code, "the plotting library crashed", f"dia evaluate --out {out}")
+    assert not (out / "metrics.json").exists() and not (out / "dissolve_grid.png").exists()
+    monkeypatch.undo()
+    assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0
+    wall = json.loads((out / "metrics.json").read_text())["wall_s"]
+    assert wall["detector_s"] > 0 and wall["data_s"] > 0 and wall["dissolve_grid_s"] > 0
+    assert (out / "dissolve_grid.png").is_file() and not (out / "timings.json").exists()
+
+
+# ---------------------------------------------------------------- paths that cannot be
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "train", "train-diffusion", "evaluate", "score --csv", "score --out"]
+)
+def test_a_file_where_a_folder_should_be_is_named(run, tmp_path, capsys, command):
+    out, image = run
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    place = blocker / "inside"
+    argv = {
+        "run": ["run", "--out", str(place), *TINY],
+        "train": ["train", "--out", str(place), *TINY],
+        "train-diffusion": ["train-diffusion", "--out", str(place), *TINY],
+        "evaluate": ["evaluate", "--out", str(place), "--device", "cpu"],
+        "score --csv": ["score", str(image), "--out", str(out), "--csv", str(place / "s.csv")],
+        "score --out": ["score", str(image), "--out", str(place)],
+    }[command]
+    line = one_clean_error(capsys, main(argv), "a-file")
+    assert blocker.read_text() == "not a folder"
+    assert "is a file, not a folder" in line or "does not exist" in line or "no saved" in line
+
+
+def test_images_too_small_to_hold_detail_are_refused(tmp_path, capsys):
+    arrays = {}
+    for split, n in (("train", 8), ("test", 4)):
+        arrays[f"{split}_images"] = np.zeros((n, 1, 1), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n) % 2
+    np.savez(tmp_path / "dots.npz", **arrays)
+    code = main(["run", "--data", str(tmp_path / "dots.npz"), "--out", str(tmp_path / "r"),
+                 *[a for a in TINY if a not in ("--image-size", "16")]])  # fmt: skip
+    one_clean_error(capsys, code, "1x1 px, too small to hold detail")
+
+
+def test_a_test_image_whose_name_is_not_utf8_is_scored_and_listed(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    for split, cls, n in (
+        ("train", "0_normal", 12),
+        ("test", "0_normal", 3),
+        ("test", "1_abnormal", 3),
+    ):
+        (folder / split / cls).mkdir(parents=True)
+        for i in range(n):
+            value = 60 + 5 * i + (100 if cls == "1_abnormal" else 0)
+            Image.fromarray(np.full((16, 16), value, dtype=np.uint8)).save(
+                folder / split / cls / f"{i}.png"
+            )
+    odd = folder / "test" / "1_abnormal" / os.fsdecode(b"scan\xff.png")
+    Image.fromarray(np.full((16, 16), 230, dtype=np.uint8)).save(odd)
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(folder), "--out", str(out), *TINY]) == 0
+    with open(out / "scores.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        paths = [line.split(",")[1] for line in f.read().splitlines()[1:]]
+    assert str(odd) in paths and len(paths) == 7
+    capsys.readouterr()
+    assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0  # and again

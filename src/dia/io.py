@@ -32,10 +32,20 @@ def write_json(path: str | Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in, or say which part of its path is a file."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file, not a folder: {path} cannot go there")
+        if folder.is_dir():
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -55,7 +65,7 @@ def write_csv(path: str | Path, header: list, rows: Iterable, new_name: bool = F
     a file: ``path``, or ``NAME-2.csv``, ``NAME-3.csv``, ..., the first free one taken
     atomically, so that processes writing at once each get a file of their own."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -192,7 +202,7 @@ def hold_folder(folder: str | Path, disposable: tuple[str, ...] = ()) -> Iterato
     removed again."""
     folder = saved_dir(folder)  # a save killed between its renames: its folder put back first
     existed = folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_parent(folder / "x")
     fd = _locked(folder) if fcntl else None
     try:
         yield remove_stale_temporaries(folder)

@@ -51,6 +51,8 @@ DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
 REPORT_NAME = "report.html"
+# A run's wall times from its training, kept while it is evaluated (metrics.json then holds them).
+TIMINGS_NAME = "timings.json"
 EXTERNAL_DIR = "external"
 
 
@@ -366,9 +368,10 @@ def evaluate_step(
 
 def finish_run(out: Path, metrics: dict) -> None:
     """Write the report, then ``metrics.json``: written last, since a folder with it counts
-    as a finished run."""
+    as a finished run (the timings kept apart until then go)."""
     write_report(out, metrics)
     write_json(out / "metrics.json", metrics)
+    (out / TIMINGS_NAME).unlink(missing_ok=True)
 
 
 def reference_metrics(data: ImageData, detector: DIADetector, wall_s: dict) -> dict:
@@ -398,12 +401,24 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     or for the first time when the run stopped between saving and scoring it).
     What the run recorded about its training is kept: the steps and speed (from the
     detector's ``history.json``), the wall times of its training and a resume or reuse."""
-    earlier = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+    earlier = {}
+    for name in ("metrics.json", TIMINGS_NAME):  # a finished run's, or one that stopped before
+        if not earlier and (out / name).is_file():
+            earlier = read_json(out / name)
     _load_history(detector, out)
     # the run's wall times; the test's scoring and maps are timed anew
-    timings = earlier.get("wall_s", {})
-    extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if k in earlier}
-    return evaluate_step(config, load_run_data(config), detector, out, timings, extra)
+    timings = dict(earlier.get("wall_s", {}))
+    extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if earlier.get(k)}
+    data = load_run_data(config)
+    metrics = evaluate_step(config, data, detector, out, timings, extra, finish=False)
+    if not (out / "dissolve_grid.png").is_file():  # the run stopped before drawing it
+        dissolver = (
+            load_diffusion(out, config.device) if config.detector.dissolve == "diffusion" else None
+        )
+        if config.detector.dissolve != "diffusion" or dissolver is not None:
+            _dissolve_grid_step(config, data, out, dissolver, metrics)
+    finish_run(out, metrics)
+    return metrics
 
 
 def detector_digest(folder: Path) -> str | None:
@@ -804,17 +819,10 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         return None
     # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
     reused = timings.pop("diffusion_reused", False)
+    # kept apart until metrics.json holds them: a crash while evaluating does not lose them
+    write_json(out / TIMINGS_NAME, {"wall_s": timings, "diffusion_reused": reused})
     metrics = evaluate_step(config, data, detector, out, timings, finish=False)
-    if config.detector.dissolve != "none":
-        t0 = time.perf_counter()
-        write_dissolve_grid(
-            config.detector.dissolve,
-            diffusion_model,
-            data.test[:PICTURE_COUNT],
-            out / "dissolve_grid.png",
-            resolve_device(config.device),
-        )
-        metrics["wall_s"]["dissolve_grid_s"] = time.perf_counter() - t0
+    _dissolve_grid_step(config, data, out, diffusion_model, metrics)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
     if reused:
         metrics["diffusion_reused"] = True
@@ -822,6 +830,21 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
     finish_run(out, metrics)
     return metrics
+
+
+def _dissolve_grid_step(config, data, out: Path, diffusion_model, metrics: dict) -> None:
+    """``dissolve_grid.png`` of a run that dissolves, timed into ``metrics``."""
+    if config.detector.dissolve == "none":
+        return
+    t0 = time.perf_counter()
+    write_dissolve_grid(
+        config.detector.dissolve,
+        diffusion_model,
+        data.test[:PICTURE_COUNT],
+        out / "dissolve_grid.png",
+        resolve_device(config.device),
+    )
+    metrics["wall_s"]["dissolve_grid_s"] = time.perf_counter() - t0
 
 
 def resume(

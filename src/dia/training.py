@@ -17,13 +17,13 @@ from . import checkpoint as ckpt
 from . import distributed
 from .augment import SimCLRAugment
 from .checkpoint import Checkpointing, StopRequests, TrainingInterrupted
+from .clock import TrainingClock
 from .config import DetectorConfig, to_dict
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
 from .networks import AmplifierNet, stem_stride_for
 from .optim import WeightAverage, lr_factor, make_optimizer
-from .progress import expected_steps
 from .shifts import NUM_SHIFTS, all_shifts
 
 Callback = Callable[[AmplifierNet, float], None]
@@ -31,22 +31,20 @@ Callback = Callable[[AmplifierNet, float], None]
 LOSSES = ("loss", "contrastive", "shift")
 
 
-def _timed_callback(callback: Callback, trained, net: AmplifierNet, train_s: float) -> float:
+def _timed_callback(callback: Callback, trained, net: AmplifierNet, clock) -> float:
     """``callback(trained, train_s)``, with ``net`` put back in training mode; its seconds."""
     c0 = time.perf_counter()
-    callback(trained, train_s)
+    callback(trained, clock.train_s)
     net.train()
     return time.perf_counter() - c0
 
 
-def _next_multiple(seconds: float, every: float | None) -> float | None:
-    """The first multiple of ``every`` after ``seconds``: when a callback or checkpoint is next
-    due (None when ``every`` is None; 0 means after every step)."""
-    if every is None:
-        return None
-    if every < 0:
-        raise ValueError(f"callback or checkpoint interval {every}; expected seconds >= 0")
-    return seconds if every == 0 else (math.floor(seconds / every) + 1) * every
+def stops_of(checkpoint: Checkpointing | None):
+    """Ctrl-C and SIGTERM as requests to stop between steps where there is a checkpoint to
+    save (:class:`~dia.checkpoint.StopRequests`); otherwise requests that never come."""
+    if checkpoint is None:
+        return contextlib.nullcontext(StopRequests())
+    return StopRequests().installed()
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -86,6 +84,30 @@ class _State:
 
     def modules(self) -> tuple:
         return self.net, self.optimizer, self.average, self.order, self.gen
+
+
+@dataclasses.dataclass
+class _Run:
+    """A training under way: its state, what its steps use, and where it is."""
+
+    state: _State
+    model: torch.nn.Module  # the network, or its synchronising wrapper in a process group
+    augment: SimCLRAugment
+    fmt: torch.memory_format
+    batch: int  # each process's images a step
+    world: int
+    rank: int
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    train_s: float = 0.0  # a resumed training's start
+    step: int = 0
+    perm: torch.Tensor | None = None  # the current epoch's order
+    first: int = 0  # its first step still to take
+
+    @property
+    def trained(self) -> AmplifierNet:
+        """What the callback and the caller get: the network, or its moving average."""
+        return self.state.net if self.state.average is None else self.state.average.net
 
 
 class DetectorTrainer:
@@ -151,12 +173,32 @@ class DetectorTrainer:
         writes the checkpoints (every process's random generators in them), and the returned
         network is the same in every process.
         """
-        cfg, device = self.config, self.device
         world, rank = distributed.world_size(), distributed.rank()
         saved = None
         if checkpoint is not None and checkpoint.resume:
             saved = ckpt.load(checkpoint.folder)
             self._check_resumable(saved[1], world)
+        run = self._prepare(saved, deadline, world, rank)
+        clock = TrainingClock(
+            run.total_steps,
+            run.state.max_seconds,
+            checkpoint.every_s if checkpoint else None,
+            callback_every_s if callback else None,
+            run.step,
+            run.train_s,
+        )
+        quiet = not progress or not distributed.is_main()
+        bar = tqdm(
+            total=run.total_steps, initial=clock.step, disable=quiet, desc="detector", leave=False
+        )
+        with bar, stops_of(checkpoint) as stops:
+            while self._epoch(run, clock, stops, checkpoint, bar, callback):
+                run.perm, run.first = None, 0
+        return self._finished(run, clock)
+
+    def _prepare(self, saved, deadline: float | None, world: int, rank: int) -> _Run:
+        """Everything a training's steps need, from a checkpoint's state where ``saved``."""
+        cfg, device = self.config, self.device
         torch.manual_seed(self.seed)
         n, channels, size = self.images.shape[0], self.images.shape[1], self.images.shape[-1]
         if n < world:
@@ -169,99 +211,85 @@ class DetectorTrainer:
         net.train()
         optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
         average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
-        trained = net if average is None else average.net  # what the callback and caller get
-        model = self._synchronised(net, world, rank)
-        augment = SimCLRAugment(
-            size,
-            channels,
-            (cfg.crop_scale_min, 1.0),
-            cfg.jitter_strength,
-            cfg.jitter_prob,
-            cfg.gray_prob,
-        )
-        batch = min(cfg.batch_size, n // world)
-        steps_per_epoch = n // (batch * world)
-        total_steps = cfg.epochs * steps_per_epoch
-        warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
-
-        history: dict = {
-            **{k: [] for k in LOSSES},
-            "dissolve_cache_s": cache_s,
-            "dissolved_steps": 0,
-        }
+        history: dict = {**{k: [] for k in LOSSES}, "dissolve_cache_s": cache_s}
+        history["dissolved_steps"] = 0
         state = _State(net, optimizer, average, order, gen, history, max_seconds)
-        train_s, step, perm, first = 0.0, 0, None, 0
+        augment = SimCLRAugment(
+            size, channels, (cfg.crop_scale_min, 1.0),
+            cfg.jitter_strength, cfg.jitter_prob, cfg.gray_prob,
+        )  # fmt: skip
+        batch = min(cfg.batch_size, n // world)
+        run = _Run(state, self._synchronised(net, world, rank), augment, fmt, batch, world, rank)
+        run.steps_per_epoch = n // (batch * world)
+        run.total_steps = cfg.epochs * run.steps_per_epoch
         if saved is not None:
-            train_s, step, perm, first = self._restore(*saved, state)
-        main = distributed.is_main()
-        quiet = not progress or not main
-        bar = tqdm(total=total_steps, initial=step, disable=quiet, desc="detector", leave=False)
-        # Time spent on callbacks (evaluations for a benchmark's curve) is left out of the
-        # training seconds.
-        paused_s = 0.0
-        next_callback = _next_multiple(train_s, callback_every_s if callback else None)
-        next_save = _next_multiple(train_s, checkpoint.every_s if checkpoint else None)
-        t0 = time.perf_counter() - train_s
-        stops = StopRequests()
-        done = False
-        with stops.installed() if checkpoint is not None else contextlib.nullcontext():
-            while not done:
-                if perm is None:
-                    perm = torch.randperm(n, generator=order)
-                for i in range(first, steps_per_epoch):
-                    fraction = step / max(total_steps, 1)
-                    if max_seconds:
-                        fraction = max(fraction, train_s / max_seconds)
-                    # Each process's clock differs: rank 0's sets every learning rate, the
-                    # stop and the checkpoints, so that all take the same steps (DDP waits for
-                    # every process at each one); so does rank 0's interrupt.
-                    due = next_save is not None and train_s >= next_save
-                    fraction, stop, due = distributed.agree(fraction, stops.requested, due)
-                    if step >= total_steps or fraction >= 1.0:
-                        done = True
-                        break
-                    if stop or due:
-                        # Its time counts as training time: a budget is wall-clock time.
-                        self._save(checkpoint, state, perm, i, step, train_s)
-                        next_save = _next_multiple(train_s, checkpoint.every_s)
-                    if stop:
-                        bar.close()
-                        raise TrainingInterrupted(checkpoint.folder, step)
-                    for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
-                    idx = distributed.shard(perm, i, batch, rank, world)
-                    dissolving = self.dissolver is not None and fraction >= cfg.dissolve_start
-                    losses = self._step(model, optimizer, augment, idx, gen, fmt, dissolving)
-                    history["dissolved_steps"] += dissolving
-                    if average is not None:
-                        average.update(net)
-                    step += 1
-                    for key, value in losses.items():
-                        history[key].append(value)
-                    train_s = time.perf_counter() - t0 - paused_s
-                    bar.total = expected_steps(step, train_s, max_seconds, total_steps)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{train_s:.0f}")
-                    if main and next_callback is not None and train_s >= next_callback:
-                        # Rank 0 alone; the others wait at the next step's agreement, and since
-                        # rank 0's clock leaves this time out, so does the schedule of all.
-                        paused_s += _timed_callback(callback, trained, net, train_s)
-                        next_callback += callback_every_s
-                perm, first = None, 0
-        bar.close()
+            run.train_s, run.step, run.perm, run.first = self._restore(*saved, state)
+        return run
+
+    def _epoch(self, run: _Run, clock: TrainingClock, stops, checkpoint, bar, callback) -> bool:
+        """The steps of the current epoch from ``run.first`` on; False once training is over."""
+        if run.perm is None:
+            run.perm = torch.randperm(self.images.shape[0], generator=run.state.order)
+        for i in range(run.first, run.steps_per_epoch):
+            # Each process's clock differs: rank 0's sets every learning rate, the stop and
+            # the checkpoints, so that all take the same steps (DDP waits for every process
+            # at each one); so does rank 0's interrupt.
+            fraction, stop, due = distributed.agree(
+                clock.fraction(), stops.requested, clock.save_due()
+            )
+            if clock.step >= run.total_steps or fraction >= 1.0:
+                return False
+            if stop or due:  # its time counts as training time: a budget is wall-clock time
+                self._save(checkpoint, run.state, run.perm, i, clock.step, clock.train_s)
+                clock.saved()
+            if stop:
+                raise TrainingInterrupted(checkpoint.folder, clock.step)
+            losses = self._step_at(run, i, fraction)
+            clock.tick()
+            bar.total = clock.expected_steps()
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", s=f"{clock.train_s:.0f}")
+            if distributed.is_main() and clock.callback_due():
+                # Rank 0 alone; the others wait at the next step's agreement, and since rank
+                # 0's clock leaves this time out, so does the schedule of all.
+                clock.called_back(_timed_callback(callback, run.trained, run.state.net, clock))
+        return True
+
+    def _step_at(self, run: _Run, i: int, fraction: float) -> dict:
+        """Step ``i`` of the epoch, ``fraction`` of the training done: the learning rate,
+        the step, the moving average and the history."""
+        cfg, state = self.config, run.state
+        warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
+        for group in state.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
+        idx = distributed.shard(run.perm, i, run.batch, run.rank, run.world)
+        dissolving = self.dissolver is not None and fraction >= cfg.dissolve_start
+        losses = self._step(
+            run.model, state.optimizer, run.augment, idx, state.gen, run.fmt, dissolving
+        )
+        state.history["dissolved_steps"] += dissolving
+        if state.average is not None:
+            state.average.update(state.net)
+        for key, value in losses.items():
+            state.history[key].append(value)
+        return losses
+
+    def _finished(self, run: _Run, clock: TrainingClock) -> tuple[AmplifierNet, dict]:
+        """The trained network, the same in every process, and the history."""
         # Batch-norm statistics are each process's own since the last step's forward pass;
         # rank 0's make the returned network the same everywhere (the weights already are).
-        distributed.broadcast_module(trained)
-        trained.eval()
-        images = 2 * batch * step + self._dissolved_count(batch) * history["dissolved_steps"]
+        distributed.broadcast_module(run.trained)
+        run.trained.eval()
+        history, batch = run.state.history, run.batch
+        images = 2 * batch * clock.step + self._dissolved_count(batch) * history["dissolved_steps"]
         history.update(
-            steps=step,
-            epochs=step / max(steps_per_epoch, 1),
-            train_s=train_s,
-            images_per_s=world * images * NUM_SHIFTS / max(train_s, 1e-9),
-            world_size=world,
+            steps=clock.step,
+            epochs=clock.step / max(run.steps_per_epoch, 1),
+            train_s=clock.train_s,
+            images_per_s=run.world * images * NUM_SHIFTS / max(clock.train_s, 1e-9),
+            world_size=run.world,
         )
-        return trained, history
+        return run.trained, history
 
     def _generators(self, world: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
         """(order, gen): every process draws the same permutations from ``order`` and its own

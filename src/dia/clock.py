@@ -1,0 +1,76 @@
+"""A training's clock: its seconds (time spent in callbacks left out), the share of it done,
+and when a checkpoint or a callback is next due."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .progress import expected_steps
+
+
+def next_multiple(seconds: float, every: float | None) -> float | None:
+    """The first multiple of ``every`` after ``seconds``: when a callback or checkpoint is next
+    due (None when ``every`` is None; 0 means after every step)."""
+    if every is None:
+        return None
+    if every < 0:
+        raise ValueError(f"callback or checkpoint interval {every}; expected seconds >= 0")
+    return seconds if every == 0 else (math.floor(seconds / every) + 1) * every
+
+
+@dataclass
+class TrainingClock:
+    """Steps and training seconds of a training of at most ``total_steps`` steps and, when
+    given, ``max_seconds`` seconds; it runs from its creation, carrying on from ``step`` and
+    ``train_s`` (a resumed training's). ``save_every_s`` and ``callback_every_s``: how often
+    a checkpoint and a callback are due (None: never)."""
+
+    total_steps: int
+    max_seconds: float | None = None
+    save_every_s: float | None = None
+    callback_every_s: float | None = None
+    step: int = 0
+    train_s: float = 0.0
+    next_save: float | None = field(init=False)
+    next_callback: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._t0 = time.perf_counter() - self.train_s
+        self._paused_s = 0.0
+        self.next_save = next_multiple(self.train_s, self.save_every_s)
+        self.next_callback = next_multiple(self.train_s, self.callback_every_s)
+
+    def fraction(self) -> float:
+        """The share of the training done: of its steps, or of its seconds where those run out
+        first (1 or more: it is over)."""
+        done = self.step / max(self.total_steps, 1)
+        if self.max_seconds:
+            done = max(done, self.train_s / self.max_seconds)
+        return done
+
+    def save_due(self) -> bool:
+        return self.next_save is not None and self.train_s >= self.next_save
+
+    def saved(self) -> None:
+        """A checkpoint was saved now: the next is due one interval on."""
+        self.next_save = next_multiple(self.train_s, self.save_every_s)
+
+    def tick(self) -> None:
+        """A step is done."""
+        self.step += 1
+        self.train_s = time.perf_counter() - self._t0 - self._paused_s
+
+    def callback_due(self) -> bool:
+        return self.next_callback is not None and self.train_s >= self.next_callback
+
+    def called_back(self, seconds: float) -> None:
+        """A callback took ``seconds``: they are not training time, and the next callback is
+        due one interval on."""
+        self._paused_s += seconds
+        self.next_callback += self.callback_every_s
+
+    def expected_steps(self) -> int:
+        """The steps the whole training will take, as far as can be told now."""
+        return expected_steps(self.step, self.train_s, self.max_seconds, self.total_steps)
