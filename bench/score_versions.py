@@ -97,6 +97,14 @@ def run_arm(src: Path, images: tuple, preset: str, repeats: int) -> tuple[float,
     return float(rate), precision, int(passes)
 
 
+def commit_of(src: Path) -> str | None:
+    """The commit a source folder's checkout is at, where it is one."""
+    done = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(NOW_SRC))
@@ -121,7 +129,11 @@ def main(argv=None) -> int:
     results = {
         "command": " ".join(["python", "bench/score_versions.py", *(argv or sys.argv[1:])]),
         "commit": code_commit(),
-        "before": {"label": args.before_label, "src": str(args.before_src)},
+        "before": {
+            "label": args.before_label,
+            "src": str(args.before_src),
+            "commit": commit_of(args.before_src),
+        },
         "machine": machine(),
         "rounds": args.rounds,
         "repeats": args.repeats,
@@ -143,7 +155,8 @@ def markdown(results: dict) -> str:
         f"{m['cpu_model']}, {m['cores']} threads. Untrained networks of each version's preset; "
         f"images/s of one call scoring the images (median of {results['rounds']} rounds, "
         f"each the best of {results['repeats']} timings); `{before}` is "
-        f"{results['before']['src']}.",
+        f"{results['before'].get('commit') or results['before']['src']}; the commands set the "
+        "C library's memory as the dia command does.",
         "",
         f"| preset | image | images | {before}: passes an image | {before} images/s | "
         "now: passes an image | now images/s | now / before |",

@@ -300,3 +300,17 @@ def test_version_bench_scores_with_each_versions_own_code(tmp_path):
     assert row["before"]["passes"] == 1 and row["now"]["passes"] == 2 * 10
     assert row["before"]["images_per_s"] > 0 and row["now"]["images_per_s"] > 0
     assert "| quick | 16 px, 1 channel | 4 | 1 |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_dissolver_bench_measures_every_dissolver_at_every_timestep(tmp_path):
+    dissolvers = load("dissolvers")
+    argv = ["--data", "synthetic", "--label", "tiny", "--image-size", "16", "--seconds", "1"]
+    argv += ["--set", "resolution=16", "--set", "block_out_channels=[8, 16]"]
+    argv += ["--images", "32", "--timesteps", "30", "100", "--device", "cpu"]
+    assert dissolvers.main([*argv, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "dissolvers-tiny.json").read_text())
+    assert set(results["dissolvers"]) == {"median", "gaussian", "diffusion-1s"}
+    diffusion = results["dissolvers"]["diffusion-1s"]
+    assert diffusion["t"] == [30, 100] and len(diffusion["denoise_mse_ratio"]) == 2
+    assert results["measured_on"] == {"split": "val", "normal_images": 32}
+    assert "| diffusion-1s | 100 |" in (tmp_path / "dissolvers-tiny.md").read_text()

@@ -157,3 +157,13 @@ def test_a_second_ctrl_c_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_authors_contrastive_weighting_divides_by_every_view():
+    """Over every view (the authors' DIA), the first step's contrastive loss is that over the
+    anchors times 2/3: three views an image, two of them anchors."""
+    one_step = dataclasses.replace(CONFIG, epochs=1, max_seconds=None)
+    _, anchor = _trainer(one_step).train(progress=False)
+    _, view = _trainer(dataclasses.replace(one_step, contrastive_per="view")).train(progress=False)
+    assert view["contrastive"][0] == pytest.approx(anchor["contrastive"][0] * 2 / 3, rel=1e-5)
+    assert view["shift"][0] == pytest.approx(anchor["shift"][0], rel=1e-5)

@@ -84,3 +84,22 @@ def test_training_with_a_weight_average_returns_the_average():
     assert seen and all(net is averaged for net in seen)  # the curve measures the average
     with pytest.raises(ValueError, match="ema"):
         DetectorTrainer(dataclasses.replace(base, ema=-0.1), images, device=torch.device("cpu"))
+
+
+def test_the_paper_presets_learning_rate_peaks_at_ten_times_its_base():
+    """CSI's warm-up multiplier 10: from the base rate to ten times it, then the decay."""
+    from dia.config import RunConfig
+    from dia.optim import lr_factor
+    from dia.presets import apply_preset
+
+    cfg = apply_preset(RunConfig(), "paper").detector
+    warmup = cfg.warmup_epochs / cfg.epochs
+    rates = [
+        cfg.lr * lr_factor(p / 1000, warmup, cfg.schedule, cfg.warmup_peak) for p in range(1001)
+    ]
+    assert rates[0] == pytest.approx(cfg.lr)  # 0.1 at the start, not 0
+    assert max(rates) == pytest.approx(10 * cfg.lr)  # 1.0 at the end of the warm-up
+    assert rates.index(max(rates)) == round(warmup * 1000) and rates[-1] == pytest.approx(0)
+    # the other presets warm up from 0 to their rate, as before
+    assert lr_factor(0.0, 0.1, "cosine") == 0.0 and lr_factor(0.1, 0.1, "cosine") == 1.0
+    assert cfg.contrastive_per == "view"

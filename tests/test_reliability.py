@@ -476,3 +476,132 @@ def test_a_test_image_whose_name_is_not_utf8_is_scored_and_listed(tmp_path, caps
     assert str(odd) in paths and len(paths) == 7
     capsys.readouterr()
     assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0  # and again
+
+
+# ---------------------------------------------------------------- killed, stopped, read-only
+
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    "OMP_NUM_THREADS": "1",  # the same arithmetic in every process
+}
+
+
+def _dia(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dia.cli", *argv], env=ENV, stderr=subprocess.PIPE, **kwargs
+    )
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "detector" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reliability") / "whole"
+    assert _dia("train", "--out", str(out), *TINY).wait(timeout=300) == 0
+    return _weights(out)
+
+
+@pytest.mark.parametrize("extra_s", [0.0, 0.15, 0.4])
+def test_kill_9_at_any_point_then_resume_gives_the_same_weights(uninterrupted, tmp_path,
+                                                                 extra_s):  # fmt: skip
+    """A checkpoint after every step; killed (SIGKILL: nothing runs after it) when the first
+    checkpoint is there, or a little later, wherever that falls (mid-step, mid-save)."""
+    import time
+
+    out = tmp_path / "killed"
+    train = ["train", "--out", str(out), *TINY, "--checkpoint-every", "0"]
+    proc = _dia(*train)
+    while proc.poll() is None and not (out / "detector-checkpoint").exists():
+        time.sleep(0.01)
+    time.sleep(extra_s)
+    proc.kill()
+    proc.wait(timeout=60)
+    if (out / "detector" / "model.safetensors").is_file():
+        pass  # it finished first
+    elif list(out.glob("*checkpoint*")):
+        assert _dia("resume", "--out", str(out), "--no-progress").wait(timeout=300) == 0
+    else:  # killed before its first checkpoint: it starts again
+        shutil.rmtree(out)
+        assert _dia(*train).wait(timeout=300) == 0
+    weights = _weights(out)
+    assert weights.keys() == uninterrupted.keys()
+    assert all(torch_equal(weights[k], uninterrupted[k]) for k in weights)
+    assert not list(out.glob(".*.tmp"))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_sigterm_during_diffusion_training_says_what_was_kept(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import dia.diffusion.model as model
+
+    original = model.DiffusionModel.loss
+
+    def terminated(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.DiffusionModel, "loss", terminated)
+    args = [
+        "--synthetic-train", "16", "--synthetic-test", "8", "--image-size", "16",
+        "--diffusion-resolution", "16", "--diffusion-block-out-channels", "8,16",
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(["train-diffusion", "--out", str(tmp_path / "d"), *args]) == 130
+    assert "interrupted; saved results are intact" in capsys.readouterr().err
+
+
+def test_an_identical_diffusion_model_saves_to_identical_bytes(tmp_path):
+    from dia.config import DiffusionConfig
+    from dia.diffusion import DiffusionModel
+
+    model = DiffusionModel(DiffusionConfig(resolution=16, block_out_channels=(8, 16)), 1)
+    model.save_pretrained(tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("command", ["run", "train-diffusion", "dissolve", "score --csv"])
+def test_a_read_only_file_system_is_one_line(run, tmp_path, capsys, monkeypatch, command):
+    """Every folder dia writes is made through one function; here it fails as it does on a
+    read-only file system (root ignores a folder's permissions, so that is how a test can)."""
+    import dia.io
+
+    out, image = run
+
+    def read_only(path):
+        raise OSError(30, "Read-only file system", str(path.parent))
+
+    monkeypatch.setattr(dia.io, "make_parent", read_only)
+    place = tmp_path / "ro" / "run"
+    argv = {
+        "run": ["run", "--out", str(place), *TINY],
+        "train-diffusion": ["train-diffusion", "--out", str(place), *TINY],
+        "dissolve": ["dissolve", "--out", str(place), *TINY[:-7], "--dissolve", "median"],
+        "score --csv": ["score", str(image), "--out", str(out), "--csv", str(place / "s.csv")],
+    }[command]
+    one_clean_error(capsys, main(argv), "Read-only file system")
+    assert not place.exists()
+
+
+def test_a_suite_started_with_sigint_ignored_still_passes_the_ctrl_c_test():
+    """nohup and background jobs start processes with SIGINT ignored."""
+    code = (
+        "import signal, subprocess, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "sys.exit(subprocess.call([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', "
+        "'tests/test_checkpoint.py::test_ctrl_c_saves_and_resuming_gives_the_uninterrupted_weights']))"
+    )
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=ENV, capture_output=True)
+    assert done.returncode == 0, done.stdout.decode()[-2000:]

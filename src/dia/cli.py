@@ -50,6 +50,10 @@ HELP = {
     ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
     "(each image standardised on its own)",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
+    ("detector", "contrastive_per"): "the contrastive loss averaged per anchor (the two views "
+    "of each image) or per view (the dissolved ones too, as the authors' DIA)",
+    ("detector", "warmup_peak"): "the learning rate at the end of the warm-up, in multiples of "
+    "--lr (1: from 0 to it; CSI's 10: from it to 10 times it)",
     ("data", "val_fraction"): "hold out this fraction of the normal training files and of the "
     "abnormal ones (a folder's train/1_abnormal, a CSV list's abnormal train rows) as a "
     "validation split, for data without one; whole files, so a volume's slices stay "

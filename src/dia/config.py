@@ -15,6 +15,8 @@ from typing import Any
 
 # How many shifts every shift family makes (dia.shifts).
 NUM_SHIFTS = 4
+# What the contrastive loss is averaged over (DetectorConfig.contrastive_per).
+CONTRASTIVE_PER = ("anchor", "view")
 
 
 @dataclass
@@ -78,7 +80,12 @@ class DetectorConfig:
     first) done as plain CSI before the dissolved views join (0 = from the first step).
     ``stem_stride``: how much the network's stem downsamples images before its first stage (a
     power of two; 0 = from the image size: the first stage at 32 to 63 px, see
-    :func:`~dia.networks.stem_stride_for`).
+    :func:`~dia.networks.stem_stride_for`). ``warmup_peak``: the learning rate at the end of
+    the warm-up, in multiples of ``lr`` (1: warm up from 0 to ``lr``; CSI's 10: from ``lr`` to
+    10 ``lr``, :func:`~dia.optim.lr_factor`). ``contrastive_per``: the contrastive loss is the
+    mean over its ``anchor`` views (the two views of each image) or its sum over every
+    ``view`` (the dissolved ones too: the authors' DIA, where it weighs 2/3 as much against
+    the shift loss).
     """
 
     dissolve: str = "diffusion"
@@ -98,7 +105,9 @@ class DetectorConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     warmup_epochs: int = 0
+    warmup_peak: float = 1.0
     schedule: str = "cosine"
+    contrastive_per: str = "anchor"
     crop_scale_min: float = 0.08
     jitter_strength: float = 0.4
     jitter_prob: float = 0.8
@@ -177,6 +186,12 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
     for name, (value, least) in at_least.items():
         if not value >= least:
             raise ValueError(f"{name}={value}; expected at least {least}")
+    if not detector.warmup_peak >= 1.0:
+        raise ValueError(f"warmup_peak={detector.warmup_peak}; expected at least 1")
+    if detector.contrastive_per not in CONTRASTIVE_PER:
+        raise ValueError(
+            f"contrastive_per={detector.contrastive_per!r}; expected one of {CONTRASTIVE_PER}"
+        )
     above_zero = {
         "temperature": detector.temperature,
         "lr": detector.lr,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -44,17 +45,34 @@ def make_parent(path: Path) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, then rename)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
     make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_png(path: str | Path, picture) -> Path:
+    """Save ``picture`` (a PIL image or a matplotlib figure) as a PNG at ``path``, whole or
+    not at all; returns the path."""
+    buffer = io.BytesIO()
+    if hasattr(picture, "savefig"):
+        picture.savefig(buffer, format="png")
+    else:
+        picture.save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def write_csv(path: str | Path, header: list, rows: Iterable, new_name: bool = False) -> Path:

@@ -64,18 +64,23 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     raise ValueError(f"optimizer={name!r}; expected one of {OPTIMIZERS}")
 
 
-def lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float:
+def lr_factor(progress: float, warmup: float, schedule: str = "cosine", peak: float = 1.0) -> float:
     """Linear warm-up over the first ``warmup`` fraction of training, then ``cosine`` decay to
-    0 or a ``constant`` rate."""
+    0 or a ``constant`` rate, from ``peak``. With ``peak`` 1 the warm-up starts from 0; above
+    1 it goes from 1 to ``peak``, as CSI's warm-up with its multiplier does (10 in its recipe:
+    the base learning rate is where warm-up starts, ten times it where it ends)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; expected one of {SCHEDULES}")
+    if not peak >= 1.0:
+        raise ValueError(f"warmup peak={peak}; expected at least 1")
     progress = min(max(progress, 0.0), 1.0)
     if warmup > 0 and progress < warmup:
-        return progress / warmup
+        start = 0.0 if peak == 1.0 else 1.0
+        return start + (peak - start) * progress / warmup
     if schedule == "constant":
-        return 1.0
+        return peak
     rest = (progress - warmup) / max(1.0 - warmup, 1e-8)
-    return 0.5 * (1.0 + math.cos(math.pi * rest))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
 class WeightAverage:

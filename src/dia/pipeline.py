@@ -34,7 +34,17 @@ from .device import cpu_has_fast_bf16, cpu_memory, resolve_device, resolve_preci
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver
 from .evaluation import anomaly_metrics
-from .io import new_folder, numbered, read_json, saved_dir, write_csv, write_json, write_text
+from .io import (
+    new_folder,
+    numbered,
+    read_json,
+    saved_dir,
+    write_csv,
+    write_json,
+    write_png,
+    write_text,
+)
+from .quality import dissolver_quality
 from .reports import (
     GRID_TIMESTEPS,
     PICTURE_COUNT,
@@ -51,6 +61,9 @@ DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
 REPORT_NAME = "report.html"
+# How a run's dissolver is measured: on this many held-out normal images, at these timesteps.
+QUALITY_IMAGES = 64
+QUALITY_TIMESTEPS = (50, 100)
 # A run's wall times from its training, kept while it is evaluated (metrics.json then holds them).
 TIMINGS_NAME = "timings.json"
 EXTERNAL_DIR = "external"
@@ -577,8 +590,7 @@ def write_anomaly_maps(
     picked = images[torch.as_tensor(chosen)]
     maps = detector.anomaly_map(picked, patch=patch, stride=stride)
     grid = anomaly_map_grid(picked, maps, scores[chosen], detector.threshold_)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    write_png(path, grid)
     return len(picked)
 
 
@@ -594,8 +606,7 @@ def write_dissolve_grid(
     every timestep (columns)."""
     dissolver = build_dissolver(dissolve, diffusion_model).to(device)
     grid = dissolve_grid(images.to(device), dissolver, list(timesteps))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    write_png(path, grid)
 
 
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
@@ -833,18 +844,34 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
 
 
 def _dissolve_grid_step(config, data, out: Path, diffusion_model, metrics: dict) -> None:
-    """``dissolve_grid.png`` of a run that dissolves, timed into ``metrics``."""
+    """``dissolve_grid.png`` of a run that dissolves, and how well its dissolver dissolves
+    (:func:`~dia.quality.dissolver_quality` at t = 50 and 100 on normal images it was not
+    trained on), timed into ``metrics``."""
     if config.detector.dissolve == "none":
         return
     t0 = time.perf_counter()
+    device = resolve_device(config.device)
     write_dissolve_grid(
         config.detector.dissolve,
         diffusion_model,
         data.test[:PICTURE_COUNT],
         out / "dissolve_grid.png",
-        resolve_device(config.device),
+        device,
     )
+    dissolver = build_dissolver(config.detector.dissolve, diffusion_model).to(device)
+    normals = held_out_normals(data)[:QUALITY_IMAGES].to(device)
+    if len(normals) >= 10:  # enough for the cross-validated separability
+        quality = dissolver_quality(dissolver, normals, QUALITY_TIMESTEPS, diffusion_model)
+        metrics["dissolver_quality"] = {**quality, "images": len(normals)}
     metrics["wall_s"]["dissolve_grid_s"] = time.perf_counter() - t0
+
+
+def held_out_normals(data: ImageData) -> torch.Tensor:
+    """The normal images no model of the run was trained on: the validation split's, or the
+    test split's where there is none."""
+    if data.val is not None and (data.val_labels == 0).any():
+        return data.val[data.val_labels == 0]
+    return data.test[data.test_labels == 0]
 
 
 def resume(

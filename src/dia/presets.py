@@ -11,11 +11,12 @@ PRESETS: dict[str, dict] = {
     # The dataclass defaults (a 420 s budget, width-16 ResNet-18, 32 px) with detector
     # training given whatever the budget leaves: a first result in minutes on a 2-core CPU.
     # Both CPU presets take the stem's stride from the image size (the first stage at 32 to
-    # 63 px) and score the first two shifts with 10 test-time samples each: on the validation
-    # splits of PneumoniaMNIST, knee-oa and the synthetic set that scored as all four shifts
-    # did, at half the cost; on knee-oa the stride scored within 0.02 of CIFAR's stem at 64 px
-    # with training steps 2.9 times as fast, and at 128 px it trained 7.7 epochs in 180 s
-    # where CIFAR's stem trained 0.8 (bench/RESULTS.md, "Score settings and the stem").
+    # 63 px): on knee-oa the stride scored within 0.02 of CIFAR's stem at 64 px with training
+    # steps 2.9 times as fast, and at 128 px it trained 7.7 epochs in 180 s where CIFAR's stem
+    # trained 0.8. quick scores the first two shifts with 10 test-time samples each: with its
+    # dot product that scored as all four shifts did on the validation splits of
+    # PneumoniaMNIST, knee-oa and the synthetic set, at half the cost (bench/RESULTS.md, "Score
+    # settings and the stem").
     "quick": {"detector": {"max_seconds": None}},
     # A 30-minute budget on a 2-core CPU for data loading, detector training and feature bank
     # (and diffusion training and dissolve cache with --dissolve diffusion), with detector
@@ -52,11 +53,15 @@ PRESETS: dict[str, dict] = {
             "max_seconds": None,
             "schedule": "constant",
         },
-        "score": {"features": "encoder", "cosine": True, "shift_weight": 0.0},
+        # All four shifts: with the cosine, two lost 0.018 and 0.015 on knee-oa's and the
+        # synthetic set's validation splits and gained nothing on PneumoniaMNIST's
+        # (bench/results/scoring.md); a 30-minute run can afford the passes.
+        "score": {"features": "encoder", "cosine": True, "shift_weight": 0.0, "shifts": 4},
     },
     # The authors' settings (docs/method.md, section 3): ResNet-18 at full width, 32 images a step,
-    # LARS at lr 0.1 with 10 warm-up epochs, up to 1000 epochs, no time limit. Meant for a GPU:
-    # on a 2-core CPU it would take days.
+    # LARS at lr 0.1 warmed up to 1.0 over 10 epochs (CSI's multiplier 10), the contrastive
+    # loss over every view, up to 1000 epochs, no time limit. Meant for a GPU: on a 2-core CPU
+    # it would take days.
     "paper": {
         "budget_s": None,
         "diffusion": {"epochs": 100, "max_seconds": None},
@@ -68,6 +73,8 @@ PRESETS: dict[str, dict] = {
             "optimizer": "lars",
             "lr": 0.1,
             "warmup_epochs": 10,
+            "warmup_peak": 10.0,
+            "contrastive_per": "view",
             "dissolve_cache_steps": 0,
         },
         "score": {

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .baselines import BASELINES
+from .io import write_png
 
 # What a run draws besides its curves: how many test images, and the dissolving timesteps.
 PICTURE_COUNT = 8
@@ -182,10 +183,7 @@ def _moving_average(values: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return write_png(path, fig)
 
 
 def heat_overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.7) -> torch.Tensor:

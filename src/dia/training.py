@@ -261,7 +261,7 @@ class DetectorTrainer:
         cfg, state = self.config, run.state
         warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
         for group in state.optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule)
+            group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule, cfg.warmup_peak)
         idx = distributed.shard(run.perm, i, run.batch, run.rank, run.world)
         dissolving = self.dissolver is not None and fraction >= cfg.dissolve_start
         losses = self._step(
@@ -346,6 +346,9 @@ class DetectorTrainer:
             "seed": self.seed,
             "world_size": world,
         }
+        saved = meta.get("config")
+        if isinstance(saved, dict):  # settings added since it was saved: as they are now
+            meta = {**meta, "config": {**mine["config"], **saved}}
         differ = [k for k, v in mine.items() if meta.get(k) != v]
         if differ:
             detail = ", ".join(f"{k}: saved {meta.get(k)!r}, now {mine[k]!r}" for k in differ)
@@ -434,6 +437,8 @@ class DetectorTrainer:
         # gradient of one contrastive loss over the whole batch.
         z, group_size, dissolved_of = distributed.gather_views(z, group_size, dissolved_of)
         l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask, dissolved_of)
+        if cfg.contrastive_per == "view":  # the sum over the anchors, over every view
+            l_con = l_con * (2 * group_size / z.shape[0])
         l_shift = shift_loss(logits, torch.cat(labels))
         loss = l_con + l_shift
         if not distributed.on_every_rank(math.isfinite(loss.item())):
