@@ -421,7 +421,8 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     _load_history(detector, out)
     # the run's wall times; the test's scoring and maps are timed anew
     timings = dict(earlier.get("wall_s", {}))
-    extra = {k: earlier[k] for k in ("resumed_at_step", "diffusion_reused") if earlier.get(k)}
+    kept = ("resumed_at_step", "diffusion_reused", "dissolver_quality")
+    extra = {k: earlier[k] for k in kept if earlier.get(k)}
     data = load_run_data(config)
     metrics = evaluate_step(config, data, detector, out, timings, extra, finish=False)
     if not (out / "dissolve_grid.png").is_file():  # the run stopped before drawing it
