@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from dia.config import DataConfig
-from dia.data import load_data
-from dia.data.npz import DataError
+from dia.data import DataError, load_data
 
 
 def _nifti(path: Path, voxels: np.ndarray, affine: np.ndarray | None = None, **scaling) -> Path:

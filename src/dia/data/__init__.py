@@ -1,6 +1,6 @@
 """Data sources: every one returns an :class:`ImageData` through :func:`load_data`."""
 
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 from dia.data.sources import load_data, load_test_set
 from dia.data.types import ImageData
 

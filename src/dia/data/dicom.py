@@ -23,7 +23,7 @@ import pydicom.errors
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 
 # .ima: Siemens' name for its DICOM exports.
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dia.data.channels import to_channels
 from dia.data.dicom import COLOUR, DICOM_SUFFIXES, dicom_study, is_dicom, read_dicom_frames
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
 from dia.data.volumes import (

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dia.data.errors import DataError
 from dia.data.folder import Reader, image_data
-from dia.data.npz import DataError
 from dia.data.splits import held_out_test, held_out_val
 from dia.data.types import ImageData
 from dia.data.volumes import split_selection

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from dia.data.npz import DataError, load_npz
+from dia.data.errors import DataError
+from dia.data.npz import load_npz
 from dia.data.types import ImageData
 from dia.io import usual_mode
 

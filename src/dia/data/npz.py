@@ -8,19 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dia.data.errors import DataError
 from dia.data.types import ImageData
 
 REQUIRED_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 VAL_KEYS = ("val_images", "val_labels")  # both or neither: the validation split is optional
 TEST_KEYS = ("test_images", "test_labels")  # all an external test set needs
-
-
-class DataError(ValueError):
-    """Bad input data or data settings; the message says what was wrong and how to fix it."""
-
-
-# DataError lives here, in the lowest-level loader, so every data module can import it
-# without a cycle through ``dia.data.sources``.
 
 
 def load_npz(path: str | Path, normal_class: int = 0) -> tuple[ImageData, torch.Tensor]:

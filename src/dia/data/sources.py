@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from dia.config import DataConfig
 from dia.data.channels import to_channels
+from dia.data.errors import DataError
 from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
 from dia.data.manifest import load_manifest, load_manifest_test
 from dia.data.medmnist import load_medmnist
-from dia.data.npz import DataError, load_npz, load_npz_test
+from dia.data.npz import load_npz, load_npz_test
 from dia.data.splits import val_draw
 from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
 from dia.data.types import ImageData

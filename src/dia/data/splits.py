@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 
 if TYPE_CHECKING:
     from dia.data.folder import FileImages, Splits

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 from dia.data.types import ImageData
 
 # Chosen so that a raw-pixel 5-NN detector reaches only about 0.6 AUROC on the default set

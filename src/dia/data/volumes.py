@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dia.data.dicom import window_text, windowed
-from dia.data.npz import DataError
+from dia.data.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Without a window, each volume is shown from this low to this high percentile of its voxels:
