@@ -314,3 +314,17 @@ def test_dissolver_bench_measures_every_dissolver_at_every_timestep(tmp_path):
     assert diffusion["t"] == [30, 100] and len(diffusion["denoise_mse_ratio"]) == 2
     assert results["measured_on"] == {"split": "val", "normal_images": 32}
     assert "| diffusion-1s | 100 |" in (tmp_path / "dissolvers-tiny.md").read_text()
+
+
+def test_scoring_parts_bench_times_each_part_against_what_it_replaced(tmp_path):
+    parts = load("scoring_parts")
+    argv = ["--images", "8", "--width", "4", "--repeats", "1", "--out", str(tmp_path)]
+    assert parts.main([*argv, "--name", "tiny"]) == 0
+    rows = json.loads((tmp_path / "tiny.json").read_text())["rows"]
+    names = [r["part"].split(" ")[0] for r in rows]
+    assert names == ["hue", "crop,", "crop,", "network", "network"]
+    for row in rows:
+        assert row["before_per_s"] > 0 and row["now_per_s"] > 0
+    # the same functions, faster: to float rounding, or bf16's in the network where it is used
+    assert all(row["max_abs_diff"] < 1e-4 for row in rows[:3])
+    assert all(row["max_abs_diff"] < 0.05 for row in rows[3:])

@@ -230,12 +230,9 @@ def test_image_keys_follow_the_pixels_alone():
     assert len(set(image_keys(torch.rand(64, 1, 8, 8)).tolist())) > 55
 
 
-def test_test_time_views_are_flipped_before_they_are_shifted():
-    """Training flips a view, then shifts it; so must scoring. A flip after a rotation by 90
-    degrees would be a rotation by 270 degrees of the flipped image: a training image of
-    another shift class."""
+def _recording_net(channels: int):
+    """A tiny network that keeps every batch of views it is given, and that list."""
     from dia.networks import AmplifierNet
-    from dia.shifts import unshift
 
     seen = []
 
@@ -244,7 +241,17 @@ def test_test_time_views_are_flipped_before_they_are_shifted():
             seen.append(x.clone())
             return super().forward_features(x)
 
-    net, images = Recording(1, width=4), torch.rand(6, 1, 8, 8)
+    return Recording(channels, width=4), seen
+
+
+def test_test_time_views_are_flipped_before_they_are_shifted():
+    """Training flips a view, then shifts it; so must scoring. A flip after a rotation by 90
+    degrees would be a rotation by 270 degrees of the flipped image: a training image of
+    another shift class."""
+    from dia.shifts import unshift
+
+    net, seen = _recording_net(1)
+    images = torch.rand(6, 1, 8, 8)
     # No jitter and a crop of the whole image: each view is the shifted, maybe flipped, image.
     detector = DetectorConfig(jitter_prob=0.0)
     score = ScoreConfig(samples=8, shifts=4, crop_scale=1.0)
@@ -268,17 +275,10 @@ def test_test_time_views_are_flipped_before_they_are_shifted():
 def test_test_time_colour_jitter_is_drawn_once_for_all_shifts_of_a_view():
     """Colour jitter acts pixel by pixel, so jittering a view once and then shifting it is
     jittering each shift alike: scoring draws it once a view, not once a shift."""
-    from dia.networks import AmplifierNet
     from dia.shifts import unshift
 
-    seen = []
-
-    class Recording(AmplifierNet):
-        def forward_features(self, x):
-            seen.append(x.clone())
-            return super().forward_features(x)
-
-    net, images = Recording(3, width=4), torch.rand(6, 3, 8, 8)
+    net, seen = _recording_net(3)
+    images = torch.rand(6, 3, 8, 8)
     detector = DetectorConfig(jitter_prob=1.0, gray_prob=0.5)  # every view jittered
     score = ScoreConfig(samples=3, shifts=4, crop_scale=1.0)  # and not cropped
     shifted_features(net, images, detector, score, torch.device("cpu"))

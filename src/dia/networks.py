@@ -155,9 +155,11 @@ def inference_network(net: nn.Module) -> nn.Module:
     """``net`` for scoring: a copy in evaluation mode with each batch norm of its ResNet-18
     folded into the convolution before it (the same function, to within float rounding, with
     a third fewer passes over memory), or ``net`` itself when it is not an
-    :class:`AmplifierNet` (its own ``forward_features`` is kept either way). The copy is kept
-    while ``net``'s weights and statistics stay as they were."""
-    if not isinstance(getattr(net, "encoder", None), ResNet18):
+    :class:`AmplifierNet` (its own ``forward_features`` is kept either way), or one already
+    folded. The copy is kept while ``net``'s weights and statistics stay as they were."""
+    if getattr(net, "batchnorms_folded", False) or not isinstance(
+        getattr(net, "encoder", None), ResNet18
+    ):
         return net
     # The weights and statistics as they are now, summed tensor by tensor: a cheap check
     # that they are still those the kept copy was folded from.
@@ -184,4 +186,5 @@ def _fold(net: nn.Module) -> nn.Module:
         block.conv2, block.bn2 = _folded(block.conv2, block.bn2), nn.Identity()
         if isinstance(block.skip, nn.Sequential):
             block.skip = _folded(block.skip[0], block.skip[1])
+    copy.batchnorms_folded = True
     return copy

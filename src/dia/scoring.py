@@ -87,9 +87,10 @@ def shifted_features(
     keys = image_keys(images) if keys is None else keys
     samples = max(score.samples, 1)
     total = None
-    for s in range(samples):
-        outs = sample_features(net, images, detector, score, device, precision, s, keys)
-        total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
+    with _scoring_mode(net) as (fast, _):  # folded once for every sample
+        for s in range(samples):
+            outs = sample_features(fast, images, detector, score, device, precision, s, keys)
+            total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
     h, z, logits = (t / samples for t in total)
     return ShiftedFeatures(z=z, logits=logits, h=h)
 
