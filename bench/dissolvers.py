@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import resource
 import sys
@@ -42,8 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--preset", default="quick", help="whose diffusion settings")
     p.add_argument("--seconds", type=float, nargs="+", default=[90.0], help="training times")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train every model this many epochs instead (no time limit)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a diffusion setting changed, e.g. lr=1e-4 (JSON values)")  # fmt: skip
+                   help="a diffusion setting changed for every model, e.g. lr=1e-4")  # fmt: skip
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                   help="a diffusion model to train besides the preset's, with these settings "
+                   "changed, e.g. x0:prediction=sample,train_t_max=200")  # fmt: skip
     p.add_argument("--images", type=int, default=256, help="normal images measured on")
     p.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
     p.add_argument("--seed", type=int, default=0)
@@ -52,12 +58,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def value_of(text: str):
+    """A setting's value: JSON where it parses (numbers, null, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def diffusion_config(base, settings: list[str]):
     changes = {}
     for item in settings:
         field, _, value = item.partition("=")
-        changes[field] = json.loads(value)
+        changes[field] = value_of(value)
     return dataclasses.replace(base, **changes)
+
+
+def variants(args) -> dict[str, list[str]]:
+    """Each diffusion model's name and its settings (``--set`` for all, then its own)."""
+    out = {"diffusion": list(args.set)}
+    for spec in args.variant:
+        name, _, settings = spec.partition(":")
+        out[name] = list(args.set) + [s for s in settings.split(",") if s]
+    return out
+
+
+def train_variants(args, config, data, device) -> tuple[dict, dict]:
+    """The trained models as dissolvers, and what their training did."""
+    dissolvers, trained = {}, {}
+    lengths = [None] if args.epochs else args.seconds
+    for (label, settings), seconds in itertools.product(variants(args).items(), lengths):
+        cfg = diffusion_config(config.diffusion, settings)
+        cfg = dataclasses.replace(cfg, max_seconds=seconds, epochs=args.epochs or 100_000)
+        model = DiffusionModel(cfg, data.channels, seed=args.seed)
+        history = train_diffusion(
+            model, data.train, cfg, device=device, seed=args.seed, progress=False
+        )
+        name = label if args.epochs else f"{label}-{seconds:g}s"
+        dissolvers[name] = (DiffusionDissolver(model).to(device), model)
+        trained[name] = {
+            "config": to_dict(cfg),
+            **{k: history[k] for k in ("steps", "epochs", "seconds")},
+            "final_loss": history["loss"][-1] if history["loss"] else None,
+        }
+        print(name, trained[name]["steps"], "steps", flush=True)
+    return dissolvers, trained
 
 
 def main(argv=None) -> int:
@@ -70,17 +115,8 @@ def main(argv=None) -> int:
     images = held_out_normals(data)[: args.images]
     split = "val" if data.val is not None and (data.val_labels == 0).any() else "test"
     dissolvers = {"median": (MedianDissolver(), None), "gaussian": (GaussianDissolver(), None)}
-    trained = {}
-    for seconds in args.seconds:
-        cfg = diffusion_config(config.diffusion, args.set)
-        cfg = dataclasses.replace(cfg, max_seconds=seconds, epochs=100_000)
-        model = DiffusionModel(cfg, data.channels, seed=args.seed)
-        history = train_diffusion(
-            model, data.train, cfg, device=device, seed=args.seed, progress=False
-        )
-        name = f"diffusion-{seconds:g}s"
-        dissolvers[name] = (DiffusionDissolver(model).to(device), model)
-        trained[name] = {"config": to_dict(cfg), **{k: history[k] for k in ("steps", "epochs")}}
+    models, trained = train_variants(args, config, data, device)
+    dissolvers.update(models)
     results, timings = {}, {}
     for name, (dissolver, model) in dissolvers.items():
         t0 = time.perf_counter()

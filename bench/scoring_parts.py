@@ -24,7 +24,8 @@ from kornia.enhance import adjust_hue as kornias_hue
 
 from dia.augment import adjust_hue
 from dia.device import autocast, resolve_precision, set_cpu_memory_from_env
-from dia.networks import AmplifierNet, inference_network
+from dia.inference import inference_network
+from dia.networks import AmplifierNet
 from dia.pipeline import code_commit, machine
 
 # (size, channels, stem stride) of the networks timed: PneumoniaMNIST's and covid-ct's.

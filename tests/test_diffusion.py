@@ -42,11 +42,11 @@ def test_norm_groups_divide_every_width():
 
 
 @pytest.mark.parametrize("attention", [False, True])
-def test_predict_noise_shape(attention):
+def test_predict_shape(attention):
     model = DiffusionModel(tiny_config(), channels=3, attention=attention)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    assert model.predict_noise(x, 5).shape == (2, 3, 16, 16)
-    assert model.predict_noise(x, torch.tensor([0, 999])).shape == (2, 3, 16, 16)
+    assert model.predict(x, 5).shape == (2, 3, 16, 16)
+    assert model.predict(x, torch.tensor([0, 999])).shape == (2, 3, 16, 16)
 
 
 def test_schedule_is_linear_ddpm():
@@ -83,9 +83,9 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="channels"):
         model.to_model_space(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="t must lie"):
-        model.predict_noise(torch.zeros(1, 1, 16, 16), 1000)
+        model.predict(torch.zeros(1, 1, 16, 16), 1000)
     with pytest.raises(ValueError, match="shape"):
-        model.predict_noise(torch.zeros(2, 1, 16, 16), torch.tensor([1, 2, 3]))
+        model.predict(torch.zeros(2, 1, 16, 16), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="resolution"):
         DiffusionModel(tiny_config(resolution=15), 1)
     with pytest.raises(ValueError, match="channels"):
@@ -110,7 +110,7 @@ def test_save_load_round_trip(tmp_path):
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     t = torch.tensor([3, 400])
     with torch.no_grad():
-        assert torch.equal(loaded.predict_noise(x, t), model.predict_noise(x, t))
+        assert torch.equal(loaded.predict(x, t), model.predict(x, t))
     saved = json.loads((tmp_path / "ddpm" / CONFIG_NAME).read_text())
     assert saved["channels"] == 1 and saved["format_version"] == 1
     assert saved["block_out_channels"] == [8, 16]

@@ -1,5 +1,6 @@
 """The dissolver quality measures tell removing detail from adding it."""
 
+import pytest
 import torch
 
 from dia.config import DiffusionConfig
@@ -31,17 +32,55 @@ def test_separability_is_chance_for_the_same_images_and_high_for_noisy_ones():
     assert 0.3 < same < 0.7 and separability_auroc(x, noisy) > 0.95
 
 
-def test_a_perfect_denoiser_has_no_error_left():
-    model = DiffusionModel(DiffusionConfig(resolution=16, block_out_channels=(8, 16)), 1)
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+def test_a_perfect_denoiser_has_no_error_left(prediction):
+    config = DiffusionConfig(resolution=16, block_out_channels=(8, 16), prediction=prediction)
+    model = DiffusionModel(config, 1)
     x = _textured(8)
     y = model.to_model_space(x)
-
-    def exact_noise(y_t, t):  # the noise that made y_t from y
-        abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (y_t - abar.sqrt() * y) / (1 - abar).sqrt()
-
-    model.predict_noise = exact_noise
+    model.predict = lambda y_t, t: exact_target(model, y, y_t, t)
     assert denoise_mse_ratio(model, x, 50, torch.Generator().manual_seed(0)) < 1e-6
+
+
+def exact_target(model, y, y_t, t):
+    """What a perfect model predicts for y_t, made from the clean y: eps, x0 or v."""
+    abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    eps = (y_t - abar.sqrt() * y) / (1 - abar).sqrt()
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * y
+    return {"epsilon": eps, "sample": y, "v": v}[model.config.prediction]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_the_training_loss_of_a_perfect_model_is_zero(prediction, loss):
+    config = DiffusionConfig(
+        resolution=16, block_out_channels=(8, 16), prediction=prediction, loss=loss,
+        schedule="cosine", train_t_max=200,
+    )  # fmt: skip
+    model = DiffusionModel(config, 1)
+    y = model.to_model_space(_textured(8))
+    seen = []
+
+    def perfect(y_t, t):
+        seen.append(t)
+        return exact_target(model, y, y_t, t)
+
+    model.predict = perfect
+    assert model.loss(y, torch.Generator().manual_seed(0)).item() < 1e-5
+    assert int(seen[0].min()) >= 0 and int(seen[0].max()) < 200  # train_t_max
+    model.predict = lambda y_t, t: exact_target(model, y, y_t, t) + 0.1
+    assert model.loss(y, torch.Generator().manual_seed(0)).item() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("prediction", "noise"), ("schedule", "sigmoid"), ("loss", "huber"), ("train_t_max", 0),
+     ("train_t_max", 1001)],
+)  # fmt: skip
+def test_diffusion_settings_are_checked(field, value):
+    config = DiffusionConfig(resolution=16, block_out_channels=(8, 16), **{field: value})
+    with pytest.raises(ValueError, match=field):
+        DiffusionModel(config, 1)
 
 
 def test_every_measure_at_every_timestep():

@@ -308,9 +308,16 @@ def test_the_fast_hue_turn_is_kornias(seed):
     torch.testing.assert_close(adjust_hue(images, factor), expected, atol=1e-5, rtol=0)
 
 
-def test_the_scoring_network_folds_its_batch_norms_and_follows_training():
-    from dia.networks import AmplifierNet, inference_network
+@pytest.mark.parametrize("onednn", [True, False])
+def test_the_scoring_network_folds_its_batch_norms_and_follows_training(monkeypatch, onednn):
+    from dia import inference
+    from dia.inference import inference_network
+    from dia.networks import AmplifierNet
 
+    if onednn and inference._POINTWISE is None:
+        pytest.skip("this torch has no oneDNN convolutions")
+    if not onednn:  # the fallback: convolution, sum and activation one after the other
+        monkeypatch.setattr(inference, "_POINTWISE", None)
     torch.manual_seed(0)
     net, x = AmplifierNet(3, width=4, stem_stride=2), torch.rand(8, 3, 16, 16)
     net.train()
@@ -328,6 +335,28 @@ def test_the_scoring_network_folds_its_batch_norms_and_follows_training():
         assert refreshed is not fast
         for a, b in zip(refreshed.forward_features(x), net.forward_features(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_fused_scoring_network_computes_in_bf16_under_autocast():
+    from dia import inference
+    from dia.inference import inference_network
+    from dia.networks import AmplifierNet
+
+    if inference._POINTWISE is None:
+        pytest.skip("this torch has no oneDNN convolutions")
+    torch.manual_seed(0)
+    net = AmplifierNet(1, width=8).eval()
+    x = torch.rand(6, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    fast = inference_network(net).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = net.forward_features(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = fast.forward_features(x)[0]
+            stem = fast.encoder.stem[0](x)
+    assert stem.dtype == torch.bfloat16  # the convolutions ran in autocast's dtype
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    # bf16 keeps 8 bits of mantissa: a few hundredths of the features' scale
+    torch.testing.assert_close(h.float(), exact, atol=0.05 * exact.abs().max().item(), rtol=0.05)
 
 
 def test_fewer_shifts_and_one_plain_view():

@@ -55,7 +55,16 @@ class DataConfig:
 
 @dataclass
 class DiffusionConfig:
-    """The DDPM used as a dissolving operator (docs/method.md, section 1)."""
+    """The DDPM used as a dissolving operator (docs/method.md, section 1).
+
+    ``prediction``: what the UNet predicts, ``epsilon`` (the noise, as the authors'),
+    ``sample`` (x0 itself) or ``v`` (sqrt(abar) eps - sqrt(1 - abar) x0); dissolving reads x0
+    from it either way. ``schedule``: the betas, ``linear`` from ``beta_start`` to ``beta_end``
+    or ``cosine`` (Nichol and Dhariwal's). ``loss``: ``mse`` or ``l1`` between the prediction
+    and its target. ``train_t_max``: training draws t uniformly from [0, train_t_max) (None:
+    every timestep), so that a short training spends itself on the low-noise end that
+    dissolving uses.
+    """
 
     resolution: int = 32
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -67,6 +76,10 @@ class DiffusionConfig:
     max_seconds: float | None = 90.0
     batch_size: int = 64
     lr: float = 2e-4
+    prediction: str = "epsilon"
+    schedule: str = "linear"
+    loss: str = "mse"
+    train_t_max: int | None = None
 
 
 @dataclass

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-from copy import deepcopy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,60 +128,3 @@ class AmplifierNet(nn.Module):
         """(encoder features h (B, 8 * width), projection z (B, proj_dim), shift logits (B, K))."""
         h = self.encoder(normalize_input(x, self.input_norm))
         return h, self.projection(h), self.shift_head(h)
-
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """One convolution (with a bias) computing ``bn(conv(x))`` with ``bn``'s running
-    statistics."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding
-    ).to(conv.weight.device)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        shift = bn.bias - bn.running_mean * scale
-        fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
-    return fused
-
-
-# Each network's folded copy and the state it was made from (see inference_network).
-_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def inference_network(net: nn.Module) -> nn.Module:
-    """``net`` for scoring: a copy in evaluation mode with each batch norm of its ResNet-18
-    folded into the convolution before it (the same function, to within float rounding, with
-    a third fewer passes over memory), or ``net`` itself when it is not an
-    :class:`AmplifierNet` (its own ``forward_features`` is kept either way), or one already
-    folded. The copy is kept while ``net``'s weights and statistics stay as they were."""
-    if getattr(net, "batchnorms_folded", False) or not isinstance(
-        getattr(net, "encoder", None), ResNet18
-    ):
-        return net
-    # The weights and statistics as they are now, summed tensor by tensor: a cheap check
-    # that they are still those the kept copy was folded from.
-    state = torch.stack([t.detach().double().sum() for t in net.state_dict().values()])
-    kept = _FOLDED.get(net)
-    if kept is None or not torch.equal(kept[0], state):
-        kept = (state, _fold(net))
-        _FOLDED[net] = kept
-    return kept[1]
-
-
-def _fold(net: nn.Module) -> nn.Module:
-    """A copy of an :class:`AmplifierNet` with its batch norms folded."""
-    copy = deepcopy(net).eval()
-    stem, layers = list(copy.encoder.stem), []
-    while stem:
-        layer = stem.pop(0)
-        if isinstance(layer, nn.Conv2d) and stem and isinstance(stem[0], nn.BatchNorm2d):
-            layer = _folded(layer, stem.pop(0))
-        layers.append(layer)
-    copy.encoder.stem = nn.Sequential(*layers)
-    for block in copy.encoder.stages:
-        block.conv1, block.bn1 = _folded(block.conv1, block.bn1), nn.Identity()
-        block.conv2, block.bn2 = _folded(block.conv2, block.bn2), nn.Identity()
-        if isinstance(block.skip, nn.Sequential):
-            block.skip = _folded(block.skip[0], block.skip[1])
-    copy.batchnorms_folded = True
-    return copy

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .augment import image_keys, keyed_views
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
-from .networks import inference_network
+from .inference import inference_network
 from .shifts import shift
 
 FEATURES = ("projection", "encoder")

@@ -32,10 +32,15 @@ WEIGHTS_NAME = "model.safetensors"
 # so that no interpolation blurs the fine detail the detector has to learn.
 PAD = 2
 _METADATA_KEY = "dia_config"
+# DiffusionConfig's names for diffusers' settings, and its losses.
+PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v": "v_prediction"}
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 class DiffusionModel(nn.Module):
-    """Epsilon-predicting DDPM on (B, C, r, r) images in [-1, 1], r = ``config.resolution``.
+    """A DDPM on (B, C, r, r) images in [-1, 1], r = ``config.resolution``, whose UNet
+    predicts eps, x0 or v (``config.prediction``).
 
     ``attention`` adds self-attention at the lowest resolution and in the middle block. It is
     off by default: measured on PneumoniaMNIST (default config, 2 CPU threads, 90 s) it trained
@@ -81,10 +86,10 @@ class DiffusionModel(nn.Module):
             )
         self.scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
-            beta_schedule="linear",
+            beta_schedule=SCHEDULES[config.schedule],
             beta_start=config.beta_start,
             beta_end=config.beta_end,
-            prediction_type="epsilon",
+            prediction_type=PREDICTIONS[config.prediction],
         )
         # Derived from the config, so not saved with the weights.
         abar = self.scheduler.alphas_cumprod.to(torch.float32).clone()
@@ -147,28 +152,46 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"t must lie in [0, {self.num_timesteps}), got values {lo}..{hi}")
         return t
 
-    def predict_noise(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Eps prediction (B, C, r, r) for noisy images x_t (B, C, r, r) in model space."""
+    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The UNet's output (B, C, r, r) for noisy images x_t (B, C, r, r) in model space: eps,
+        x0 or v, as ``config.prediction`` says."""
         return self.unet(x_t, self.timesteps(t, x_t.shape[0])).sample
 
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.alphas_cumprod.to(like.device)[t].view(-1, 1, 1, 1).to(like.dtype)
+
     def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Unclipped one-step x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), (B, C, r, r)."""
+        """Unclipped one-step x0 (B, C, r, r): (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) for
+        an eps-predicting model, the prediction itself for an x0-predicting one,
+        sqrt(abar_t) x_t - sqrt(1 - abar_t) v for a v-predicting one."""
         t = self.timesteps(t, x_t.shape[0])
-        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x_t.dtype)
-        eps = self.predict_noise(x_t, t)
-        return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        abar = self._abar(t, x_t)
+        out = self.predict(x_t, t)
+        if self.config.prediction == "sample":
+            return out
+        if self.config.prediction == "v":
+            return abar.sqrt() * x_t - (1 - abar).sqrt() * out
+        return (x_t - (1 - abar).sqrt() * out) / abar.sqrt()
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM loss (scalar): MSE between true and predicted noise, t uniform in [0, T)."""
+        """DDPM loss (scalar): ``config.loss`` between the UNet's prediction and its target
+        (noise, x0 or v), t uniform in [0, ``config.train_t_max``) (every timestep by
+        default)."""
         b = x0.shape[0]
         # Draw on the generator's device so that one seeded CPU generator also serves CUDA.
         g_device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=g_device)
+        top = self.config.train_t_max or self.num_timesteps
+        t = torch.randint(0, top, (b,), generator=generator, device=g_device)
         noise = torch.randn(x0.shape, generator=generator, device=g_device, dtype=x0.dtype)
         t, noise = t.to(x0.device), noise.to(x0.device)
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1).to(x0.dtype)
+        abar = self._abar(t, x0)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        return F.mse_loss(self.predict_noise(x_t, t), noise)
+        target = {
+            "epsilon": noise,
+            "sample": x0,
+            "v": abar.sqrt() * noise - (1 - abar).sqrt() * x0,
+        }[self.config.prediction]
+        return LOSSES[self.config.loss](self.predict(x_t, t), target)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into folder ``directory``, atomically.
@@ -275,6 +298,14 @@ def _check_config(config: DiffusionConfig) -> None:
         )
     if config.num_train_timesteps < 2:
         raise ValueError(f"num_train_timesteps must be >= 2, got {config.num_train_timesteps}")
+    for name, known in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+        if getattr(config, name) not in known:
+            raise ValueError(f"{name}={getattr(config, name)!r}; expected one of {sorted(known)}")
+    top = config.train_t_max
+    if top is not None and not 1 <= top <= config.num_train_timesteps:
+        raise ValueError(
+            f"train_t_max={top}; expected 1 to num_train_timesteps={config.num_train_timesteps}"
+        )
 
 
 def _check_images(x: torch.Tensor, name: str, channels: int) -> None:
