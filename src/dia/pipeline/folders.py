@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed
 from ..config import NUM_SHIFTS, RunConfig, check_settings, from_dict, to_dict
-from ..detector import FORMAT as DETECTOR_FORMAT
+from ..detector_format import FORMAT as DETECTOR_FORMAT
 from ..io import numbered, read_json, saved_dir, write_json
 
 DIFFUSION_DIR = "diffusion"
