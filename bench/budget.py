@@ -39,8 +39,9 @@ from dia.data import ImageData, load_data
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.evaluation import anomaly_metrics
-from dia.pipeline import code_commit, machine, make_detector
+from dia.pipeline import make_detector
 from dia.presets import apply_preset
+from dia.provenance import code_commit, machine
 from dia.scoring import build_bank, csi_score, shifted_features
 
 # Named variants: settings applied on top of the preset. "csi" is the reference of every claim.

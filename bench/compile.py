@@ -33,7 +33,7 @@ from dia.device import (
     set_cpu_memory_from_env,
 )
 from dia.losses import contrastive_loss, shift_loss
-from dia.pipeline import machine
+from dia.provenance import machine
 from dia.shifts import NUM_SHIFTS
 from dia.training import build_network
 

@@ -32,7 +32,7 @@ from dia import training
 from dia.config import DataConfig, DetectorConfig, ScoreConfig
 from dia.data import load_data
 from dia.device import set_cpu_memory
-from dia.pipeline import machine
+from dia.provenance import machine
 from dia.scoring import shifted_features
 
 # The usual first: the speed-up is over it.

@@ -28,8 +28,9 @@ from dia.data import load_data
 from dia.device import resolve_device, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.dissolve import DiffusionDissolver, GaussianDissolver, MedianDissolver
-from dia.pipeline import code_commit, held_out_normals, machine
+from dia.pipeline import held_out_normals
 from dia.presets import apply_preset
+from dia.provenance import code_commit, machine
 from dia.quality import dissolver_quality
 
 TIMESTEPS = (30, 50, 75, 100)

@@ -39,7 +39,8 @@ from dia.data.synthetic import synthetic_lesions
 from dia.detector import MAP_TIMESTEP
 from dia.dissolve import median_dissolve
 from dia.maps import check_patch, patch_masks
-from dia.pipeline import code_commit, load_config, load_detector, machine
+from dia.pipeline import load_config, load_detector
+from dia.provenance import code_commit, machine
 
 CORE = 0.5  # the nodule's core: pixels where it adds at least this share of its peak
 TOLERANCES = (1, 2)  # pixels

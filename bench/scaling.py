@@ -28,8 +28,8 @@ from pathlib import Path
 from dia.config import RunConfig
 from dia.data.synthetic import make_synthetic
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
-from dia.pipeline import code_commit, machine
 from dia.presets import apply_preset
+from dia.provenance import code_commit, machine
 from dia.scoring import features
 from dia.training import DetectorTrainer, build_network
 

@@ -108,7 +108,7 @@ def commit_of(src: Path) -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(NOW_SRC))
-    from dia.pipeline import code_commit, machine
+    from dia.provenance import code_commit, machine
 
     arms = {args.before_label: args.before_src.resolve(), "now": NOW_SRC}
     rows = []

@@ -34,8 +34,8 @@ from dia.config import DataConfig, RunConfig, ScoreConfig, to_dict
 from dia.data import load_data
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.evaluation import anomaly_metrics
-from dia.pipeline import code_commit, machine
 from dia.presets import apply_preset
+from dia.provenance import code_commit, machine
 from dia.scoring import ShiftedFeatures, build_bank, csi_score, features, plain_features
 from dia.scoring import sample_features as one_sample
 from dia.shifts import NUM_SHIFTS

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dia import pipeline
+from dia import pipeline, provenance
 from dia.config import to_dict
 
 
@@ -81,9 +81,9 @@ def main(argv=None) -> int:
         splits["val"] = (data.val, data.val_labels)
     record = {
         "command": " ".join(["python", "bench/scoring_order.py", *(argv or sys.argv[1:])]),
-        "code": str(Path(pipeline.__file__).parent),
-        "commit": pipeline.code_commit(),
-        "machine": pipeline.machine(),
+        "code": str(Path(provenance.__file__).parent),
+        "commit": provenance.code_commit(),
+        "machine": provenance.machine(),
         "run": str(run.resolve()),
         "run_config": to_dict(config),
         "threshold": detector.threshold_,

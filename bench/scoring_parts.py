@@ -26,7 +26,7 @@ from dia.augment import adjust_hue
 from dia.device import autocast, resolve_precision, set_cpu_memory_from_env
 from dia.inference import inference_network
 from dia.networks import AmplifierNet
-from dia.pipeline import code_commit, machine
+from dia.provenance import code_commit, machine
 
 # (size, channels, stem stride) of the networks timed: PneumoniaMNIST's and covid-ct's.
 NETWORKS = ((28, 1, 1), (64, 3, 2))

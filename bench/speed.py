@@ -34,8 +34,8 @@ from dia.data import load_data
 from dia.device import resolve_device, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel
 from dia.dissolve import DissolveCache, build_dissolver, timestep_grid
-from dia.pipeline import machine
 from dia.presets import apply_preset
+from dia.provenance import machine
 from dia.scoring import features
 from dia.training import build_network
 

@@ -35,7 +35,7 @@ from dia.config import DataConfig
 from dia.data import load_data
 from dia.evaluation import anomaly_metrics
 from dia.networks import normalize_input
-from dia.pipeline import code_commit, machine
+from dia.provenance import code_commit, machine
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 NEIGHBOURS = (1, 5, 20)

@@ -175,7 +175,7 @@ def test_every_named_variant_does_what_its_name_says():
 
 def test_runs_on_another_machine_go_into_another_table(tmp_path):
     budget = load("budget")
-    from dia.pipeline import machine
+    from dia.provenance import machine
 
     there = {**machine(), "cpu_model": "another processor", "amx": True}
     results = {"budget_s": 6.0, "variants": {"csi": {"runs": {"0": {"machine": there}}}}}
@@ -191,7 +191,7 @@ def test_runs_on_another_machine_go_into_another_table(tmp_path):
 
 def test_runs_that_took_cpu_memory_another_way_go_into_another_table():
     budget = load("budget")
-    from dia.pipeline import machine
+    from dia.provenance import machine
 
     here = {**machine(), "cpu_memory": "keep"}
     before = {k: v for k, v in here.items() if k != "cpu_memory"}  # recorded before the mode

@@ -198,14 +198,14 @@ def test_a_run_stopped_after_its_diffusion_training_reuses_that_model(
 
 
 def test_a_trained_model_is_never_overwritten_nor_its_training_lost(tmp_path, monkeypatch, capsys):
-    from dia import pipeline
+    from dia.pipeline import runner
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
     out = tmp_path / "unevaluated"
     args = ["--out", str(out), "--dissolve", "none", *TINY]
-    monkeypatch.setattr(pipeline, "evaluate_step", crash)
+    monkeypatch.setattr(runner, "evaluate_step", crash)
     assert main(["run", *args]) == 130  # stopped after the detector was saved
     monkeypatch.undo()
     detector = (out / "detector" / "model.safetensors").read_bytes()
@@ -753,13 +753,14 @@ def test_maps_pick_images_by_the_scores_evaluate_wrote(finished_run, tmp_path, c
     import shutil
 
     from dia import pipeline
+    from dia.pipeline import assess
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     picked = []
     write = pipeline.write_anomaly_maps
     monkeypatch.setattr(
-        pipeline,
+        assess,
         "write_anomaly_maps",
         lambda det, images, scores, *rest: (
             picked.append(np.asarray(scores)) or write(det, images, scores, *rest)

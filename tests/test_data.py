@@ -452,7 +452,7 @@ def test_load_images_for_scoring(tmp_path: Path) -> None:
 
 
 def test_float_tiff_outside_unit_range_is_scaled(tmp_path: Path) -> None:
-    from dia.data.folder import read_images
+    from dia.data.imagefile import read_images
 
     hounsfield = np.full((20, 20), -1000.0, dtype=np.float32)  # air
     hounsfield[:, 10:] = 40.0  # soft tissue on the right

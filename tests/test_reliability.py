@@ -362,7 +362,7 @@ def _full_disk_at(point: str, monkeypatch) -> None:
     from safetensors import SafetensorError
 
     import dia.detector
-    import dia.pipeline
+    from dia.pipeline import assess, pictures, runner
 
     def fail(*args, **kwargs):
         if point == "saving":
@@ -370,10 +370,10 @@ def _full_disk_at(point: str, monkeypatch) -> None:
         raise ENOSPC
 
     target = {
-        "before training": (dia.pipeline, "save_config"),
+        "before training": (runner, "save_config"),
         "saving": (dia.detector, "save_file"),
-        "scoring": (dia.pipeline, "write_csv"),
-        "report": (dia.pipeline, "write_text"),
+        "scoring": (assess, "write_csv"),
+        "report": (pictures, "write_text"),
     }[point]
     monkeypatch.setattr(*target, fail)
 
@@ -399,13 +399,13 @@ def test_a_full_disk_never_leaves_a_run_that_looks_finished(tmp_path, capsys, mo
 
 
 def test_a_crash_while_plotting_loses_neither_timings_nor_pictures(tmp_path, capsys, monkeypatch):
-    import dia.pipeline
+    from dia.pipeline import assess
 
     def crash(*args, **kwargs):
         raise RuntimeError("the plotting library crashed")
 
     out = tmp_path / "run"
-    monkeypatch.setattr(dia.pipeline, "write_anomaly_maps", crash)
+    monkeypatch.setattr(assess, "write_anomaly_maps", crash)
     args = ["median" if a == "none" else a for a in TINY]  # a run that dissolves
     code = main(["run", "--out", str(out), *args])
     one_clean_error(capsys, code, "the plotting library crashed", f"dia evaluate --out {out}")

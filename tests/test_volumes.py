@@ -70,7 +70,7 @@ def test_nifti_slices_their_orientation_scaling_and_display(tmp_path: Path) -> N
 
 
 def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeypatch) -> None:
-    import dia.data.folder
+    import dia.data.imagefile
     from dia.data.folder import load_images
     from dia.data.volumes import read_nifti as read
 
@@ -135,7 +135,7 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
     assert torch.equal(some, every[1:3])
     # Slices named one by one: the volume is read once, not once a slice.
     reads = []
-    monkeypatch.setattr(dia.data.folder, "read_nifti", lambda *a: reads.append(a) or read(*a))
+    monkeypatch.setattr(dia.data.imagefile, "read_nifti", lambda *a: reads.append(a) or read(*a))
     one_by_one, _ = load_images([f"{volume}#{k}" for k in range(4)], 8, channels=1)
     assert torch.equal(one_by_one, every) and len(reads) == 1
     with pytest.raises(DataError, match="has 4 slice.*slice 7 was asked for"):

@@ -17,14 +17,20 @@ from .shifts import NUM_SHIFTS
 KEY_ROWS = 4096
 
 
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each (B, C, H, W) image left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 class SimCLRAugment(nn.Module):
     """Colour jitter, random grayscale and random resized crop, independently per image.
 
     Input and output: (B, C, H, W) in [0, 1], same shape. On 1-channel images only brightness
     and contrast apply (saturation, hue and grayscale mean nothing there). ``crop_scale`` is the
     (min, max) area fraction of the crop; test-time augmentation fixes it, e.g. (0.54, 0.54).
-    The horizontal flip is not part of it: it comes before the shift (training's
-    ``random_hflip``, scoring's :func:`keyed_views`), since a flip after a rotation is another
+    The horizontal flip is not part of it: it comes before the shift (:func:`random_hflip` in
+    training, :func:`keyed_views` in scoring), since a flip after a rotation is another
     rotation of the flipped image.
     """
 

@@ -232,6 +232,20 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
             )
 
 
+# The sections of a RunConfig that hold settings (the flags of the command line).
+SECTIONS = ("data", "detector", "diffusion", "score")
+
+
+def with_settings(config: RunConfig, given: dict[str, object]) -> RunConfig:
+    """``config`` with the settings ``given`` (``{"section.field": value}``) on top."""
+    for section in SECTIONS:
+        values = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith(section + ".")}
+        if values:
+            sub = dataclasses.replace(getattr(config, section), **values)
+            config = dataclasses.replace(config, **{section: sub})
+    return config
+
+
 def to_dict(config: Any) -> dict:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return dataclasses.asdict(config)

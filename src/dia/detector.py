@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from pathlib import Path
@@ -16,18 +15,17 @@ from safetensors.torch import load_file, save_file
 from . import distributed
 from .checkpoint import Checkpointing
 from .config import (
-    NUM_SHIFTS,
     DetectorConfig,
     DiffusionConfig,
     ScoreConfig,
     check_settings,
-    from_dict,
     to_dict,
 )
+from .detector_format import FORMAT, FORMAT_VERSION, read_saved_config
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver, median_dissolve
-from .io import read_json, save_dir_atomically, saved_dir, write_json
+from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
 from .scoring import (
     FEATURES,
@@ -46,16 +44,6 @@ from .training import BUDGET_SPENT, DetectorTrainer, build_network
 # and covid-ct.json, timings_s), and another process running during that one timing once made
 # it twice too long. It is now the median of three timings; a margin is kept on top of it.
 BANK_SAFETY = 1.35
-FORMAT = "dia-detector"
-FORMAT_VERSION = 4
-# Version 1 predates the score settings and always scored with CSI's own score.
-V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
-# How earlier versions made their test-time views, hence their banks and thresholds: versions
-# 1 and 2 flipped them after shifting them, and 1 to 3 drew colour jitter for each shift.
-OLD_VIEWS = {
-    3: "whose test-time views were flipped after they were shifted (now before, as in training)",
-    4: "whose test-time views drew their colour jitter for each shift (now once for all)",
-}
 # Anomaly maps dissolve patches with the median blur at its strongest (kernel 7): it needs no
 # diffusion model (none is saved with a detector) and, unlike a Gaussian blur, it removes a spot
 # smaller than half its window entirely while keeping larger edges in place, so a patched copy
@@ -420,8 +408,8 @@ class DIADetector:
         cls, path: str | Path, device: str = "auto", precision: str = "auto"
     ) -> DIADetector:
         """Load a detector saved by :meth:`save_pretrained`; no pickle is involved. Its
-        ``config.json`` is checked first (:func:`read_saved_config`): a damaged or edited one is
-        an error that names the file and the setting."""
+        ``config.json`` is checked first (:func:`~dia.detector_format.read_saved_config`): a
+        damaged or edited one is an error that names the file and the setting."""
         path = saved_dir(path)
         config = read_saved_config(path)
         try:
@@ -452,91 +440,3 @@ class DIADetector:
         if "train_scores" in tensors:
             det.train_scores_ = tensors["train_scores"].numpy()
         return det
-
-
-# The largest image side a saved detector may name: beyond it a config is damaged, not large.
-MAX_IMAGE_SIZE = 4096
-# What a detector's config.json holds besides its settings: a check and what it expects.
-SAVED_VALUES = {
-    "channels": (lambda v: _is_int(v) and v in (1, 3), "1 or 3"),
-    "image_size": (
-        lambda v: _is_int(v) and 2 <= v <= MAX_IMAGE_SIZE,
-        f"an integer from 2 to {MAX_IMAGE_SIZE}",
-    ),
-    "fpr": (lambda v: _is_number(v) and 0 < v < 1, "a fraction in (0, 1)"),
-    "threshold": (lambda v: _is_number(v), "a finite number"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "dicom_window": (
-        lambda v: (
-            v is None
-            or (isinstance(v, list) and len(v) == 2 and all(map(_is_number, v)) and v[1] > 0)
-        ),
-        "null or [centre, width] with a width above 0",
-    ),
-}
-SAVED_DEFAULTS = {"seed": 0, "dicom_window": None}
-
-
-def read_saved_config(path: Path) -> dict:
-    """A saved detector's ``config.json``, checked: its format and version, every value of
-    :data:`SAVED_VALUES` of its type and in its range (a NaN threshold would call every image
-    normal), and its settings as :func:`~dia.config.from_dict` and
-    :func:`~dia.config.check_settings` accept them, brought up to this version's (earlier
-    versions' score and stem). Returns the values, ``detector`` and ``score`` as dataclasses."""
-    file = path / "config.json"
-    config = read_json(file)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} does not hold a dia detector (format={config.get('format')!r})")
-    version = config.get("version", 0)
-    if not _is_int(version) or version < 0:
-        raise ValueError(f"{file}: version={version!r}; expected a non-negative integer")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path} was saved by a newer dia (version {version})")
-    missing = [k for k in ("detector", "score", *SAVED_VALUES) if k not in config]
-    missing = [k for k in missing if k not in SAVED_DEFAULTS]
-    if missing:
-        raise ValueError(f"{file} lacks {missing}: not a whole saved detector; save it again")
-    values = {**SAVED_DEFAULTS, **config}
-    for key, (check, expected) in SAVED_VALUES.items():
-        if not check(values[key]):
-            raise ValueError(f"{file}: {key}={values[key]!r}; expected {expected}")
-    values["threshold"] = float(values["threshold"])
-    if values["dicom_window"] is not None:
-        values["dicom_window"] = tuple(float(v) for v in values["dicom_window"])
-    for key in ("detector", "score"):
-        if not isinstance(values[key], dict):
-            raise ValueError(f"{file}: {key}={values[key]!r}; expected an object of settings")
-    score = values["score"]
-    if version < 2:
-        score = {**V1_SCORE, **score}
-    if version < 3:
-        score = {"shifts": NUM_SHIFTS, **score}  # all four, then
-    # saved before the stem's stride was a setting: CIFAR's stem
-    detector = {"stem_stride": 1, **values["detector"]}
-    try:
-        values["detector"] = from_dict(DetectorConfig, detector)
-        values["score"] = from_dict(ScoreConfig, score)
-        check_settings(values["detector"], values["score"])
-    except ValueError as err:
-        raise ValueError(f"{file}: {err}") from err
-    _warn_old_views(path, version)
-    return values
-
-
-def _warn_old_views(path: Path, version: int) -> None:
-    old = [why for since, why in OLD_VIEWS.items() if version < since]
-    if old:
-        warnings.warn(
-            f"{path} was saved by an earlier dia, {old[0]}: its feature bank and threshold "
-            "were made the old way, so new scores differ slightly from its own; train it "
-            "again for scores made one way throughout",
-            stacklevel=4,  # from_pretrained's caller
-        )
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DetectorConfig
 from .shifts import NUM_SHIFTS
 
 
@@ -128,3 +129,14 @@ class AmplifierNet(nn.Module):
         """(encoder features h (B, 8 * width), projection z (B, proj_dim), shift logits (B, K))."""
         h = self.encoder(normalize_input(x, self.input_norm))
         return h, self.projection(h), self.shift_head(h)
+
+
+def build_network(config: DetectorConfig, channels: int, image_size: int) -> AmplifierNet:
+    """The network the config describes, untrained, for ``image_size`` px images."""
+    return AmplifierNet(
+        channels=channels,
+        width=config.width,
+        proj_dim=config.proj_dim,
+        input_norm=config.input_norm,
+        stem_stride=config.stem_stride or stem_stride_for(image_size),
+    )

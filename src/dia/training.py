@@ -15,14 +15,14 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .augment import SimCLRAugment
+from .augment import SimCLRAugment, random_hflip
 from .checkpoint import Checkpointing, StopRequests, TrainingInterrupted
 from .clock import TrainingClock
 from .config import DetectorConfig, to_dict
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
-from .networks import AmplifierNet, stem_stride_for
+from .networks import AmplifierNet, build_network
 from .optim import WeightAverage, lr_factor, make_optimizer
 from .shifts import NUM_SHIFTS, all_shifts
 
@@ -45,23 +45,6 @@ def stops_of(checkpoint: Checkpointing | None):
     if checkpoint is None:
         return contextlib.nullcontext(StopRequests())
     return StopRequests().installed()
-
-
-def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each (B, C, H, W) image left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator, device="cpu") < 0.5
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
-
-
-def build_network(config: DetectorConfig, channels: int, image_size: int) -> AmplifierNet:
-    """The network the config describes, untrained, for ``image_size`` px images."""
-    return AmplifierNet(
-        channels=channels,
-        width=config.width,
-        proj_dim=config.proj_dim,
-        input_norm=config.input_norm,
-        stem_stride=config.stem_stride or stem_stride_for(image_size),
-    )
 
 
 BUDGET_SPENT = (

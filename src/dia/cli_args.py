@@ -1,0 +1,366 @@
+"""The flags of the ``dia`` command line: one per setting of the config dataclasses, and
+each command's own; the settings and values they give. Parsing imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from .config import (
+    DataConfig,
+    DetectorConfig,
+    DiffusionConfig,
+    RunConfig,
+    ScoreConfig,
+    check_settings,
+    with_settings,
+)
+from .presets import PRESETS, apply_preset
+
+# Flag prefix of each config section; detector and data settings need none.
+SECTIONS = {
+    "data": ("", DataConfig),
+    "detector": ("", DetectorConfig),
+    "diffusion": ("diffusion-", DiffusionConfig),
+    "score": ("score-", ScoreConfig),
+}
+FLAG_NAMES = {("data", "spec"): "data"}
+METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
+DICOM_WINDOW_HELP = (
+    "show every grayscale DICOM or NIfTI file through this window, in its units after "
+    "rescaling (CT: Hounsfield units, e.g. --dicom-window=-600,1500 for lung; write it with "
+    "'=', or a negative centre reads as an option) instead of the file's own (default: a "
+    "DICOM file's own window, a NIfTI volume's 0.5-99.5 percentile range)"
+)
+HELP = {
+    ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
+    "'medmnist:NAME', a folder of images or a CSV list of image files (path,label[,split])",
+    (
+        "detector",
+        "dissolve",
+    ): "dissolving operator: diffusion, gaussian, median or none (CSI)",
+    ("detector", "shift"): "shifting transformation: rotation or cutperm",
+    ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
+    "(each image standardised on its own)",
+    ("detector", "mask"): "contrastive mask: shifted_removed or none",
+    ("detector", "contrastive_per"): "the contrastive loss averaged per anchor (the two views "
+    "of each image) or per view (the dissolved ones too, as the authors' DIA)",
+    ("detector", "warmup_peak"): "the learning rate at the end of the warm-up, in multiples of "
+    "--lr (1: from 0 to it; CSI's 10: from it to 10 times it)",
+    ("data", "val_fraction"): "hold out this fraction of the normal training files and of the "
+    "abnormal ones (a folder's train/1_abnormal, a CSV list's abnormal train rows) as a "
+    "validation split, for data without one; whole files, so a volume's slices stay "
+    "together (default 0: none)",
+    ("data", "dicom_window"): DICOM_WINDOW_HELP,
+    ("data", "dicom_studies"): "keep the DICOM files of one study (StudyInstanceUID) together "
+    "in splits and thresholds (default true); false splits them file by file, for data whose "
+    "anonymiser gave every file one study",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _parse_type(annotation: str):
+    base = annotation.replace(" | None", "")
+    if base.startswith("tuple"):
+        kind = float if base.startswith("tuple[float") else int
+        return lambda s: tuple(kind(v) for v in s.split(","))
+    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
+
+
+def flag(section: str, name: str) -> str:
+    """The command-line flag of setting ``name`` of config section ``section``."""
+    return "--" + FLAG_NAMES.get((section, name), SECTIONS[section][0] + name.replace("_", "-"))
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    quick = apply_preset(RunConfig(), "quick")  # the defaults the flags' help names
+    for section, (_, cls) in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings")
+        for field in dataclasses.fields(cls):
+            default = getattr(getattr(quick, section), field.name)
+            group.add_argument(
+                flag(section, field.name),
+                dest=f"{section}.{field.name}",
+                default=None,
+                type=_parse_type(field.type),
+                metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
+                help=HELP.get((section, field.name), f"default {default!r} (quick preset)"),
+            )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="named settings; explicit flags override them (default quick)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock seconds from start to a fitted detector; detector training ends in "
+        "time for it (default: the preset's)",
+    )
+    _add_runtime(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: bf16 on CUDA and AMX CPUs, else fp32",
+    )
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The setting flags given on the command line, as ``{"section.field": value}``."""
+    return {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k.split(".", 1)[0] in SECTIONS and "." in k
+    }
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The preset's config with every explicitly given flag applied on top."""
+    config = with_settings(apply_preset(RunConfig(), args.preset or "quick"), given_settings(args))
+    config = dataclasses.replace(
+        config, seed=args.seed or 0, device=args.device, precision=args.precision
+    )
+    if args.budget is not None:
+        if not args.budget > 0:
+            raise ValueError(f"--budget {args.budget}; expected a number of seconds above 0")
+        config = dataclasses.replace(config, budget_s=args.budget)
+    check_settings(config.detector, config.score)
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dia", description="Fine-grained anomaly detection in medical images (DIA)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "run": "train the diffusion model (when needed) and the detector, then evaluate",
+        "train-diffusion": "train only the diffusion model into OUT/diffusion",
+        "train": "train the detector into OUT/detector (uses OUT/diffusion when present)",
+        "evaluate": "score the test split with OUT/detector; write OUT/metrics.json, "
+        "OUT/scores.csv, the ROC curve OUT/roc.png, OUT/score_histogram.png, the training "
+        "losses OUT/training_curve.png, the anomaly "
+        "maps of the lowest-scoring test images OUT/anomaly_maps.png, and OUT/report.html, "
+        "one page with all of them",
+        "dissolve": "write a PNG grid of images and their dissolved versions",
+        "maps": "write a PNG of anomaly maps: where OUT/detector finds test images abnormal",
+    }
+    new_run = "run folder (default runs/<data>-<dissolve>-seed<seed>)"
+    saved = "run folder (or its detector folder); a folder holding a detector saved by the "
+    saved += "library, with --data"
+    out_help = {
+        "run": new_run,
+        "dissolve": new_run,
+        "train-diffusion": "run folder",
+        "train": "run folder",
+        "evaluate": saved,
+        "maps": saved,
+    }
+    for name, text in commands.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            required=name not in ("run", "dissolve"),
+            help=out_help[name],
+        )
+        _add_settings(p)
+        _add_own_options(p, name)
+    _add_resume_command(sub)
+    _add_score_command(sub)
+    parser.commands = sub.choices  # each command's own parser, for its error messages
+    return parser
+
+
+COUNT_HELP = {
+    "dissolve": "how many test images, the first ones (default 8)",
+    "maps": "how many test images: the lowest-scoring, i.e. the most abnormal by the "
+    "detector's score; labels are not looked at (default 8)",
+}
+
+
+def _add_own_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The options command ``name`` has besides --out and the settings."""
+    if name in COUNT_HELP:
+        p.add_argument("--count", type=int, default=8, help=COUNT_HELP[name])
+    if name in ("run", "train"):
+        p.add_argument(
+            "--checkpoint-every",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="save the detector's training every SECONDS of training, and on Ctrl-C, "
+            "into OUT/detector-checkpoint for dia resume; 0: never (default 300)",
+        )
+    if name == "dissolve":
+        p.add_argument(
+            "--timesteps",
+            default=None,
+            help="comma-separated timesteps (default 0,30,50,100,200,400)",
+        )
+        p.add_argument(
+            "--grid",
+            type=Path,
+            default=None,
+            help="PNG file to write (default OUT/dissolve_grid.png)",
+        )
+    if name == "maps":
+        p.add_argument(
+            "--patch",
+            type=int,
+            default=None,
+            help="side in pixels of the dissolved squares (default an eighth of the image)",
+        )
+        p.add_argument(
+            "--stride",
+            type=int,
+            default=None,
+            help="pixels between squares (default half the patch)",
+        )
+        p.add_argument(
+            "--image",
+            type=Path,
+            default=None,
+            help="PNG file to write (default OUT/anomaly_maps.png)",
+        )
+
+
+def _add_score_command(sub) -> None:
+    text = (
+        "score new image files (or every image under folders) with the detector of a run "
+        "folder and call each normal or abnormal at the threshold chosen on normal data"
+    )
+    p = sub.add_parser("score", help=text, description=text)
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="image files, folders of images or CSV lists of image files (a path column); "
+        "FILE#K or FILE#FIRST-LAST scores only those slices of a volume",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder holding detector/ (or a detector folder itself)",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="CSV file to write (default OUT/scored.csv; either way -2, -3, ... rather than "
+        "overwrite a file)",
+    )
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=None,
+        help="the share of normal scans to call abnormal: set the threshold so that this "
+        "fraction of the normal training images would be (default: the detector's, 0.05)",
+    )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="score the files that can be read and list the others, with why, in a "
+        "-unreadable.csv file beside the CSV (default: the first one is an error)",
+    )
+    _add_runtime(p)
+
+
+def _add_resume_command(sub) -> None:
+    text = (
+        "continue the interrupted detector training of a run folder from its checkpoint and "
+        "finish what was started (dia run: evaluate too)"
+    )
+    p = sub.add_parser("resume", help=text, description=text)
+    p.add_argument("--out", type=Path, required=True, help="the interrupted run folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default the run's)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "fp32", "bf16"),
+        help="default the run's; another one changes the numbers a little",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def checkpoint_every(args: argparse.Namespace) -> float:
+    """``--checkpoint-every``, or the default interval."""
+    from .checkpoint import EVERY_S
+
+    return EVERY_S if args.checkpoint_every is None else args.checkpoint_every
+
+
+def timesteps_of(args: argparse.Namespace) -> list[int]:
+    """``dia dissolve``'s ``--timesteps``, or the default ones."""
+    from .reports import GRID_TIMESTEPS
+
+    timesteps = list(GRID_TIMESTEPS)
+    if args.timesteps is not None:
+        timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
+    if not timesteps or min(timesteps) < 0:
+        raise ValueError(f"--timesteps={args.timesteps!r}; expected non-negative integers")
+    return timesteps
+
+
+# What --data may come with in dia evaluate: how the external test set is read.
+EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
+
+
+def external_test_set(args: argparse.Namespace, out: Path, run: bool) -> dict:
+    """The test set ``--data`` names (its :class:`~dia.config.DataConfig` fields; ``{}``
+    without ``--data``) for a command that works with the detector saved in ``out``, refusing
+    setting flags the command would ignore.
+
+    ``--data`` goes with ``dia evaluate`` of a run folder (``run``; an external test set), and
+    with every command of a detector saved by the library, which does not record its training
+    data."""
+    given = given_settings(args)
+    test_set = {}
+    if "data.spec" in given and (args.command == "evaluate" or not run):
+        test_set = {k.split(".", 1)[1]: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
+    _refuse_ignored(args, given, out, test_set_only=not run)
+    return test_set
+
+
+def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bool) -> None:
+    """Refuse setting flags that a command would ignore: every one for a run folder (its saved
+    settings rule), every one but how ``--data``'s test set is read where ``test_set_only``
+    (a detector saved by the library; ``given`` holds the others)."""
+    flags = [flag(*key.split(".", 1)) for key in given]
+    flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
+    if not flags:
+        return
+    if test_set_only:
+        held, hint = "the test set --data names", ""
+    else:
+        held, hint = "its settings", ""
+        if args.command == "evaluate":
+            hint = (
+                "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates "
+                "the saved detector on another data set's test images"
+            )
+    raise ValueError(
+        f"dia {args.command} works with the detector saved in {out} and {held}; "
+        f"{', '.join(flags)} would be ignored{hint}"
+    )
