@@ -316,10 +316,14 @@ def test_the_scoring_network_folds_its_batch_norms_and_follows_training(monkeypa
 
     if onednn and inference._POINTWISE is None:
         pytest.skip("this torch has no oneDNN convolutions")
-    if not onednn:  # the fallback: convolution, sum and activation one after the other
+    calls = []
+    if onednn:  # counted, to show the fused convolutions ran
+        monkeypatch.setattr(inference, "_POINTWISE", CountingPointwise(calls))
+    else:  # the fallback: convolution, sum and activation one after the other
         monkeypatch.setattr(inference, "_POINTWISE", None)
     torch.manual_seed(0)
     net, x = AmplifierNet(3, width=4, stem_stride=2), torch.rand(8, 3, 16, 16)
+    x = x.contiguous(memory_format=torch.channels_last)
     net.train()
     for _ in range(2):  # batch statistics away from their initial values
         net(torch.rand(16, 3, 16, 16) * 3)
@@ -335,6 +339,26 @@ def test_the_scoring_network_folds_its_batch_norms_and_follows_training(monkeypa
         assert refreshed is not fast
         for a, b in zip(refreshed.forward_features(x), net.forward_features(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # per pass: the stem's 2 convolutions, 2 in each of 8 blocks, 3 skips
+    assert len(calls) == (2 * (2 + 16 + 3) if onednn else 0)
+    assert calls.count("binary") == (2 * 8 if onednn else 0)
+
+
+class CountingPointwise:
+    """oneDNN's fused convolution, counting its calls ("unary" or "binary") in ``calls``."""
+
+    def __init__(self, calls: list) -> None:
+        from dia import inference
+
+        self.op, self.calls = inference._POINTWISE, calls
+
+    def __call__(self, *args):
+        self.calls.append("unary")
+        return self.op(*args)
+
+    def binary(self, *args):
+        self.calls.append("binary")
+        return self.op.binary(*args)
 
 
 def test_the_fused_scoring_network_computes_in_bf16_under_autocast():

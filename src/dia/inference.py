@@ -21,12 +21,15 @@ _POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise
 
 
 def _onednn(x: torch.Tensor) -> bool:
-    """Whether the fused convolution takes ``x``: a CPU tensor with oneDNN present."""
+    """Whether the fused convolution takes ``x``: a channels_last CPU tensor with oneDNN
+    present (in the plain layout its bf16 sum with activation fails, torch 2.13)."""
     return (
         _POINTWISE is not None
         and x.device.type == "cpu"
         and torch.backends.mkldnn.is_available()
         and x.dtype in (torch.float32, torch.bfloat16)
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
     )
 
 
