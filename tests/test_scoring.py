@@ -361,7 +361,10 @@ class CountingPointwise:
         return self.op.binary(*args)
 
 
-def test_the_fused_scoring_network_computes_in_bf16_under_autocast():
+# 12 px: the last stage at 2 px; 4 px: at 1 px, where a plain-layout bf16 sum would fail
+@pytest.mark.parametrize("size", [12, 4])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_the_fused_scoring_network_computes_in_bf16_under_autocast(size, layout):
     from dia import inference
     from dia.inference import inference_network
     from dia.networks import AmplifierNet
@@ -370,15 +373,15 @@ def test_the_fused_scoring_network_computes_in_bf16_under_autocast():
         pytest.skip("this torch has no oneDNN convolutions")
     torch.manual_seed(0)
     net = AmplifierNet(1, width=8).eval()
-    x = torch.rand(6, 1, 12, 12).contiguous(memory_format=torch.channels_last)
-    fast = inference_network(net).to(memory_format=torch.channels_last)
+    x = torch.rand(6, 1, size, size).contiguous(memory_format=layout)
+    fast = inference_network(net).to(memory_format=layout)
     with torch.no_grad():
         exact = net.forward_features(x)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h = fast.forward_features(x)[0]
             stem = fast.encoder.stem[0](x)
     assert stem.dtype == torch.bfloat16  # the convolutions ran in autocast's dtype
-    assert stem.is_contiguous(memory_format=torch.channels_last)
+    assert stem.is_contiguous(memory_format=layout)
     # bf16 keeps 8 bits of mantissa: a few hundredths of the features' scale
     torch.testing.assert_close(h.float(), exact, atol=0.05 * exact.abs().max().item(), rtol=0.05)
 

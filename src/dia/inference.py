@@ -21,8 +21,10 @@ _POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise
 
 
 def _onednn(x: torch.Tensor) -> bool:
-    """Whether the fused convolution takes ``x``: a channels_last CPU tensor with oneDNN
-    present (in the plain layout its bf16 sum with activation fails, torch 2.13)."""
+    """Whether the fused convolution takes ``x``: a CPU tensor in the channels_last layout by
+    its strides (channels innermost, which a 1 x 1 image in the plain layout also passes for
+    in ``is_contiguous``), with oneDNN present. In the plain layout its bf16 sum with
+    activation fails (torch 2.13)."""
     return (
         _POINTWISE is not None
         and x.device.type == "cpu"
@@ -30,6 +32,7 @@ def _onednn(x: torch.Tensor) -> bool:
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
+        and x.stride(-1) == x.shape[1]
     )
 
 
@@ -51,7 +54,7 @@ class FusedConv(nn.Module):
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        if not _onednn(x):
+        if not (_onednn(x) and (add is None or _onednn(add))):
             out = self.conv(x)
             out = out if add is None else out.add_(add)
             return F.relu(out, inplace=True) if self.relu else out
