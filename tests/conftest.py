@@ -44,3 +44,18 @@ def _write_dicom(
 def write_dicom():
     """Writes a DICOM file: ``write_dicom(path, pixels, photometric, bits, **elements)``."""
     return _write_dicom
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_kept_models():
+    # Runs keep trained diffusion models in ~/.cache/dia; tests keep none (tests of keeping
+    # point DIA_CACHE at a folder of their own).
+    import os
+
+    before = os.environ.get("DIA_CACHE")
+    os.environ["DIA_CACHE"] = "off"
+    yield
+    if before is None:
+        os.environ.pop("DIA_CACHE", None)
+    else:
+        os.environ["DIA_CACHE"] = before

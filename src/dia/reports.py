@@ -326,6 +326,8 @@ def _run_rows(metrics: dict) -> list[tuple[str, str]]:
         run.append(("resumed", f"at step {metrics['resumed_at_step']} (wall time: since then)"))
     if metrics.get("diffusion_reused"):
         run.append(("diffusion model", "reused: trained by an earlier start of this run"))
+    elif metrics.get("diffusion"):
+        run.append(("diffusion model", _diffusion_text(metrics["diffusion"])))
     if external:
         trained_on = external.get("trained_on")
         trained = (
@@ -337,6 +339,12 @@ def _run_rows(metrics: dict) -> list[tuple[str, str]]:
         )
         run.insert(2, ("external test set for", trained))
     return run
+
+
+def _diffusion_text(made: dict) -> str:
+    """Where the run's diffusion model came from and what its training cost, once."""
+    where = "kept from an earlier run on the same images: " if made.get("kept") else ""
+    return f"{where}trained {made.get('steps', '-')} steps, {_number(made.get('train_s'), 0)} s"
 
 
 def _figures(pictures: dict[str, bytes]) -> str:

@@ -2,7 +2,8 @@
 
 A model is filed under a key made of everything its training depends on: the training
 images' values, the diffusion settings, the channel count and the seed. A later run that would
-train the same model loads it instead. The folder is ``$DIA_CACHE`` or ``~/.cache/dia``.
+train the same model loads it instead. The folder is ``$DIA_CACHE`` or ``~/.cache/dia``;
+``DIA_CACHE=off`` keeps nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ HISTORY_NAME = "history.json"
 _CHUNK = 256
 
 
-def cache_root() -> Path:
-    """The cache folder: ``$DIA_CACHE``, or ``~/.cache/dia``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dia")
+# Values of $DIA_CACHE that turn keeping off.
+OFF = ("0", "off", "no", "none", "false")
+
+
+def cache_root() -> Path | None:
+    """The cache folder: ``$DIA_CACHE``, or ``~/.cache/dia``; None when ``$DIA_CACHE`` says
+    off (0, off, no, none, false)."""
+    value = os.environ.get(CACHE_ENV, "")
+    if value.strip().lower() in OFF:
+        return None
+    return Path(value or Path.home() / ".cache" / "dia")
 
 
 def model_key(images: torch.Tensor, config: DiffusionConfig, channels: int, seed: int) -> str:
@@ -48,16 +57,17 @@ def model_key(images: torch.Tensor, config: DiffusionConfig, channels: int, seed
     return digest.hexdigest()
 
 
-def model_dir(key: str) -> Path:
-    """Where the model of ``key`` is (or would be) kept."""
-    return cache_root() / "diffusion" / key
+def model_dir(key: str) -> Path | None:
+    """Where the model of ``key`` is (or would be) kept; None when keeping is off."""
+    root = cache_root()
+    return None if root is None else root / "diffusion" / key
 
 
 def load_cached(key: str, device: str | torch.device = "cpu") -> tuple[DiffusionModel, dict] | None:
     """The kept model of ``key`` and its training history, or None when there is none or it
     cannot be read (a warning says why; the run trains a new one)."""
     folder = model_dir(key)
-    if not (folder / CONFIG_NAME).is_file():
+    if folder is None or not (folder / CONFIG_NAME).is_file():
         return None
     try:
         model = DiffusionModel.from_pretrained(folder, device=device)
@@ -71,8 +81,11 @@ def load_cached(key: str, device: str | torch.device = "cpu") -> tuple[Diffusion
 
 def store(model: DiffusionModel, history: dict, key: str) -> Path | None:
     """Keep ``model`` and its training ``history`` under ``key``; returns the folder, or None
-    when it cannot be written (a warning says why: the run goes on without keeping it)."""
+    when it cannot be written (a warning says why: the run goes on without keeping it) or
+    keeping is off."""
     folder = model_dir(key)
+    if folder is None:
+        return None
     try:
         model.save_pretrained(folder)
         write_json(folder / HISTORY_NAME, history)

@@ -186,7 +186,7 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     _load_history(detector, out)
     # the run's wall times; the test's scoring and maps are timed anew
     timings = dict(earlier.get("wall_s", {}))
-    kept = ("resumed_at_step", "diffusion_reused", "dissolver_quality")
+    kept = ("resumed_at_step", "diffusion_reused", "diffusion", "dissolver_quality")
     extra = {k: earlier[k] for k in kept if earlier.get(k)}
     data = load_run_data(config)
     metrics = evaluate_step(config, data, detector, out, timings, extra, finish=False)

@@ -86,8 +86,9 @@ def run(
             timings["diffusion_reused"] = True
         elif config.detector.dissolve == "diffusion":
             t0 = time.perf_counter()
-            diffusion_model = train_diffusion_step(config, data, out, progress)
-            timings["diffusion_s"] = time.perf_counter() - t0
+            diffusion_model, made = train_diffusion_step(config, data, out, progress)
+            timings["diffusion_s"] = time.perf_counter() - t0  # this run's: training or loading
+            timings["diffusion"] = made  # its one-time training, here or in an earlier run
         saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
         return _finish(
             config,
@@ -139,13 +140,18 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         return None
     # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
     reused = timings.pop("diffusion_reused", False)
+    made = timings.pop("diffusion", None)
     # kept apart until metrics.json holds them: a crash while evaluating does not lose them
-    write_json(out / TIMINGS_NAME, {"wall_s": timings, "diffusion_reused": reused})
+    write_json(
+        out / TIMINGS_NAME, {"wall_s": timings, "diffusion_reused": reused, "diffusion": made}
+    )
     metrics = evaluate_step(config, data, detector, out, timings, finish=False)
     dissolve_grid_step(config, data, out, diffusion_model, metrics)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
     if reused:
         metrics["diffusion_reused"] = True
+    if made:
+        metrics["diffusion"] = made
     if "resumed_at_step" in detector.history_:
         metrics["resumed_at_step"] = detector.history_["resumed_at_step"]
     finish_run(out, metrics)
@@ -259,7 +265,7 @@ def train(
     if config.detector.dissolve == "diffusion":
         diffusion = load_diffusion(out, config.device)
         if diffusion is None:
-            diffusion = train_diffusion_step(config, data, out, progress)
+            diffusion, _ = train_diffusion_step(config, data, out, progress)
     saving = checkpointing(out, checkpoint_every, command="train")
     return train_detector_step(config, data, out, diffusion, progress, deadline, saving)
 
@@ -273,7 +279,7 @@ def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) ->
         raise FileExistsError(error)
     save_config(config, out)
     data = load_run_data(config)
-    return train_diffusion_step(config, data, out, progress)
+    return train_diffusion_step(config, data, out, progress)[0]
 
 
 def dissolve_config(
@@ -341,7 +347,7 @@ def draw_dissolve_grid(
         if diffusion is None:
             if note is not None:
                 note(f"no diffusion model in {out}; training one")
-            diffusion = train_diffusion_step(config, data, out, progress)
+            diffusion, _ = train_diffusion_step(config, data, out, progress)
             if not recorded:  # how it was made, as dia train-diffusion records it
                 save_config(config, out)
     images = data.test[:count]

@@ -15,6 +15,7 @@ from ..data import ImageData, load_data
 from ..detector import DIADetector
 from ..device import resolve_device
 from ..diffusion import DiffusionModel, train_diffusion
+from ..diffusion.cache import load_cached, model_dir, model_key, store
 from ..io import saved_dir, write_json
 from .folders import CHECKPOINT_DIR, DETECTOR_DIR, DIFFUSION_DIR, has_model, holds_detector
 
@@ -35,17 +36,43 @@ def held_out_normals(data: ImageData) -> torch.Tensor:
 
 def train_diffusion_step(
     config: RunConfig, data: ImageData, out: Path, progress: bool = True
-) -> DiffusionModel:
-    """Train the DDPM on the normal training images and save it to ``out/diffusion``."""
+) -> tuple[DiffusionModel, dict]:
+    """Train the DDPM on the normal training images, or take the one an earlier run trained on
+    the same images with the same settings and seed (:mod:`dia.diffusion.cache`), and save it
+    to ``out/diffusion``. Returns the model and what its training did: ``kept`` (whether it
+    was taken from the cache), its one-time ``train_s``, ``steps`` and ``epochs``."""
     device = resolve_device(config.device)
-    model = DiffusionModel(config.diffusion, data.channels, seed=config.seed)
-    history = train_diffusion(
-        model, data.train, config.diffusion, device=device, seed=config.seed, progress=progress
-    )
+    key = model_key(data.train, config.diffusion, data.channels, config.seed)
+    found = _kept_model(key, device)
+    if found is not None:
+        model, history = found
+    else:
+        model = DiffusionModel(config.diffusion, data.channels, seed=config.seed)
+        history = train_diffusion(
+            model, data.train, config.diffusion, device=device, seed=config.seed,
+            progress=progress,
+        )  # fmt: skip
+        if distributed.is_main():
+            store(model, history, key)
     if distributed.is_main():
         model.save_pretrained(out / DIFFUSION_DIR)
         write_json(out / DIFFUSION_DIR / "history.json", history)
-    return model
+    info = {"kept": found is not None, "train_s": history.get("seconds")}
+    info.update({k: history.get(k) for k in ("steps", "epochs")})
+    return model, info
+
+
+def _kept_model(key: str, device: torch.device) -> tuple[DiffusionModel, dict] | None:
+    """The cache's model of ``key`` and its history, where rank 0 finds one (every process of
+    a launch then loads it), else None."""
+    found = load_cached(key, device) if distributed.is_main() else None
+    if not distributed.broadcast_object(found is not None):
+        return None
+    if found is None:
+        found = load_cached(key, device)
+        if found is None:
+            raise RuntimeError(f"the kept diffusion model {model_dir(key)} could not be read")
+    return found
 
 
 def make_detector(config: RunConfig, progress: bool = True) -> DIADetector:
