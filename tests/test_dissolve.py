@@ -10,6 +10,7 @@ from dia.diffusion import DiffusionModel, train_diffusion
 from dia.dissolve import (
     DiffusionDissolver,
     DissolveCache,
+    Dissolver,
     GaussianDissolver,
     IdentityDissolver,
     MedianDissolver,
@@ -212,3 +213,98 @@ def test_cache_sample_is_seeded_and_from_the_grid():
     assert len({tuple(row) for row in (options == a.unsqueeze(0)).flatten(2).all(2).T.tolist()}) > 1
     with pytest.raises(ValueError, match="indices"):
         cache.lookup(torch.tensor([6]), 10)
+
+
+class MeanDissolver(Dissolver):
+    """A dissolver that learns: it blends images towards the mean normal training image,
+    more at larger t; kept in a safetensors file."""
+
+    name = "test-mean"
+    learns = True
+
+    def __init__(self, mean: torch.Tensor | None = None):
+        super().__init__()
+        self.mean = mean
+
+    @property
+    def fitted(self) -> bool:
+        return self.mean is not None
+
+    def fit(self, images, *, device, seed, progress=True):
+        self.mean = images.mean(dim=0, keepdim=True).to(device)
+        return {"steps": 1, "epochs": 1.0, "seconds": 0.25}
+
+    def save(self, folder):
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"mean": self.mean.cpu().contiguous()}, str(folder / "mean.safetensors"))
+
+    @classmethod
+    def load(cls, folder, device):
+        from safetensors.torch import load_file
+
+        return cls(load_file(str(folder / "mean.safetensors"))["mean"].to(device))
+
+    def forward(self, x, t):
+        share = torch.as_tensor(t, dtype=x.dtype).clamp(0, 1000).reshape(-1, 1, 1, 1) / 1000
+        return (1 - share) * x + share * self.mean.to(x)
+
+
+@pytest.fixture
+def mean_dissolver():
+    from dia.dissolve import DISSOLVERS, register_dissolver
+
+    register_dissolver(MeanDissolver)
+    yield MeanDissolver
+    del DISSOLVERS[MeanDissolver.name]
+
+
+def test_a_registered_dissolver_trains_and_scores_through_the_run(mean_dissolver, tmp_path):
+    import json
+
+    from test_cli import TINY
+
+    from dia.cli import main
+    from dia.cli_args import build_parser
+
+    # the command line names the registered dissolvers when its parser is made
+    assert "test-mean" in " ".join(build_parser().commands["run"].format_help().split())
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *TINY, "--dissolve", "test-mean"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["detector"]["dissolve"] == "test-mean"
+    assert metrics["diffusion"] == {"kept": False, "train_s": 0.25, "steps": 1, "epochs": 1.0}
+    assert (out / "diffusion" / "mean.safetensors").is_file() and 0 <= metrics["auroc"] <= 1
+    assert (out / "dissolve_grid.png").is_file()
+    # the saved one comes back for another command: the detector trained again with it
+    assert main(["train", "--out", str(tmp_path / "again"), *TINY, "--dissolve", "test-mean"]) == 0
+
+
+def test_the_detector_takes_any_dissolver_fitted_or_not(mean_dissolver):
+    import dataclasses
+
+    from dia.config import DetectorConfig, ScoreConfig
+    from dia.detector import DIADetector
+
+    images = torch.rand(16, 1, 16, 16)
+    config = DetectorConfig(dissolve="test-mean", width=4, epochs=1, batch_size=8)
+    score = ScoreConfig(samples=1, shifts=1)
+    made = DIADetector(config, score, device="cpu", progress=False).fit(images)
+    assert isinstance(made.dissolver_, MeanDissolver) and made.dissolver_.fitted
+    torch.testing.assert_close(made.dissolver_.mean, images.mean(0, keepdim=True))
+    fitted = MeanDissolver(torch.zeros(1, 1, 16, 16))
+    given = DIADetector(config, score, device="cpu", progress=False)
+    assert given.fit(images, dissolver=fitted).dissolver_ is fitted  # not fitted again
+    assert fitted.mean.abs().max() == 0
+    other = dataclasses.replace(config, dissolve="median")
+    with pytest.raises(ValueError, match="'test-mean' dissolver was given"):
+        DIADetector(other, score, device="cpu", progress=False).fit(images, dissolver=fitted)
+
+
+def test_the_command_line_names_the_registered_dissolvers_without_importing_them():
+    from dia.cli_args import BUILT_IN_DISSOLVERS, dissolver_names
+    from dia.dissolve import DISSOLVERS
+
+    assert tuple(DISSOLVERS) == BUILT_IN_DISSOLVERS  # dia's own, as registered
+    assert dissolver_names() == tuple(DISSOLVERS)

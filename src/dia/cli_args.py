@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from .config import (
@@ -36,10 +37,6 @@ DICOM_WINDOW_HELP = (
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
     "'medmnist:NAME', a folder of images or a CSV list of image files (path,label[,split])",
-    (
-        "detector",
-        "dissolve",
-    ): "dissolving operator: diffusion, gaussian, median or none (CSI)",
     ("detector", "shift"): "shifting transformation: rotation or cutperm",
     ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
     "(each image standardised on its own)",
@@ -81,6 +78,25 @@ def flag(section: str, name: str) -> str:
     return "--" + FLAG_NAMES.get((section, name), SECTIONS[section][0] + name.replace("_", "-"))
 
 
+# The dissolvers dia registers itself (dia.dissolve.DISSOLVERS), named without importing it:
+# it needs torch, and parsing stays instant without.
+BUILT_IN_DISSOLVERS = ("diffusion", "gaussian", "median", "none")
+
+
+def dissolver_names() -> tuple[str, ...]:
+    """The registered dissolvers' names: those of the registry where a program has loaded it
+    (and perhaps registered its own), else dia's own."""
+    registry = sys.modules.get("dia.dissolve")
+    return tuple(registry.DISSOLVERS) if registry is not None else BUILT_IN_DISSOLVERS
+
+
+def _help(section: str, name: str, default) -> str:
+    """A setting flag's help; the dissolvers' names as registered when the parser is made."""
+    if (section, name) == ("detector", "dissolve"):
+        return f"dissolving operator: {', '.join(dissolver_names())} (none: plain CSI)"
+    return HELP.get((section, name), f"default {default!r} (quick preset)")
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     quick = apply_preset(RunConfig(), "quick")  # the defaults the flags' help names
     for section, (_, cls) in SECTIONS.items():
@@ -93,7 +109,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                 default=None,
                 type=_parse_type(field.type),
                 metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
-                help=HELP.get((section, field.name), f"default {default!r} (quick preset)"),
+                help=_help(section, field.name, default),
             )
     parser.add_argument(
         "--preset",

@@ -23,8 +23,15 @@ from .config import (
 )
 from .detector_format import FORMAT, FORMAT_VERSION, read_saved_config
 from .device import resolve_device, resolve_precision
-from .diffusion import DiffusionModel, train_diffusion
-from .dissolve import build_dissolver, median_dissolve
+from .diffusion import DiffusionModel
+from .dissolve import (
+    DiffusionDissolver,
+    Dissolver,
+    IdentityDissolver,
+    dissolver_class,
+    median_dissolve,
+)
+from .inputs import as_images, image_groups
 from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
 from .scoring import (
@@ -49,82 +56,6 @@ BANK_SAFETY = 1.35
 # smaller than half its window entirely while keeping larger edges in place, so a patched copy
 # differs from the image mostly in that fine detail.
 MAP_TIMESTEP = 100
-
-
-def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
-    """Bring images to float32 (N, C, H, W) in [0, 1].
-
-    Accepts tensors or arrays shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3
-    and H = W; uint8 values are divided by 255. ``channels`` and ``size``, when given, must match.
-    """
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    x = x.float()
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
-        raise ValueError(
-            "images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3, "
-            f"N > 0; got shape {tuple(x.shape)}"
-        )
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(
-            f"images must be square; got {x.shape[-2]}x{x.shape[-1]} (height x width): resize "
-            "or crop them first (dia's loaders resize every file to --image-size)"
-        )
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ValueError("float images must hold finite values in [0, 1] (uint8 in [0, 255])")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"images have {x.shape[1]} channels; this detector was fit on {channels}")
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"images are {tuple(x.shape[-2:])}; this detector was fit on "
-            f"{size}x{size}: resize them first"
-        )
-    return x.contiguous()
-
-
-# Fewer groups than this leave each training image only a small part of the bank to match.
-FEW_GROUPS = 5
-
-
-def _groups(groups, n: int) -> torch.Tensor | None:
-    """``groups`` (any labels: numbers, patient IDs, file names) as (n,) int64 group numbers,
-    or None when every image is its own group or all are in one (no other group to score
-    against). A warning says what one group, or few, cost the threshold."""
-    if groups is None:
-        return None
-    labels = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups)
-    if labels.shape != (n,) or labels.dtype.kind in "fc":
-        raise ValueError(
-            f"groups must be {n} labels (integers or strings), one an image; got "
-            f"{labels.dtype} of shape {labels.shape}"
-        )
-    index = torch.from_numpy(np.unique(labels, return_inverse=True)[1].reshape(n)).long()
-    count = int(index.max()) + 1
-    if count == n:
-        return None
-    if count == 1:
-        warnings.warn(
-            "every training image is in one group (one volume or patient), so the decision "
-            "threshold is chosen on images scored against their own neighbours (slices of one "
-            "volume look alike): new normal scans may be called abnormal more often than fpr "
-            "says; train on several volumes (or, where an anonymiser gave every DICOM file one "
-            "StudyInstanceUID, pass --dicom-studies false)",
-            stacklevel=3,
-        )
-        return None
-    if count < FEW_GROUPS:
-        warnings.warn(
-            f"the training images are in only {count} groups (volumes or patients), and each "
-            "is scored against the others alone, a small part of what a new scan is scored "
-            "against: new normal scans may be called abnormal less often than fpr says",
-            stacklevel=3,
-        )
-    return index
 
 
 class DIADetector:
@@ -187,8 +118,14 @@ class DIADetector:
         keep_features: bool = False,
         checkpoint: Checkpointing | None = None,
         groups=None,
+        dissolver: Dissolver | None = None,
     ) -> DIADetector:
         """Train on normal images X; returns self. See :func:`as_images` for accepted X.
+
+        ``dissolver`` (a :class:`~dia.dissolve.Dissolver` of the kind ``dissolve`` names,
+        fitted or not: one that learns is fitted on X first) dissolves the third views; by
+        default the settings' own is made and fitted here. ``diffusion_model``: a trained DDPM
+        for the diffusion dissolver, the same as ``dissolver=DiffusionDissolver(model)``.
 
         ``groups`` ((N,) labels, optional: integers or strings) names the file, volume, study
         or patient each image came from. The decision threshold is chosen on the training
@@ -209,10 +146,10 @@ class DIADetector:
         """
         self._check_settings()
         images = as_images(X)
-        groups = _groups(groups, len(images))
+        groups = image_groups(groups, len(images))
         device, precision = self._runtime()
         self.timings_ = {}
-        dissolver = self._fit_dissolver(images, diffusion_model, device)
+        dissolver = self._fit_dissolver(images, dissolver, diffusion_model, device)
         t0 = time.perf_counter()
         trainer = DetectorTrainer(
             self.detector_config,
@@ -254,28 +191,28 @@ class DIADetector:
                 f"score features={self.score_config.features!r}; expected one of {FEATURES}"
             )
 
-    def _fit_dissolver(self, images, diffusion_model, device):
-        """The dissolver of training (None for plain CSI), training the diffusion model when
-        dissolving needs one and none is given (its time in ``timings_["diffusion_s"]``)."""
-        cfg = self.detector_config
-        if cfg.dissolve == "diffusion" and diffusion_model is None:
+    def _fit_dissolver(self, images, dissolver, diffusion_model, device):
+        """The dissolver of training (None for plain CSI): ``dissolver`` as given (or a
+        diffusion one with ``diffusion_model``), else the one the settings name; one that
+        learns and is not fitted yet is fitted here on ``images`` (its time in
+        ``timings_["dissolver_fit_s"]``, what the fitting did in ``dissolver_history_``)."""
+        name = self.detector_config.dissolve
+        if dissolver is None and diffusion_model is not None:
+            dissolver = DiffusionDissolver(diffusion_model)
+        if dissolver is None:
+            dissolver = dissolver_class(name).create(self.diffusion)
+        elif dissolver.name != name:
+            raise ValueError(
+                f"a {dissolver.name!r} dissolver was given, but the settings say dissolve={name!r}"
+            )
+        if not dissolver.fitted:
             t0 = time.perf_counter()
-            diffusion_model = DiffusionModel(
-                self.diffusion or DiffusionConfig(), images.shape[1], seed=self.seed
+            self.dissolver_history_ = dissolver.fit(
+                images, device=device, seed=self.seed, progress=self.progress
             )
-            self.diffusion_history_ = train_diffusion(
-                diffusion_model,
-                images,
-                diffusion_model.config,
-                device=device,
-                seed=self.seed,
-                progress=self.progress,
-            )
-            self.timings_["diffusion_s"] = time.perf_counter() - t0
-        self.diffusion_model_ = diffusion_model if cfg.dissolve == "diffusion" else None
-        if cfg.dissolve == "none":
-            return None
-        return build_dissolver(cfg.dissolve, self.diffusion_model_).to(device)
+            self.timings_["dissolver_fit_s"] = time.perf_counter() - t0
+        self.dissolver_ = dissolver
+        return None if isinstance(dissolver, IdentityDissolver) else dissolver.to(device)
 
     def _train_deadline(self, images: torch.Tensor, deadline: float) -> float:
         """When detector training must end for the feature bank to be built by ``deadline``:

@@ -8,14 +8,18 @@ dtype and device, in [0, 1]. Each exists as a function and as a :class:`Dissolve
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from kornia.filters import gaussian_blur2d, median_blur
 from torch import nn
 
+from . import distributed
+from .config import DiffusionConfig
+from .diffusion.cache import load_cached, model_dir, model_key, store
 from .diffusion.model import DiffusionModel
+from .diffusion.train import train_diffusion
 
-DISSOLVERS = ("diffusion", "gaussian", "median", "none")
 BLUR_KERNEL = 7
 # Gaussian control: sigma = t / 50 (t = 30 -> 0.6, 100 -> 2), floored so t = 0 stays a
 # near-identity, capped at 2.5 (t = 125): beyond it the 7x7 kernel is so truncated that it
@@ -84,9 +88,36 @@ def identity(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
 
 
 class Dissolver(nn.Module):
-    """Base class: ``forward(x, t)`` dissolves images (B, C, H, W) in [0, 1]; ``name`` names it."""
+    """Base class: ``forward(x, t)`` dissolves images (B, C, H, W) in [0, 1]; ``name`` names it
+    in :data:`DISSOLVERS`. A dissolver that ``learns`` is fitted to normal images
+    (:meth:`fit`) before it dissolves, and saved (:meth:`save`) and loaded (:meth:`load`) with
+    a run; the others are ready as made."""
 
     name: str = ""
+    learns: bool = False
+
+    @classmethod
+    def create(cls, diffusion: DiffusionConfig | None = None) -> Dissolver:
+        """An unfitted dissolver with the run's settings (``diffusion``: the diffusion model's,
+        which a learning dissolver may read)."""
+        return cls()
+
+    @property
+    def fitted(self) -> bool:
+        """Whether it can dissolve: always, for one that does not learn."""
+        return True
+
+    def fit(self, images: torch.Tensor, *, device, seed: int, progress: bool = True) -> dict:
+        """Fit to normal images (N, C, H, W) in [0, 1]; returns what the fitting did (nothing
+        for one that does not learn)."""
+        return {}
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError(f"the {self.name!r} dissolver learns nothing to save")
+
+    @classmethod
+    def load(cls, folder: Path, device) -> Dissolver:
+        raise NotImplementedError(f"the {cls.name!r} dissolver learns nothing to load")
 
     def forward(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -95,21 +126,97 @@ class Dissolver(nn.Module):
         return f"name={self.name!r}"
 
 
+# Every dissolver by name, in the order the command line lists them.
+DISSOLVERS: dict[str, type[Dissolver]] = {}
+
+
+def register_dissolver(cls: type[Dissolver]) -> type[Dissolver]:
+    """Make ``cls`` a dissolver the settings (``dissolve=NAME``) and the command line
+    (``--dissolve NAME``) can name; usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Dissolver)) or not cls.name:
+        raise ValueError(f"{cls!r} is not a Dissolver subclass with a name")
+    DISSOLVERS[cls.name] = cls
+    return cls
+
+
+def dissolver_class(name: str) -> type[Dissolver]:
+    """The dissolver registered as ``name``."""
+    if name not in DISSOLVERS:
+        raise ValueError(f"unknown dissolver {name!r}; expected one of {list(DISSOLVERS)}")
+    return DISSOLVERS[name]
+
+
+@register_dissolver
 class DiffusionDissolver(Dissolver):
-    """:func:`diffusion_dissolve` with a trained DDPM; ``.to(device)`` moves the model too."""
+    """:func:`diffusion_dissolve` with a DDPM trained on the normal images (:meth:`fit`, which
+    takes a model kept by an earlier fit on the same images, settings and seed where there is
+    one: :mod:`dia.diffusion.cache`); ``.to(device)`` moves the model too."""
 
     name = "diffusion"
+    learns = True
 
-    def __init__(self, model: DiffusionModel):
+    def __init__(self, model: DiffusionModel | None = None, config: DiffusionConfig | None = None):
         super().__init__()
-        if not isinstance(model, DiffusionModel):
+        if model is not None and not isinstance(model, DiffusionModel):
             raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
         self.model = model
+        self.config = model.config if model is not None else config or DiffusionConfig()
+
+    @classmethod
+    def create(cls, diffusion: DiffusionConfig | None = None) -> DiffusionDissolver:
+        return cls(config=diffusion)
+
+    @property
+    def fitted(self) -> bool:
+        return self.model is not None
+
+    def fit(self, images: torch.Tensor, *, device, seed: int, progress: bool = True) -> dict:
+        """Train the DDPM (or take the kept one); returns its training history with ``kept``
+        (whether it was taken from the cache)."""
+        key = model_key(images, self.config, images.shape[1], seed)
+        found = _kept_model(key, device)
+        if found is not None:
+            self.model, history = found
+            return {**history, "kept": True}
+        model = DiffusionModel(self.config, images.shape[1], seed=seed)
+        history = train_diffusion(
+            model, images, self.config, device=device, seed=seed, progress=progress
+        )
+        if distributed.is_main():
+            store(model, history, key)
+        self.model = model
+        return {**history, "kept": False}
+
+    def save(self, folder: Path) -> None:
+        self._model().save_pretrained(folder)
+
+    @classmethod
+    def load(cls, folder: Path, device) -> DiffusionDissolver:
+        return cls(DiffusionModel.from_pretrained(folder, device=device))
 
     def forward(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return diffusion_dissolve(x, t, self.model)
+        return diffusion_dissolve(x, t, self._model())
+
+    def _model(self) -> DiffusionModel:
+        if self.model is None:
+            raise RuntimeError("the diffusion dissolver is not fitted: call fit(images) first")
+        return self.model
 
 
+def _kept_model(key: str, device) -> tuple[DiffusionModel, dict] | None:
+    """The cache's model of ``key`` and its history, where rank 0 finds one (every process of
+    a launch then loads it), else None."""
+    found = load_cached(key, device) if distributed.is_main() else None
+    if not distributed.broadcast_object(found is not None):
+        return None
+    if found is None:
+        found = load_cached(key, device)
+        if found is None:
+            raise RuntimeError(f"the kept diffusion model {model_dir(key)} could not be read")
+    return found
+
+
+@register_dissolver
 class GaussianDissolver(Dissolver):
     """:func:`gaussian_dissolve` as a module."""
 
@@ -119,6 +226,7 @@ class GaussianDissolver(Dissolver):
         return gaussian_dissolve(x, t)
 
 
+@register_dissolver
 class MedianDissolver(Dissolver):
     """:func:`median_dissolve` as a module."""
 
@@ -128,8 +236,9 @@ class MedianDissolver(Dissolver):
         return median_dissolve(x, t)
 
 
+@register_dissolver
 class IdentityDissolver(Dissolver):
-    """:func:`identity` as a module (``name == "none"``)."""
+    """:func:`identity` as a module (``name == "none"``: plain CSI)."""
 
     name = "none"
 
@@ -137,19 +246,21 @@ class IdentityDissolver(Dissolver):
         return identity(x, t)
 
 
-def build_dissolver(name: str, diffusion_model: DiffusionModel | None = None) -> Dissolver:
-    """The dissolver called ``name`` (one of :data:`DISSOLVERS`); "diffusion" needs the model."""
-    if name == "diffusion":
-        if diffusion_model is None:
-            raise ValueError(
-                "dissolve='diffusion' needs a diffusion_model; or choose one of "
-                f"{[n for n in DISSOLVERS if n != 'diffusion']}"
-            )
+def build_dissolver(
+    name: str, diffusion_model: DiffusionModel | None = None, config: DiffusionConfig | None = None
+) -> Dissolver:
+    """The dissolver called ``name`` (one of :data:`DISSOLVERS`), fitted where it learns:
+    the diffusion dissolver needs ``diffusion_model``."""
+    cls = dissolver_class(name)
+    if cls is DiffusionDissolver and diffusion_model is not None:
         return DiffusionDissolver(diffusion_model)
-    simple = {"gaussian": GaussianDissolver, "median": MedianDissolver, "none": IdentityDissolver}
-    if name not in simple:
-        raise ValueError(f"unknown dissolver {name!r}; expected one of {list(DISSOLVERS)}")
-    return simple[name]()
+    dissolver = cls.create(config)
+    if not dissolver.fitted:
+        raise ValueError(
+            f"dissolve={name!r} needs a fitted model; or choose one of "
+            f"{[n for n, c in DISSOLVERS.items() if not c.learns]}"
+        )
+    return dissolver
 
 
 def timestep_grid(t_min: int, t_max: int, n: int) -> list[int]:

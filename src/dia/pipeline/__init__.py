@@ -69,13 +69,14 @@ from .runner import (
 )
 from .steps import (
     checkpointing,
+    fit_dissolver_step,
     held_out_normals,
     load_detector,
-    load_diffusion,
+    load_dissolver,
     load_run_data,
     make_detector,
+    make_dissolver,
     train_detector_step,
-    train_diffusion_step,
 )
 
 __all__ = [
@@ -111,9 +112,10 @@ __all__ = [
     "is_run_folder",
     "load_config",
     "load_detector",
-    "load_diffusion",
+    "load_dissolver",
     "load_run_data",
     "make_detector",
+    "make_dissolver",
     "model_in_the_way",
     "reference_metrics",
     "refresh_report",
@@ -127,7 +129,7 @@ __all__ = [
     "train",
     "train_detector_step",
     "train_diffusion_only",
-    "train_diffusion_step",
+    "fit_dissolver_step",
     "write_anomaly_maps",
     "write_dissolve_grid",
     "write_report",

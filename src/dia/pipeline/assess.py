@@ -19,8 +19,7 @@ from ..config import DataConfig, RunConfig, to_dict
 from ..data import ImageData, load_test_set
 from ..detector import DIADetector
 from ..device import resolve_device, resolve_precision
-from ..diffusion import DiffusionModel
-from ..dissolve import build_dissolver
+from ..dissolve import Dissolver, IdentityDissolver
 from ..evaluation import anomaly_metrics
 from ..io import new_folder, read_json, write_csv, write_json
 from ..maps import check_patch
@@ -42,7 +41,7 @@ from .pictures import (
     write_report,
     write_training_curve,
 )
-from .steps import held_out_normals, load_detector, load_diffusion, load_run_data
+from .steps import held_out_normals, load_detector, load_dissolver, load_run_data
 
 # How a run's dissolver is measured: on this many held-out normal images, at these timesteps.
 QUALITY_IMAGES = 64
@@ -150,26 +149,21 @@ def reference_metrics(data: ImageData, detector: DIADetector, wall_s: dict) -> d
 
 
 def dissolve_grid_step(
-    config: RunConfig, data: ImageData, out: Path, diffusion_model, metrics: dict
+    config: RunConfig, data: ImageData, out: Path, dissolver: Dissolver, metrics: dict
 ) -> None:
     """``dissolve_grid.png`` of a run that dissolves, and how well its dissolver dissolves
     (:func:`~dia.quality.dissolver_quality` at t = 50 and 100 on normal images it was not
     trained on), timed into ``metrics``."""
-    if config.detector.dissolve == "none":
+    if isinstance(dissolver, IdentityDissolver):
         return
     t0 = time.perf_counter()
     device = resolve_device(config.device)
-    write_dissolve_grid(
-        config.detector.dissolve,
-        diffusion_model,
-        data.test[:PICTURE_COUNT],
-        out / "dissolve_grid.png",
-        device,
-    )
-    dissolver = build_dissolver(config.detector.dissolve, diffusion_model).to(device)
+    images = data.test[:PICTURE_COUNT]
+    write_dissolve_grid(dissolver, images, out / "dissolve_grid.png", device)
     normals = held_out_normals(data)[:QUALITY_IMAGES].to(device)
     if len(normals) >= 10:  # enough for the cross-validated separability
-        quality = dissolver_quality(dissolver, normals, QUALITY_TIMESTEPS, diffusion_model)
+        model = getattr(dissolver, "model", None)  # a diffusion model's denoising is measured
+        quality = dissolver_quality(dissolver, normals, QUALITY_TIMESTEPS, model)
         metrics["dissolver_quality"] = {**quality, "images": len(normals)}
     metrics["wall_s"]["dissolve_grid_s"] = time.perf_counter() - t0
 
@@ -191,10 +185,8 @@ def evaluate_saved(config: RunConfig, detector: DIADetector, out: Path) -> dict:
     data = load_run_data(config)
     metrics = evaluate_step(config, data, detector, out, timings, extra, finish=False)
     if not (out / "dissolve_grid.png").is_file():  # the run stopped before drawing it
-        dissolver: DiffusionModel | None = (
-            load_diffusion(out, config.device) if config.detector.dissolve == "diffusion" else None
-        )
-        if config.detector.dissolve != "diffusion" or dissolver is not None:
+        dissolver = load_dissolver(out, config)
+        if dissolver is not None:  # a learned one is not there when the run kept none
             dissolve_grid_step(config, data, out, dissolver, metrics)
     finish_run(out, metrics)
     return metrics

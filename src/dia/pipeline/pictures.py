@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from ..detector import DIADetector
-from ..diffusion import DiffusionModel
-from ..dissolve import build_dissolver
+from ..dissolve import Dissolver
 from ..io import read_json, write_png, write_text
 from ..reports import (
     GRID_TIMESTEPS,
@@ -80,15 +79,14 @@ def write_anomaly_maps(
 
 
 def write_dissolve_grid(
-    dissolve: str,
-    diffusion_model: DiffusionModel | None,
+    dissolver: Dissolver,
     images: torch.Tensor,
     path: Path,
     device: str | torch.device = "cpu",
     timesteps=GRID_TIMESTEPS,
 ) -> None:
-    """A PNG of ``images`` (rows) and their versions dissolved by operator ``dissolve`` at
+    """A PNG of ``images`` (rows) and their versions dissolved by the fitted ``dissolver`` at
     every timestep (columns)."""
-    dissolver = build_dissolver(dissolve, diffusion_model).to(device)
+    dissolver = dissolver.to(device)
     grid = dissolve_grid(images.to(device), dissolver, list(timesteps))
     write_png(path, grid)

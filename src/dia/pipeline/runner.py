@@ -20,7 +20,7 @@ from ..checkpoint import Checkpointing
 from ..config import RunConfig, with_settings
 from ..detector import DIADetector
 from ..device import resolve_device
-from ..diffusion import DiffusionModel
+from ..dissolve import DiffusionDissolver, dissolver_class
 from ..io import write_json
 from ..reports import GRID_TIMESTEPS, PICTURE_COUNT
 from .assess import dissolve_grid_step, evaluate_step, finish_run
@@ -41,10 +41,12 @@ from .folders import (
 from .pictures import refresh_report, write_dissolve_grid
 from .steps import (
     checkpointing,
-    load_diffusion,
+    fit_dissolver_step,
+    load_dissolver,
     load_run_data,
+    make_dissolver,
+    saved_fitting,
     train_detector_step,
-    train_diffusion_step,
 )
 
 
@@ -66,7 +68,8 @@ def run(
     created = False
     if distributed.is_main():
         error = in_the_way(out, config)
-        reuse = error is None and config.detector.dissolve == "diffusion" and has_model(out)
+        learns = dissolver_class(config.detector.dissolve).learns
+        reuse = error is None and learns and has_model(out)
         if error is None:
             created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
@@ -80,21 +83,20 @@ def run(
         t0 = time.perf_counter()
         data = load_run_data(config)
         timings["data_s"] = time.perf_counter() - t0
-        diffusion_model = None
         if reuse:
-            diffusion_model = load_diffusion(out, config.device)
+            dissolver = load_dissolver(out, config)
             timings["diffusion_reused"] = True
-        elif config.detector.dissolve == "diffusion":
+        else:
             t0 = time.perf_counter()
-            diffusion_model, made = train_diffusion_step(config, data, out, progress)
-            timings["diffusion_s"] = time.perf_counter() - t0  # this run's: training or loading
-            timings["diffusion"] = made  # its one-time training, here or in an earlier run
+            dissolver, made = fit_dissolver_step(config, data, out, progress)
+            if made:  # a dissolver that learns: its fitting, or loading the kept one
+                timings["diffusion_s"] = time.perf_counter() - t0
         saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
         return _finish(
             config,
             data,
             out,
-            diffusion_model,
+            dissolver,
             saving,
             progress=progress,
             deadline=deadline,
@@ -127,12 +129,12 @@ def run(
         raise
 
 
-def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, timings, t_start):
+def _finish(config, data, out, dissolver, saving, *, progress, deadline, timings, t_start):
     """Train the detector and, on rank 0, evaluate: the end of :func:`run` and of
     :func:`resume`. ``timings`` (wall seconds so far) is completed and kept in the metrics;
     ``t_start`` is when the session began."""
     t0 = time.perf_counter()
-    detector = train_detector_step(config, data, out, diffusion_model, progress, deadline, saving)
+    detector = train_detector_step(config, data, out, dissolver, progress, deadline, saving)
     timings["detector_s"] = time.perf_counter() - t0
     timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
@@ -140,13 +142,14 @@ def _finish(config, data, out, diffusion_model, saving, *, progress, deadline, t
         return None
     # a flag, not seconds: the diffusion model came from an earlier session, its time not counted
     reused = timings.pop("diffusion_reused", False)
-    made = timings.pop("diffusion", None)
+    # its dissolver's one-time fitting, in this run or an earlier one (out/diffusion)
+    made = saved_fitting(out) if dissolver is not None and dissolver.learns else None
     # kept apart until metrics.json holds them: a crash while evaluating does not lose them
     write_json(
         out / TIMINGS_NAME, {"wall_s": timings, "diffusion_reused": reused, "diffusion": made}
     )
     metrics = evaluate_step(config, data, detector, out, timings, finish=False)
-    dissolve_grid_step(config, data, out, diffusion_model, metrics)
+    dissolve_grid_step(config, data, out, dissolver, metrics)
     metrics["wall_s"]["total_s"] = time.perf_counter() - t_start
     if reused:
         metrics["diffusion_reused"] = True
@@ -195,23 +198,21 @@ def resume(
     t0 = time.perf_counter()
     data = load_run_data(config)
     timings["resumed_data_s"] = time.perf_counter() - t0
-    diffusion_model = None
-    if config.detector.dissolve == "diffusion":
-        diffusion_model = load_diffusion(out, config.device)
-        if diffusion_model is None:
-            raise FileNotFoundError(
-                f"{out / DIFFUSION_DIR} is missing: the checkpointed training dissolved with "
-                "that diffusion model"
-            )
+    dissolver = load_dissolver(out, config)
+    if dissolver is None:
+        raise FileNotFoundError(
+            f"{out / DIFFUSION_DIR} is missing: the checkpointed training dissolved with "
+            "that diffusion model"
+        )
     saving = Checkpointing(folder, meta.get("every_s"), resume=True, meta=_own_meta(meta))
     if command != "run":
-        train_detector_step(config, data, out, diffusion_model, progress, None, saving)
+        train_detector_step(config, data, out, dissolver, progress, None, saving)
         return command, None
     metrics = _finish(
         config,
         data,
         out,
-        diffusion_model,
+        dissolver,
         saving,
         progress=progress,
         deadline=None,
@@ -261,16 +262,14 @@ def train(
     if main_process:
         save_config(config, out)
     data = load_run_data(config)
-    diffusion = None
-    if config.detector.dissolve == "diffusion":
-        diffusion = load_diffusion(out, config.device)
-        if diffusion is None:
-            diffusion, _ = train_diffusion_step(config, data, out, progress)
+    dissolver = load_dissolver(out, config)
+    if dissolver is None:  # one that learns, not saved in the folder yet
+        dissolver, _ = fit_dissolver_step(config, data, out, progress)
     saving = checkpointing(out, checkpoint_every, command="train")
-    return train_detector_step(config, data, out, diffusion, progress, deadline, saving)
+    return train_detector_step(config, data, out, dissolver, progress, deadline, saving)
 
 
-def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) -> DiffusionModel:
+def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) -> DiffusionDissolver:
     """``dia train-diffusion``: the diffusion model of run folder ``out`` alone, trained and
     saved into ``out/diffusion`` (never over a trained model or a result)."""
     # Its config.json would replace the one of whatever the folder holds.
@@ -279,7 +278,8 @@ def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) ->
         raise FileExistsError(error)
     save_config(config, out)
     data = load_run_data(config)
-    return train_diffusion_step(config, data, out, progress)[0]
+    dissolver = DiffusionDissolver.create(config.diffusion)
+    return fit_dissolver_step(config, data, out, progress, dissolver)[0]
 
 
 def dissolve_config(
@@ -333,8 +333,8 @@ def draw_dissolve_grid(
     if not timesteps or min(timesteps) < 0:
         raise ValueError(f"timesteps={timesteps}; expected non-negative integers")
     data = load_run_data(config)
-    diffusion = None
-    if config.detector.dissolve == "diffusion":
+    dissolver = make_dissolver(config)
+    if dissolver.learns:
         # a run folder's config.json says how its diffusion model is (or would be) made
         recorded = (out / "config.json").is_file()
         differ = recorded and diffusion_settings_differ(out, config, ("diffusion",))
@@ -343,16 +343,15 @@ def draw_dissolve_grid(
                 f"{out} records other diffusion settings ({differ}); dia dissolve uses the "
                 "run's diffusion model as it is: leave those flags out, or choose another --out"
             )
-        diffusion = load_diffusion(out, config.device)
-        if diffusion is None:
+        dissolver = load_dissolver(out, config)
+        if dissolver is None:
             if note is not None:
                 note(f"no diffusion model in {out}; training one")
-            diffusion, _ = train_diffusion_step(config, data, out, progress)
+            dissolver, _ = fit_dissolver_step(config, data, out, progress)
             if not recorded:  # how it was made, as dia train-diffusion records it
                 save_config(config, out)
     images = data.test[:count]
     path = path or out / "dissolve_grid.png"
-    device = resolve_device(config.device)
-    write_dissolve_grid(config.detector.dissolve, diffusion, images, path, device, timesteps)
+    write_dissolve_grid(dissolver, images, path, resolve_device(config.device), timesteps)
     refresh_report(out)
     return path, len(images)

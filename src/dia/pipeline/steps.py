@@ -14,9 +14,8 @@ from ..config import RunConfig
 from ..data import ImageData, load_data
 from ..detector import DIADetector
 from ..device import resolve_device
-from ..diffusion import DiffusionModel, train_diffusion
-from ..diffusion.cache import load_cached, model_dir, model_key, store
-from ..io import saved_dir, write_json
+from ..dissolve import Dissolver, dissolver_class
+from ..io import read_json, saved_dir, write_json
 from .folders import CHECKPOINT_DIR, DETECTOR_DIR, DIFFUSION_DIR, has_model, holds_detector
 
 
@@ -34,45 +33,46 @@ def held_out_normals(data: ImageData) -> torch.Tensor:
     return data.test[data.test_labels == 0]
 
 
-def train_diffusion_step(
-    config: RunConfig, data: ImageData, out: Path, progress: bool = True
-) -> tuple[DiffusionModel, dict]:
-    """Train the DDPM on the normal training images, or take the one an earlier run trained on
-    the same images with the same settings and seed (:mod:`dia.diffusion.cache`), and save it
-    to ``out/diffusion``. Returns the model and what its training did: ``kept`` (whether it
-    was taken from the cache), its one-time ``train_s``, ``steps`` and ``epochs``."""
+def make_dissolver(config: RunConfig) -> Dissolver:
+    """The run's dissolver as its settings name it, unfitted."""
+    return dissolver_class(config.detector.dissolve).create(config.diffusion)
+
+
+def fit_dissolver_step(
+    config: RunConfig,
+    data: ImageData,
+    out: Path,
+    progress: bool = True,
+    dissolver: Dissolver | None = None,
+) -> tuple[Dissolver, dict]:
+    """The run's dissolver, fitted. One that learns is fitted on the normal training images
+    (the diffusion model: trained, or taken from an earlier run with the same images,
+    settings and seed, :mod:`dia.diffusion.cache`) and saved to ``out/diffusion``; what its
+    fitting did comes with it: ``kept`` (taken from the cache), its one-time ``train_s``,
+    ``steps`` and ``epochs`` (nothing for one that does not learn). ``dissolver``: another
+    one than the settings name."""
+    dissolver = make_dissolver(config) if dissolver is None else dissolver
+    if not dissolver.learns:
+        return dissolver, {}
     device = resolve_device(config.device)
-    key = model_key(data.train, config.diffusion, data.channels, config.seed)
-    found = _kept_model(key, device)
-    if found is not None:
-        model, history = found
-    else:
-        model = DiffusionModel(config.diffusion, data.channels, seed=config.seed)
-        history = train_diffusion(
-            model, data.train, config.diffusion, device=device, seed=config.seed,
-            progress=progress,
-        )  # fmt: skip
-        if distributed.is_main():
-            store(model, history, key)
+    history = dissolver.fit(data.train, device=device, seed=config.seed, progress=progress)
     if distributed.is_main():
-        model.save_pretrained(out / DIFFUSION_DIR)
+        dissolver.save(out / DIFFUSION_DIR)
         write_json(out / DIFFUSION_DIR / "history.json", history)
-    info = {"kept": found is not None, "train_s": history.get("seconds")}
-    info.update({k: history.get(k) for k in ("steps", "epochs")})
-    return model, info
+    return dissolver, fitting_record(history)
 
 
-def _kept_model(key: str, device: torch.device) -> tuple[DiffusionModel, dict] | None:
-    """The cache's model of ``key`` and its history, where rank 0 finds one (every process of
-    a launch then loads it), else None."""
-    found = load_cached(key, device) if distributed.is_main() else None
-    if not distributed.broadcast_object(found is not None):
-        return None
-    if found is None:
-        found = load_cached(key, device)
-        if found is None:
-            raise RuntimeError(f"the kept diffusion model {model_dir(key)} could not be read")
-    return found
+def fitting_record(history: dict) -> dict:
+    """What a learning dissolver's fitting did, from its history: ``kept`` (taken from the
+    cache), its one-time ``train_s``, ``steps`` and ``epochs``."""
+    record = {"kept": bool(history.get("kept")), "train_s": history.get("seconds")}
+    return {**record, **{k: history.get(k) for k in ("steps", "epochs")}}
+
+
+def saved_fitting(out: Path) -> dict | None:
+    """:func:`fitting_record` of the dissolver saved in run folder ``out``, or None."""
+    file = out / DIFFUSION_DIR / "history.json"
+    return fitting_record(read_json(file)) if file.is_file() else None
 
 
 def make_detector(config: RunConfig, progress: bool = True) -> DIADetector:
@@ -93,7 +93,7 @@ def train_detector_step(
     config: RunConfig,
     data: ImageData,
     out: Path,
-    diffusion_model: DiffusionModel | None,
+    dissolver: Dissolver | None,
     progress: bool = True,
     deadline: float | None = None,
     checkpoint: Checkpointing | None = None,
@@ -107,7 +107,7 @@ def train_detector_step(
     detector = make_detector(config, progress)
     detector.fit(
         data.train,
-        diffusion_model=diffusion_model,
+        dissolver=dissolver,
         deadline=deadline,
         checkpoint=checkpoint,
         groups=data.train_groups,
@@ -134,11 +134,15 @@ def checkpointing(out: Path, every_s: float | None, **meta) -> Checkpointing | N
     return Checkpointing(out / CHECKPOINT_DIR, every_s, meta={**meta, "every_s": every_s})
 
 
-def load_diffusion(out: Path, device: str = "auto") -> DiffusionModel | None:
-    """The diffusion model saved in a run folder, or None when there is none."""
+def load_dissolver(out: Path, config: RunConfig, device: str | None = None) -> Dissolver | None:
+    """The dissolver of run folder ``out``: one that learns as saved in ``out/diffusion``
+    (None when nothing is saved there), any other made anew."""
+    cls = dissolver_class(config.detector.dissolve)
+    if not cls.learns:
+        return cls.create(config.diffusion)
     if not has_model(out):
         return None
-    return DiffusionModel.from_pretrained(out / DIFFUSION_DIR, device=str(resolve_device(device)))
+    return cls.load(out / DIFFUSION_DIR, str(resolve_device(device or config.device)))
 
 
 def load_detector(out: Path, device: str = "auto", precision: str = "auto") -> DIADetector:
