@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator
 
 from . import distributed
 from .checkpoint import Checkpointing
@@ -25,6 +26,7 @@ from .detector_format import FORMAT, FORMAT_VERSION, read_saved_config
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel, train_diffusion
 from .dissolve import build_dissolver, median_dissolve
+from .inputs import as_images, group_numbers
 from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
 from .scoring import (
@@ -51,83 +53,12 @@ BANK_SAFETY = 1.35
 MAP_TIMESTEP = 100
 
 
-def as_images(x, channels: int | None = None, size: int | None = None) -> torch.Tensor:
-    """Bring images to float32 (N, C, H, W) in [0, 1].
-
-    Accepts tensors or arrays shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3
-    and H = W; uint8 values are divided by 255. ``channels`` and ``size``, when given, must match.
-    """
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    x = x.float()
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
-        raise ValueError(
-            "images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3, "
-            f"N > 0; got shape {tuple(x.shape)}"
-        )
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(
-            f"images must be square; got {x.shape[-2]}x{x.shape[-1]} (height x width): resize "
-            "or crop them first (dia's loaders resize every file to --image-size)"
-        )
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ValueError("float images must hold finite values in [0, 1] (uint8 in [0, 255])")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"images have {x.shape[1]} channels; this detector was fit on {channels}")
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"images are {tuple(x.shape[-2:])}; this detector was fit on "
-            f"{size}x{size}: resize them first"
-        )
-    return x.contiguous()
+# The constructor arguments that are settings dataclasses: their fields are parameters too, as
+# ``detector__width`` (get_params, set_params).
+CONFIGS = ("detector", "score", "diffusion")
 
 
-# Fewer groups than this leave each training image only a small part of the bank to match.
-FEW_GROUPS = 5
-
-
-def _groups(groups, n: int) -> torch.Tensor | None:
-    """``groups`` (any labels: numbers, patient IDs, file names) as (n,) int64 group numbers,
-    or None when every image is its own group or all are in one (no other group to score
-    against). A warning says what one group, or few, cost the threshold."""
-    if groups is None:
-        return None
-    labels = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups)
-    if labels.shape != (n,) or labels.dtype.kind in "fc":
-        raise ValueError(
-            f"groups must be {n} labels (integers or strings), one an image; got "
-            f"{labels.dtype} of shape {labels.shape}"
-        )
-    index = torch.from_numpy(np.unique(labels, return_inverse=True)[1].reshape(n)).long()
-    count = int(index.max()) + 1
-    if count == n:
-        return None
-    if count == 1:
-        warnings.warn(
-            "every training image is in one group (one volume or patient), so the decision "
-            "threshold is chosen on images scored against their own neighbours (slices of one "
-            "volume look alike): new normal scans may be called abnormal more often than fpr "
-            "says; train on several volumes (or, where an anonymiser gave every DICOM file one "
-            "StudyInstanceUID, pass --dicom-studies false)",
-            stacklevel=3,
-        )
-        return None
-    if count < FEW_GROUPS:
-        warnings.warn(
-            f"the training images are in only {count} groups (volumes or patients), and each "
-            "is scored against the others alone, a small part of what a new scan is scored "
-            "against: new normal scans may be called abnormal less often than fpr says",
-            stacklevel=3,
-        )
-    return index
-
-
-class DIADetector:
+class DIADetector(BaseEstimator):
     """DIA anomaly detector with the scikit-learn/PyOD contract.
 
     ``fit(X)`` trains on normal images only: the diffusion model when dissolving needs one and
@@ -135,6 +66,11 @@ class DIADetector:
     through ``1 - fpr`` of the normal training images (scored leave-one-out). Afterwards
     ``score_samples`` (higher = more normal), ``decision_function`` (negative = abnormal) and
     ``predict`` (1 = abnormal, 0 = normal).
+
+    The constructor's arguments are its hyper-parameters, stored as given (None for a config:
+    its defaults); what fitting learns ends in ``_``. ``get_params`` and ``set_params`` read and
+    change them, also one setting of a config at a time (``detector__width``), so that
+    ``sklearn.base.clone`` gives an unfitted copy.
 
     ``dicom_window`` (centre, width) is saved with the detector so that DICOM files to be scored
     later are read as its training files were (:func:`dia.data.folder.load_images`, ``dia
@@ -172,6 +108,46 @@ class DIADetector:
     def score_config(self) -> ScoreConfig:
         return self.score or ScoreConfig()
 
+    @property
+    def diffusion_config(self) -> DiffusionConfig:
+        return self.diffusion or DiffusionConfig()
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments by name; with ``deep``, also every setting of the
+        detector, score and diffusion configs as ``section__field`` (their defaults where the
+        argument is None)."""
+        params = super().get_params(deep=False)
+        if deep:
+            for section in CONFIGS:
+                config = getattr(self, f"{section}_config")
+                for field in dataclasses.fields(config):
+                    params[f"{section}__{field.name}"] = getattr(config, field.name)
+        return params
+
+    def set_params(self, **params) -> DIADetector:
+        """Set constructor arguments by name, and single settings of the configs as
+        ``section__field`` (``detector__width=8``: a copy of the detector config with that
+        setting); returns self. A name that is neither is a ValueError that names it, and
+        then nothing is set."""
+        own = super().get_params(deep=False)
+        deep = self.get_params(deep=True)
+        for key, value in params.items():
+            if key not in deep:
+                raise ValueError(
+                    f"{key}={value!r}; expected a parameter of DIADetector: one of "
+                    f"{sorted(own)}, or a setting of {', '.join(CONFIGS)} as section__field "
+                    "(detector__width)"
+                )
+        for key, value in params.items():  # whole configs first, then single settings
+            if key in own:
+                setattr(self, key, value)
+        for key, value in params.items():
+            if key not in own:
+                section, name = key.split("__", 1)
+                config = getattr(self, f"{section}_config")
+                setattr(self, section, dataclasses.replace(config, **{name: value}))
+        return self
+
     def _runtime(self) -> tuple[torch.device, str]:
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
@@ -180,15 +156,19 @@ class DIADetector:
     def fit(
         self,
         X,
+        y=None,
+        groups=None,
+        *,
         diffusion_model: DiffusionModel | None = None,
         callback=None,
         callback_every_s: float | None = None,
         deadline: float | None = None,
         keep_features: bool = False,
         checkpoint: Checkpointing | None = None,
-        groups=None,
     ) -> DIADetector:
-        """Train on normal images X; returns self. See :func:`as_images` for accepted X.
+        """Train on normal images X; returns self. See :func:`~dia.inputs.as_images` for
+        accepted X. ``y`` is ignored, as by PyOD's unsupervised detectors: every image of X is
+        taken as normal, labelled or not.
 
         ``groups`` ((N,) labels, optional: integers or strings) names the file, volume, study
         or patient each image came from. The decision threshold is chosen on the training
@@ -197,6 +177,7 @@ class DIADetector:
         would look more normal than a new scan, so that new normal scans would be called
         abnormal more often than ``fpr`` says. None: every image its own group.
 
+        ``diffusion_model``: the dissolving of ``dissolve="diffusion"`` (else one is trained).
         ``deadline`` (a ``time.perf_counter()`` value) is when fitting must be done: detector
         training stops early enough for the feature bank to be built by then.
         ``keep_features`` keeps the training images' features (every shift, projection and
@@ -207,9 +188,11 @@ class DIADetector:
         one trained here again for a limited time would dissolve differently); see
         :meth:`~dia.training.DetectorTrainer.train`.
         """
+        if isinstance(y, DiffusionModel):  # fit(X, model) before y was the second argument
+            raise TypeError("fit(X, y): pass the diffusion model by name, diffusion_model=...")
         self._check_settings()
         images = as_images(X)
-        groups = _groups(groups, len(images))
+        groups = group_numbers(groups, len(images))
         device, precision = self._runtime()
         self.timings_ = {}
         dissolver = self._fit_dissolver(images, diffusion_model, device)
@@ -260,9 +243,7 @@ class DIADetector:
         cfg = self.detector_config
         if cfg.dissolve == "diffusion" and diffusion_model is None:
             t0 = time.perf_counter()
-            diffusion_model = DiffusionModel(
-                self.diffusion or DiffusionConfig(), images.shape[1], seed=self.seed
-            )
+            diffusion_model = DiffusionModel(self.diffusion_config, images.shape[1], seed=self.seed)
             self.diffusion_history_ = train_diffusion(
                 diffusion_model,
                 images,
