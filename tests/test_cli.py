@@ -258,10 +258,14 @@ def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
     data = ["--data", "synthetic", "--device", "cpu"]
     assert main(["maps", "--out", str(det), *data, "--count", "2"]) == 0
     assert (det / "anomaly_maps.png").is_file()
-    for command in ("evaluate", "maps"):  # only the test set is read
-        assert main([command, "--out", str(det), *data, "--synthetic-train", "8"]) == 2
+    for command in ("evaluate", "maps"):  # only the test set is read: no other setting flags
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--out", str(det), *data, "--synthetic-train", "8"])
+        assert stop.value.code == 2
+        assert "unrecognized arguments: --synthetic-train 8" in capsys.readouterr().err
+        assert main([command, "--out", str(det), "--normal-class", "1"]) == 2  # without --data
         err = capsys.readouterr().err
-        assert "and the test set --data names; --synthetic-train would be ignored" in err
+        assert "and the test set --data names; --normal-class would be ignored" in err
     config = json.loads((det / "config.json").read_text())
     (det / "config.json").write_text(json.dumps({**config, "seed": 7}))
     # a save killed between its renames: the earlier folder is found, as dia score finds it
@@ -458,6 +462,40 @@ def test_presets_and_budget_flag_set_the_config():
     # cpu trains plain CSI (what measured best); --dissolve still picks DIA's diffusion
     assert cpu.detector.dissolve == "none"
     assert config("--preset", "cpu", "--dissolve", "diffusion").detector.dissolve == "diffusion"
+
+
+def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run, tmp_path, capsys):
+    saved = json.loads((finished_run / "config.json").read_text())
+    again = tmp_path / "again"
+    argv = ["run", "--config", str(finished_run / "config.json"), "--out", str(again)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads((again / "config.json").read_text()) == saved  # device cpu included
+    first, second = (json.loads((f / "metrics.json").read_text()) for f in (finished_run, again))
+    for key in ("auroc", "auprc", "fpr_at_95_tpr", "val_auroc"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9), key
+    assert second["baselines"] == first["baselines"]
+    assert (again / "scores.csv").read_text() == (finished_run / "scores.csv").read_text()
+    # flags given go on top of the file, those not given keep its values (not the preset's);
+    # a run folder names its config.json
+    other = tmp_path / "seed4"
+    argv = ["train-diffusion", "--config", str(again), "--out", str(other), "--seed", "4"]
+    assert main([*argv, "--width", "8", "--no-progress"]) == 0
+    changed = json.loads((other / "config.json").read_text())
+    assert changed == {**saved, "seed": 4, "detector": {**saved["detector"], "width": 8}}
+    capsys.readouterr()
+    # a file that is not a run's settings is one line
+    for bad, why in [
+        (tmp_path / "missing.json", "does not exist"),
+        (finished_run / "detector" / "config.json", "settings of a saved detector"),
+        (finished_run / "metrics.json", "unknown RunConfig settings"),
+    ]:
+        assert main(["run", "--config", str(bad), "--out", str(tmp_path / "no")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dia run: error: ") and err.count("\n") == 1 and why in err, err
+    argv = ["train", "--config", str(again), "--preset", "cpu", "--out", str(tmp_path / "no")]
+    assert main(argv) == 2
+    assert "--preset and --config both give the settings" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
@@ -696,9 +734,11 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
 
     # only the settings of how an external set is read go with --data; and the run's own data
     # is no external test set: that is said, not refused
-    assert main(["evaluate", "--out", str(finished_run), "--data", "synthetic",
-                 "--synthetic-test", "24"]) == 2  # fmt: skip
-    assert "--synthetic-test would be ignored" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--out", str(finished_run), "--data", "synthetic",
+              "--synthetic-test", "24"])  # fmt: skip
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --synthetic-test 24" in capsys.readouterr().err
     assert main(["evaluate", "--out", str(finished_run), "--data", "synthetic"]) == 0
     assert "warning: synthetic is the data set the detector was trained on" in (
         capsys.readouterr().err
@@ -706,15 +746,25 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
 
 
 def test_flags_a_saved_run_would_ignore_are_refused(finished_run, capsys):
-    for command in ("evaluate", "maps"):
+    for command in ("evaluate", "maps"):  # they have no setting flags: the run's settings rule
         argv = [command, "--out", str(finished_run), "--width", "8", "--seed", "0", "--budget", "9"]
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"dia {command}: error: unrecognized arguments: --width 8 --seed 0 --budget 9" in err
+        # how a test set is read goes with --data, and --data with evaluate alone
+        argv = [command, "--out", str(finished_run), "--normal-class", "3"]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "--width, --seed, --budget would be ignored" in err
+        assert "--normal-class would be ignored" in err
         assert ("--data DATA (with --normal-class" in err) == (command == "evaluate")
+    assert main(["maps", "--out", str(finished_run), "--data", "synthetic"]) == 2
+    assert "--data would be ignored" in capsys.readouterr().err
     argv = ["evaluate", "--out", str(finished_run), "--data", "x", "--image-size", "32"]
-    assert main(argv) == 2
-    assert "--image-size would be ignored" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "unrecognized arguments: --image-size 32" in capsys.readouterr().err
 
 
 def test_score_errors_name_the_problem(finished_run, tmp_path, capsys):

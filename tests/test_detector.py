@@ -367,3 +367,68 @@ def test_fitting_with_diffusion_twice_gives_the_same_scores():
         return det.fit(images).score_samples(images[:6])
 
     np.testing.assert_array_equal(fit_and_score(), fit_and_score())
+
+
+def test_a_clone_is_unfitted_with_equal_params_that_set_params_changes(fitted):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    det, images = fitted
+    copy = clone(det)
+    assert copy.get_params(deep=False) == det.get_params(deep=False)
+    assert copy.get_params() == det.get_params()  # with every setting of the configs
+    assert det.get_params()["detector__width"] == 4 and det.get_params()["diffusion__epochs"] == 30
+    assert copy.detector == det.detector and copy.detector is not det.detector
+    assert not [name for name in vars(copy) if name.endswith("_")]
+    with pytest.raises(NotFittedError):
+        check_is_fitted(copy)
+    check_is_fitted(det)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        copy.score_samples(images[:2])
+    # a parameter set is the one fitting uses; the detector cloned keeps its own
+    assert copy.set_params(detector__width=8, fpr=0.1) is copy
+    assert copy.detector_config == dataclasses.replace(TINY, width=8) and copy.fpr == 0.1
+    assert det.detector_config.width == 4 and det.fpr == 0.05
+    copy.fit(images)
+    assert copy.net_.width == 8 and det.net_.width == 4
+    assert copy.threshold_ == pytest.approx(float(np.quantile(copy.train_scores_, 0.1)))
+    # whole configs as well; they go first, single settings on top
+    other = DIADetector().set_params(score__samples=0, score=SCORE)
+    assert other.score_config == dataclasses.replace(SCORE, samples=0)
+
+
+def test_set_params_names_an_unknown_parameter_and_sets_nothing():
+    det = DIADetector(TINY, SCORE)
+    with pytest.raises(ValueError, match="widht=8; expected a parameter of DIADetector"):
+        det.set_params(widht=8)
+    with pytest.raises(ValueError, match="detector__widht=8"):
+        det.set_params(fpr=0.2, detector__widht=8)
+    with pytest.raises(ValueError, match="network__width=8"):
+        det.set_params(network__width=8)
+    assert det.fpr == 0.05 and det.detector is TINY
+
+
+def test_fit_ignores_y_and_trains_on_x_alone(fitted):
+    from dia.config import DiffusionConfig
+    from dia.diffusion import DiffusionModel
+
+    det, images = fitted
+    labelled = DIADetector(TINY, SCORE, device="cpu", progress=False)
+    assert labelled.fit(images, np.ones(len(images))) is labelled  # y: "all abnormal", unused
+    np.testing.assert_allclose(labelled.train_scores_, det.train_scores_, rtol=1e-5, atol=1e-6)
+    assert labelled.threshold_ == pytest.approx(det.threshold_, rel=1e-5, abs=1e-6)
+    # the scikit-learn order, (X, y, groups): groups third, each image scored against the
+    # other groups (its copy left out)
+    from dia.scoring import csi_score
+
+    pairs, groups = images[:12].repeat_interleave(2, dim=0), torch.arange(24) // 2
+    grouped = DIADetector(TINY, SCORE, device="cpu", progress=False)
+    grouped.fit(pairs, None, groups.numpy(), keep_features=True)
+    feats, bank = grouped.train_features_, grouped.bank_
+    by_group = csi_score(feats, bank, SCORE, exclude_self=True, groups=groups).numpy()
+    np.testing.assert_allclose(grouped.train_scores_, by_group, rtol=1e-6)
+    # a diffusion model passed where y now is would be ignored silently: refused
+    model = DiffusionModel(DiffusionConfig(resolution=16, block_out_channels=(8, 16)), 1)
+    with pytest.raises(TypeError, match="diffusion_model="):
+        labelled.fit(images, model)

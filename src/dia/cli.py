@@ -78,17 +78,20 @@ def _warning_printer(command: str, usual):
 
 
 def _launch_device(args: argparse.Namespace) -> str:
-    """The device whose backend a launcher's processes join with: ``--device``, or for ``dia
-    resume`` without it the run's own (a run made with ``--device cpu`` keeps gloo on a GPU
-    machine)."""
+    """The device whose backend a launcher's processes join with: ``--device``; without it the
+    one of the file ``--config`` names (``run``, ``train``), else auto; for ``dia resume`` the
+    run's own (a run made with ``--device cpu`` keeps gloo on a GPU machine)."""
     if args.device is not None:
         return args.device
+    saved = getattr(args, "config", args.out)  # resume has no --config: its run folder
+    if saved is None:
+        return "auto"
     from . import pipeline
 
     try:
-        return pipeline.load_config(args.out).device
-    except (ValueError, FileNotFoundError):
-        return "auto"  # dia resume itself then says what is wrong with the folder
+        return pipeline.read_config(saved).device
+    except (ValueError, OSError):
+        return "auto"  # the command itself then says what is wrong with the file
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -141,10 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     if args.command == "dissolve":
-        if args.preset is not None and args.out is not None and pipeline.is_run_folder(args.out):
+        base = [f for f in ("preset", "config") if getattr(args, f) is not None]
+        if base and args.out is not None and pipeline.is_run_folder(args.out):
             raise ValueError(
-                f"dia dissolve uses the settings saved in {args.out}; --preset would be ignored "
-                "(give single settings such as --dissolve median instead)"
+                f"dia dissolve uses the settings saved in {args.out}; --{base[0]} would be "
+                "ignored (give single settings such as --dissolve median instead)"
             )
         config = pipeline.dissolve_config(args.out, config, given_settings(args), args.seed)
     # dia run and dia dissolve without --out: rank 0's choice for all

@@ -97,20 +97,38 @@ def _help(section: str, name: str, default) -> str:
     return HELP.get((section, name), f"default {default!r} (quick preset)")
 
 
+# The commands whose settings come from the command line: from the preset or the file --config
+# names, with the flags given on top. evaluate and maps take the saved detector's instead.
+TAKES_SETTINGS = ("run", "train-diffusion", "train", "dissolve")
+
+
+def _add_setting(group, section: str, field: dataclasses.Field, text: str) -> None:
+    group.add_argument(
+        flag(section, field.name),
+        dest=f"{section}.{field.name}",
+        default=None,
+        type=_parse_type(field.type),
+        metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
+        help=text,
+    )
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     quick = apply_preset(RunConfig(), "quick")  # the defaults the flags' help names
     for section, (_, cls) in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
         for field in dataclasses.fields(cls):
             default = getattr(getattr(quick, section), field.name)
-            group.add_argument(
-                flag(section, field.name),
-                dest=f"{section}.{field.name}",
-                default=None,
-                type=_parse_type(field.type),
-                metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
-                help=_help(section, field.name, default),
-            )
+            text = _help(section, field.name, default)
+            _add_setting(group, section, field, text)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a run's config.json (or its run folder): start from its settings instead of "
+        "a preset's, to repeat that run; flags given go on top",
+    )
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -126,17 +144,46 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         help="wall-clock seconds from start to a fitted detector; detector training ends in "
         "time for it (default: the preset's)",
     )
-    _add_runtime(parser)
+    _add_runtime(parser, None, " (default auto, or --config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_runtime(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+# The settings that may go with --data where a saved detector is evaluated or mapped: how the
+# test set it names (an external one) is read.
+EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
+TEST_SET_HELP = {
+    "spec": "score the test images of this data set (a data spec, as dia run's --data): an "
+    "external test set, read at the detector's size and channels; needed for a detector saved "
+    "by the library, which does not record its training data",
+    "normal_class": "with --data: its label that is normal (a MedMNIST set, an .npz file or a "
+    "CSV list; default 0)",
+    "cache_dir": "with --data: where MedMNIST files are downloaded to (default the run's)",
+    "dicom_window": "with --data: show its grayscale DICOM and NIfTI files through this window, "
+    "in their units after rescaling (write it with '=': --dicom-window=-600,1500) instead of "
+    "the one the detector was trained with (default; without one, each file's own)",
+}
+
+
+def _add_test_set(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that works with a saved detector and its settings (evaluate,
+    maps): the test set ``--data`` names and how it is read, the device and the precision."""
+    group = parser.add_argument_group("another data set's test images")
+    fields = {field.name: field for field in dataclasses.fields(DataConfig)}
+    for key in EXTERNAL_SETTINGS:
+        name = key.split(".", 1)[1]
+        _add_setting(group, "data", fields[name], TEST_SET_HELP[name])
+    _add_runtime(parser)
+
+
+def _add_runtime(
+    parser: argparse.ArgumentParser, default: str | None = "auto", note: str = ""
+) -> None:
+    parser.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto" + note)
     parser.add_argument(
         "--precision",
-        default="auto",
+        default=default,
         choices=("auto", "fp32", "bf16"),
-        help="auto: bf16 on CUDA and AMX CPUs, else fp32",
+        help="auto: bf16 on CUDA and AMX CPUs, else fp32" + note,
     )
 
 
@@ -150,10 +197,29 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The preset's config with every explicitly given flag applied on top."""
-    config = with_settings(apply_preset(RunConfig(), args.preset or "quick"), given_settings(args))
+    """The settings of a command that takes them: the base (the file ``--config`` names, else
+    the preset's) with every explicitly given flag on top; flags not given keep the base's
+    values. For ``evaluate`` and ``maps``, which take the saved detector's settings, the quick
+    preset's on ``--device`` and ``--precision``."""
+    if args.command not in TAKES_SETTINGS:
+        base = apply_preset(RunConfig(), "quick")
+        return dataclasses.replace(base, device=args.device, precision=args.precision)
+    if args.config is not None:
+        if args.preset is not None:
+            raise ValueError(
+                "--preset and --config both give the settings to start from; pass one (the "
+                "flags given go on top of either)"
+            )
+        from .pipeline import read_config  # torch: only once the arguments are parsed
+
+        base = read_config(args.config)
+    else:
+        base = apply_preset(RunConfig(), args.preset or "quick")
     config = dataclasses.replace(
-        config, seed=args.seed or 0, device=args.device, precision=args.precision
+        with_settings(base, given_settings(args)),
+        seed=base.seed if args.seed is None else args.seed,
+        device=args.device or base.device,
+        precision=args.precision or base.precision,
     )
     if args.budget is not None:
         if not args.budget > 0:
@@ -200,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
             required=name not in ("run", "dissolve"),
             help=out_help[name],
         )
-        _add_settings(p)
+        if name in TAKES_SETTINGS:
+            _add_settings(p)
+        else:  # the saved detector's settings: none are flags
+            _add_test_set(p)
         _add_own_options(p, name)
     _add_resume_command(sub)
     _add_score_command(sub)
@@ -339,44 +408,30 @@ def timesteps_of(args: argparse.Namespace) -> list[int]:
     return timesteps
 
 
-# What --data may come with in dia evaluate: how the external test set is read.
-EXTERNAL_SETTINGS = ("data.spec", "data.normal_class", "data.cache_dir", "data.dicom_window")
-
-
 def external_test_set(args: argparse.Namespace, out: Path, run: bool) -> dict:
     """The test set ``--data`` names (its :class:`~dia.config.DataConfig` fields; ``{}``
     without ``--data``) for a command that works with the detector saved in ``out``, refusing
-    setting flags the command would ignore.
+    the flags of how it is read where the command would ignore them.
 
     ``--data`` goes with ``dia evaluate`` of a run folder (``run``; an external test set), and
     with every command of a detector saved by the library, which does not record its training
     data."""
     given = given_settings(args)
-    test_set = {}
     if "data.spec" in given and (args.command == "evaluate" or not run):
-        test_set = {k.split(".", 1)[1]: given.pop(k) for k in EXTERNAL_SETTINGS if k in given}
-    _refuse_ignored(args, given, out, test_set_only=not run)
-    return test_set
-
-
-def _refuse_ignored(args, given: dict[str, object], out: Path, test_set_only: bool) -> None:
-    """Refuse setting flags that a command would ignore: every one for a run folder (its saved
-    settings rule), every one but how ``--data``'s test set is read where ``test_set_only``
-    (a detector saved by the library; ``given`` holds the others)."""
-    flags = [flag(*key.split(".", 1)) for key in given]
-    flags += [f"--{n}" for n in ("preset", "seed", "budget") if getattr(args, n) is not None]
-    if not flags:
-        return
-    if test_set_only:
-        held, hint = "the test set --data names", ""
-    else:
-        held, hint = "its settings", ""
-        if args.command == "evaluate":
-            hint = (
-                "; --data DATA (with --normal-class, --cache-dir or --dicom-window) evaluates "
-                "the saved detector on another data set's test images"
-            )
-    raise ValueError(
-        f"dia {args.command} works with the detector saved in {out} and {held}; "
-        f"{', '.join(flags)} would be ignored{hint}"
-    )
+        return {k.split(".", 1)[1]: v for k, v in given.items()}
+    if given:
+        flags = ", ".join(flag(*key.split(".", 1)) for key in given)
+        if not run:  # a detector saved by the library
+            held, hint = "the test set --data names", ""
+        else:
+            held, hint = "its settings", ""
+            if args.command == "evaluate":
+                hint = (
+                    "; --data DATA (with --normal-class, --cache-dir or --dicom-window) "
+                    "evaluates the saved detector on another data set's test images"
+                )
+        raise ValueError(
+            f"dia {args.command} works with the detector saved in {out} and {held}; "
+            f"{flags} would be ignored{hint}"
+        )
+    return {}

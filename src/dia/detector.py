@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator
 
 from . import distributed
 from .checkpoint import Checkpointing
@@ -31,7 +32,7 @@ from .dissolve import (
     dissolver_class,
     median_dissolve,
 )
-from .inputs import as_images, image_groups
+from .inputs import as_images, group_numbers
 from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
 from .scoring import (
@@ -58,7 +59,12 @@ BANK_SAFETY = 1.35
 MAP_TIMESTEP = 100
 
 
-class DIADetector:
+# The constructor arguments that are settings dataclasses: their fields are parameters too, as
+# ``detector__width`` (get_params, set_params).
+CONFIGS = ("detector", "score", "diffusion")
+
+
+class DIADetector(BaseEstimator):
     """DIA anomaly detector with the scikit-learn/PyOD contract.
 
     ``fit(X)`` trains on normal images only: the diffusion model when dissolving needs one and
@@ -66,6 +72,11 @@ class DIADetector:
     through ``1 - fpr`` of the normal training images (scored leave-one-out). Afterwards
     ``score_samples`` (higher = more normal), ``decision_function`` (negative = abnormal) and
     ``predict`` (1 = abnormal, 0 = normal).
+
+    The constructor's arguments are its hyper-parameters, stored as given (None for a config:
+    its defaults); what fitting learns ends in ``_``. ``get_params`` and ``set_params`` read and
+    change them, also one setting of a config at a time (``detector__width``), so that
+    ``sklearn.base.clone`` gives an unfitted copy.
 
     ``dicom_window`` (centre, width) is saved with the detector so that DICOM files to be scored
     later are read as its training files were (:func:`dia.data.folder.load_images`, ``dia
@@ -103,6 +114,46 @@ class DIADetector:
     def score_config(self) -> ScoreConfig:
         return self.score or ScoreConfig()
 
+    @property
+    def diffusion_config(self) -> DiffusionConfig:
+        return self.diffusion or DiffusionConfig()
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments by name; with ``deep``, also every setting of the
+        detector, score and diffusion configs as ``section__field`` (their defaults where the
+        argument is None)."""
+        params = super().get_params(deep=False)
+        if deep:
+            for section in CONFIGS:
+                config = getattr(self, f"{section}_config")
+                for field in dataclasses.fields(config):
+                    params[f"{section}__{field.name}"] = getattr(config, field.name)
+        return params
+
+    def set_params(self, **params) -> DIADetector:
+        """Set constructor arguments by name, and single settings of the configs as
+        ``section__field`` (``detector__width=8``: a copy of the detector config with that
+        setting); returns self. A name that is neither is a ValueError that names it, and
+        then nothing is set."""
+        own = super().get_params(deep=False)
+        deep = self.get_params(deep=True)
+        for key, value in params.items():
+            if key not in deep:
+                raise ValueError(
+                    f"{key}={value!r}; expected a parameter of DIADetector: one of "
+                    f"{sorted(own)}, or a setting of {', '.join(CONFIGS)} as section__field "
+                    "(detector__width)"
+                )
+        for key, value in params.items():  # whole configs first, then single settings
+            if key in own:
+                setattr(self, key, value)
+        for key, value in params.items():
+            if key not in own:
+                section, name = key.split("__", 1)
+                config = getattr(self, f"{section}_config")
+                setattr(self, section, dataclasses.replace(config, **{name: value}))
+        return self
+
     def _runtime(self) -> tuple[torch.device, str]:
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
@@ -111,16 +162,20 @@ class DIADetector:
     def fit(
         self,
         X,
+        y=None,
+        groups=None,
+        *,
         diffusion_model: DiffusionModel | None = None,
         callback=None,
         callback_every_s: float | None = None,
         deadline: float | None = None,
         keep_features: bool = False,
         checkpoint: Checkpointing | None = None,
-        groups=None,
         dissolver: Dissolver | None = None,
     ) -> DIADetector:
-        """Train on normal images X; returns self. See :func:`as_images` for accepted X.
+        """Train on normal images X; returns self. See :func:`~dia.inputs.as_images` for
+        accepted X. ``y`` is ignored, as by PyOD's unsupervised detectors: every image of X is
+        taken as normal, labelled or not.
 
         ``dissolver`` (a :class:`~dia.dissolve.Dissolver` of the kind ``dissolve`` names,
         fitted or not: one that learns is fitted on X first) dissolves the third views; by
@@ -144,9 +199,11 @@ class DIADetector:
         one trained here again for a limited time would dissolve differently); see
         :meth:`~dia.training.DetectorTrainer.train`.
         """
+        if isinstance(y, DiffusionModel):  # fit(X, model) before y was the second argument
+            raise TypeError("fit(X, y): pass the diffusion model by name, diffusion_model=...")
         self._check_settings()
         images = as_images(X)
-        groups = image_groups(groups, len(images))
+        groups = group_numbers(groups, len(images))
         device, precision = self._runtime()
         self.timings_ = {}
         dissolver = self._fit_dissolver(images, dissolver, diffusion_model, device)
@@ -200,7 +257,7 @@ class DIADetector:
         if dissolver is None and diffusion_model is not None:
             dissolver = DiffusionDissolver(diffusion_model)
         if dissolver is None:
-            dissolver = dissolver_class(name).create(self.diffusion)
+            dissolver = dissolver_class(name).create(self.diffusion_config)
         elif dissolver.name != name:
             raise ValueError(
                 f"a {dissolver.name!r} dissolver was given, but the settings say dissolve={name!r}"

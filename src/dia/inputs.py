@@ -1,4 +1,5 @@
-"""The estimator's inputs checked and brought to one form: images and their groups."""
+"""What a detector's ``fit`` and scoring take: images as float32 (N, C, H, W) in [0, 1], and
+the group (file, volume, patient) of each training image, checked and brought to tensors."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def as_images(x, channels: int | None = None, size: int | None = None) -> torch.
 FEW_GROUPS = 5
 
 
-def image_groups(groups, n: int) -> torch.Tensor | None:
+def group_numbers(groups, n: int) -> torch.Tensor | None:
     """``groups`` (any labels: numbers, patient IDs, file names) as (n,) int64 group numbers,
     or None when every image is its own group or all are in one (no other group to score
     against). A warning says what one group, or few, cost the threshold."""

@@ -48,6 +48,7 @@ from .folders import (
     is_run_folder,
     load_config,
     model_in_the_way,
+    read_config,
     run_folder_of,
     save_config,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "make_detector",
     "make_dissolver",
     "model_in_the_way",
+    "read_config",
     "reference_metrics",
     "refresh_report",
     "resume",

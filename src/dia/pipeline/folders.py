@@ -40,12 +40,24 @@ def save_config(config: RunConfig, out: Path) -> None:
 
 
 def load_config(out: Path) -> RunConfig:
-    """The run's settings. A run saved before DICOM studies were grouped is read with them
-    grouped file by file, as it was made, so that its data splits as it did; one saved before
-    the stem's stride and the scored shifts were settings, with CIFAR's stem and every shift,
-    as it was made."""
-    file = out / "config.json"
+    """The settings of run folder ``out``, from its ``config.json`` (:func:`read_config`)."""
+    return read_config(out / "config.json")
+
+
+def read_config(file: Path) -> RunConfig:
+    """The run settings that ``file`` holds: a run's ``config.json`` (or, given a folder, the
+    one in it), as ``dia run --config`` reads it. A run saved before DICOM studies were grouped
+    is read with them grouped file by file, as it was made, so that its data splits as it did;
+    one saved before the stem's stride and the scored shifts were settings, with CIFAR's stem
+    and every shift, as it was made."""
+    file = Path(file)
+    file = file / "config.json" if file.is_dir() else file
     values = read_json(file)
+    if values.get("format") == DETECTOR_FORMAT:
+        raise ValueError(
+            f"{file} holds the settings of a saved detector, not of a run: give a run "
+            "folder's config.json"
+        )
     if "data" not in values:
         raise ValueError(f"{file} lacks 'data': it does not say what the run was trained on")
     earlier = {"data": ("dicom_studies", False), "detector": ("stem_stride", 1)}
