@@ -34,7 +34,7 @@ from dia.device import (
 )
 from dia.losses import contrastive_loss, shift_loss
 from dia.provenance import machine
-from dia.shifts import NUM_SHIFTS
+from dia.shifts import get_shift
 from dia.training import build_network
 
 
@@ -76,10 +76,11 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     config = DetectorConfig(width=args.width)
-    n = 2 * NUM_SHIFTS * args.batch
+    shifts = get_shift(config.shift).count
+    n = 2 * shifts * args.batch
     x = torch.rand(n, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))
     x = x.to(device).contiguous(memory_format=memory_format(args.width))
-    labels = torch.arange(NUM_SHIFTS, device=device).repeat_interleave(n // NUM_SHIFTS)
+    labels = torch.arange(shifts, device=device).repeat_interleave(n // shifts)
     steps, first_two = {}, {}
     for name in ("eager", "compiled"):
         steps[name] = make_step(config, x, labels, device, precision, name == "compiled")
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         f"{results['machine']['cores']} threads, device {device}, {precision}",
         "",
         f"One training step of ResNet-18 width {args.width} on {n} images of {args.size} px "
-        f"(2 views x {NUM_SHIFTS} shifts x {args.batch}); median of {args.repeats} rounds of "
+        f"(2 views x {shifts} shifts x {args.batch}); median of {args.repeats} rounds of "
         f"{args.steps} alternating steps.",
         "",
         "| variant | first two steps (s) | step (ms) | images/s |",

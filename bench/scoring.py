@@ -38,7 +38,7 @@ from dia.presets import apply_preset
 from dia.provenance import code_commit, machine
 from dia.scoring import ShiftedFeatures, build_bank, csi_score, features, plain_features
 from dia.scoring import sample_features as one_sample
-from dia.shifts import NUM_SHIFTS
+from dia.shifts import Rotation, get_shift
 from dia.training import DetectorTrainer
 
 # The score's kinds: ScoreConfig settings besides shifts and samples.
@@ -48,7 +48,7 @@ KINDS = {
     "encoder/cosine/shift1": {"features": "encoder", "cosine": True, "shift_weight": 1.0},
     "csi": {"features": "projection", "cosine": False, "shift_weight": 1.0},
 }
-SHIFTS = (1, 2, NUM_SHIFTS)
+SHIFTS = (1, 2, Rotation.count)  # the last: every shift of the presets' family
 SAMPLES = (0, 1, 2, 4, 10)  # 0: one view, not augmented
 
 
@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def per_sample(net, images, config: RunConfig, samples: int, runtime) -> list[list]:
     """[plain, sample 0, ..., sample samples - 1]: [h, z, logits] of every shift for each."""
     device, precision = runtime
-    score = dataclasses.replace(config.score, shifts=NUM_SHIFTS)
+    score = dataclasses.replace(config.score, shifts=get_shift(config.detector.shift).count)
     plain = plain_features(net, images, config.detector, score, device, precision)
     out = [[plain.h, plain.z, plain.logits]]
     keys = image_keys(images)

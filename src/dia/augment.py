@@ -11,8 +11,6 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from .shifts import NUM_SHIFTS
-
 # How many sets of test-time randomness there are; an image's key picks one.
 KEY_ROWS = 4096
 
@@ -171,18 +169,18 @@ class TestViews:
 
 @functools.lru_cache(maxsize=64)
 def keyed_views(
-    settings: tuple, shape: tuple[int, int, int], sample: int, shifts: int
+    settings: tuple, shape: tuple[int, int, int], sample: int, shifts: int, count: int
 ) -> TestViews:
-    """Test-time sample ``sample``'s randomness for ``shifts`` shifts (:class:`TestViews`),
-    each table with a seed of its own (that of shift k's crop is the same whatever ``shifts``
-    is). ``settings``: :class:`SimCLRAugment`'s arguments, in order. Kept, so that scoring
-    draws its tables once, not at every call."""
+    """Test-time sample ``sample``'s randomness for the first ``shifts`` shifts of a family of
+    ``count`` (:class:`TestViews`), each table with a seed of its own (that of shift k's crop
+    is the same whatever ``shifts`` is). ``settings``: :class:`SimCLRAugment`'s arguments, in
+    order. Kept, so that scoring draws its tables once, not at every call."""
     augment = SimCLRAugment(*settings)
     flips = torch.rand(KEY_ROWS, generator=torch.Generator().manual_seed(20_000 + sample)) < 0.5
     colour = KeyedAugment(augment.colour, shape, seed=30_000 + sample)
     crop = augment.ops[-1:]
     crops = tuple(
-        KeyedAugment(crop, shape, seed=10_000 + NUM_SHIFTS * sample + k) for k in range(shifts)
+        KeyedAugment(crop, shape, seed=10_000 + count * sample + k) for k in range(shifts)
     )
     return TestViews(flips, colour, crops)
 

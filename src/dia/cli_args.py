@@ -1,5 +1,6 @@
 """The flags of the ``dia`` command line: one per setting of the config dataclasses, and
-each command's own; the settings and values they give. Parsing imports no torch."""
+each command's own; the settings and values they give. Parsing imports no torch (the
+registries the choices come from import it only when used)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from .config import (
     with_settings,
 )
 from .presets import PRESETS, apply_preset
+from .scores import SCORES
+from .shifts import SHIFTS
 
 # Flag prefix of each config section; detector and data settings need none.
 SECTIONS = {
@@ -27,6 +30,9 @@ SECTIONS = {
     "score": ("score-", ScoreConfig),
 }
 FLAG_NAMES = {("data", "spec"): "data"}
+# Settings that name a registered class: the registry itself, so that a class registered after
+# the parser is built is a choice too.
+CHOICES = {("detector", "shift"): SHIFTS, ("score", "kind"): SCORES}
 METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
 DICOM_WINDOW_HELP = (
     "show every grayscale DICOM or NIfTI file through this window, in its units after "
@@ -37,7 +43,9 @@ DICOM_WINDOW_HELP = (
 HELP = {
     ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
     "'medmnist:NAME', a folder of images or a CSV list of image files (path,label[,split])",
-    ("detector", "shift"): "shifting transformation: rotation or cutperm",
+    ("detector", "shift"): "shifting transformation: %(choices)s (default rotation)",
+    ("score", "kind"): "how features become scores: %(choices)s (default csi: CSI's score and "
+    "its variants, which the other --score-* flags set)",
     ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
     "(each image standardised on its own)",
     ("detector", "mask"): "contrastive mask: shifted_removed or none",
@@ -108,6 +116,7 @@ def _add_setting(group, section: str, field: dataclasses.Field, text: str) -> No
         dest=f"{section}.{field.name}",
         default=None,
         type=_parse_type(field.type),
+        choices=CHOICES.get((section, field.name)),
         metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
         help=text,
     )

@@ -13,8 +13,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-# How many shifts every shift family makes (dia.shifts).
-NUM_SHIFTS = 4
+from .scores import get_score_class
+from .shifts import get_shift
+
 # What the contrastive loss is averaged over (DetectorConfig.contrastive_per).
 CONTRASTIVE_PER = ("anchor", "view")
 
@@ -133,9 +134,11 @@ class DetectorConfig:
 
 @dataclass
 class ScoreConfig:
-    """The CSI score (docs/method.md, section 4) and the choices made in it.
+    """The score (docs/method.md, section 4) and the choices made in it.
 
-    ``features``: what the similarity term compares, ``projection`` (z, as in CSI) or
+    ``kind``: which score (a key of :data:`dia.scores.SCORES`); ``csi``, CSI's score and its
+    variants, is the one that ``features``, ``cosine``, ``shift_weight`` and ``neighbours``
+    describe. ``features``: what the similarity term compares, ``projection`` (z, as in CSI) or
     ``encoder`` (the ResNet features h before the projection). ``cosine``: compare by plain
     cosine instead of CSI's norm-weighted dot product. ``shift_weight`` multiplies the shift
     term (1 = CSI, 0 = similarity only). ``neighbours``: how many of the most similar bank
@@ -148,6 +151,7 @@ class ScoreConfig:
     over. Every image costs ``shifts * max(samples, 1)`` passes through the network.
     """
 
+    kind: str = "csi"
     samples: int = 10
     shifts: int = 2
     crop_scale: float = 0.54
@@ -214,8 +218,14 @@ def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
         raise ValueError(
             f"stem_stride={detector.stem_stride}; expected a power of two, or 0 for automatic"
         )
-    if score.shifts > NUM_SHIFTS:
-        raise ValueError(f"score shifts={score.shifts}; expected at most {NUM_SHIFTS}")
+    # The registered choices: an unknown name is an error that lists the known ones.
+    count = get_shift(detector.shift).count
+    if score.shifts > count:
+        raise ValueError(
+            f"score shifts={score.shifts}; expected at most {count}, as many as "
+            f"shift={detector.shift!r} makes"
+        )
+    get_score_class(score.kind)
     for name, value in above_zero.items():
         if not value > 0:
             raise ValueError(f"{name}={value}; expected more than 0")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -35,16 +34,8 @@ from .dissolve import (
 from .inputs import as_images, group_numbers
 from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
-from .scoring import (
-    FEATURES,
-    FeatureBank,
-    ShiftedFeatures,
-    build_bank,
-    csi_score,
-    estimate_seconds,
-    features,
-    plain_features,
-)
+from .scores import Score, get_score
+from .scoring import FEATURES, ShiftedFeatures, estimate_seconds, features, plain_features
 from .training import BUDGET_SPENT, DetectorTrainer, build_network
 
 # The estimate of the feature bank's time is noisy: with one timed batch the real bank took
@@ -153,6 +144,10 @@ class DIADetector(BaseEstimator):
                 config = getattr(self, f"{section}_config")
                 setattr(self, section, dataclasses.replace(config, **{name: value}))
         return self
+
+    def _scorer(self) -> Score:
+        """The score ``score_config.kind`` names (:data:`dia.scores.SCORES`)."""
+        return get_score(self.score_config)
 
     def _runtime(self) -> tuple[torch.device, str]:
         device = resolve_device(self.device)
@@ -295,11 +290,10 @@ class DIADetector(BaseEstimator):
         feats = features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
-        self.bank_ = build_bank(feats, self.score_config)
+        scorer = self._scorer()
+        self.bank_ = scorer.bank(feats)
         self.channels_, self.image_size_ = int(images.shape[1]), int(images.shape[-1])
-        train_scores = csi_score(
-            feats, self.bank_, self.score_config, exclude_self=True, groups=groups
-        ).numpy()
+        train_scores = scorer(feats, self.bank_, exclude_self=True, groups=groups).numpy()
         self.train_scores_ = train_scores
         self.threshold_ = self.threshold_at(self.fpr)
         return feats
@@ -325,14 +319,15 @@ class DIADetector(BaseEstimator):
             raise RuntimeError("this DIADetector is not fitted; call fit() or from_pretrained()")
 
     def score_samples(self, X) -> np.ndarray:
-        """Normality score of each image, (N,); higher = more normal (the CSI score)."""
+        """Normality score of each image, (N,); higher = more normal (the score
+        ``score_config.kind`` names: CSI's by default)."""
         self._check_fitted()
         images = as_images(X, self.channels_, self.image_size_)
         device, precision = self._runtime()
         feats = features(
             self.net_, images, self.detector_config, self.score_config, device, precision
         )
-        return csi_score(feats, self.bank_, self.score_config).numpy()
+        return self._scorer()(feats, self.bank_).numpy()
 
     def anomaly_map(self, X, patch: int | None = None, stride: int | None = None) -> np.ndarray:
         """Where each image looks abnormal: (N, H, W) float32, positive = abnormal detail.
@@ -348,11 +343,11 @@ class DIADetector(BaseEstimator):
         self._check_fitted()
         images = as_images(X, self.channels_, self.image_size_)
         device, precision = self._runtime()
-        cfg, score = self.detector_config, self.score_config
+        cfg, score, scorer = self.detector_config, self.score_config, self._scorer()
 
         def score_fn(batch: torch.Tensor) -> torch.Tensor:
             feats = plain_features(self.net_, batch, cfg, score, device, precision)
-            return csi_score(feats, self.bank_, score)
+            return scorer(feats, self.bank_)
 
         dissolved = median_dissolve(images, MAP_TIMESTEP)
         maps = occlusion_map(score_fn, images, dissolved, patch, stride, score.batch_size)
@@ -373,8 +368,8 @@ class DIADetector(BaseEstimator):
         tensors = {
             f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()
         }
-        for field in dataclasses.fields(FeatureBank):
-            tensors[f"bank.{field.name}"] = getattr(self.bank_, field.name).contiguous()
+        for name, tensor in self._scorer().state_dict(self.bank_).items():
+            tensors[f"bank.{name}"] = tensor.contiguous()
         if getattr(self, "train_scores_", None) is not None:
             # kept so that a loaded detector can set its threshold at another fpr
             tensors["train_scores"] = torch.as_tensor(np.asarray(self.train_scores_)).contiguous()
@@ -424,11 +419,11 @@ class DIADetector(BaseEstimator):
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         try:
             net.load_state_dict(state)
-            bank = {f.name: tensors[f"bank.{f.name}"] for f in dataclasses.fields(FeatureBank)}
+            bank = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
+            det.bank_ = det._scorer().load_state(bank)
         except (RuntimeError, KeyError) as err:
             raise ValueError(f"{path} holds weights that do not match its config: {err}") from err
         det.net_ = net.to(resolve_device(device)).eval()
-        det.bank_ = FeatureBank(**bank)
         det.channels_, det.image_size_ = config["channels"], config["image_size"]
         det.threshold_ = config["threshold"]
         if "train_scores" in tensors:

@@ -7,13 +7,15 @@ import math
 import warnings
 from pathlib import Path
 
-from .config import NUM_SHIFTS, DetectorConfig, ScoreConfig, check_settings, from_dict
+from .config import DetectorConfig, ScoreConfig, check_settings, from_dict
 from .io import read_json
 
 FORMAT = "dia-detector"
 FORMAT_VERSION = 4
 # Version 1 predates the score settings and always scored with CSI's own score.
 V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
+# Versions 1 and 2 (and run folders of their time) scored every shift: 4, in both families then.
+EARLY_SHIFTS = 4
 # How earlier versions made their test-time views, hence their banks and thresholds: versions
 # 1 and 2 flipped them after shifting them, and 1 to 3 drew colour jitter for each shift.
 OLD_VIEWS = {
@@ -76,7 +78,7 @@ def read_saved_config(path: Path) -> dict:
     if version < 2:
         score = {**V1_SCORE, **score}
     if version < 3:
-        score = {"shifts": NUM_SHIFTS, **score}  # all four, then
+        score = {"shifts": EARLY_SHIFTS, **score}
     # saved before the stem's stride was a setting: CIFAR's stem
     detector = {"stem_stride": 1, **values["detector"]}
     try:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DetectorConfig
-from .shifts import NUM_SHIFTS
+from .shifts import Rotation, get_shift
 
 
 class BasicBlock(nn.Module):
@@ -100,7 +100,8 @@ class AmplifierNet(nn.Module):
     """Encoder f, 2-layer projection g (unnormalised z) and a linear K-way shift head.
 
     ``forward`` takes (B, C, H, W) in [0, 1] and returns (z (B, proj_dim), shift logits (B, K));
-    ``input_norm`` says how images become the encoder's input (:func:`normalize_input`).
+    ``input_norm`` says how images become the encoder's input (:func:`normalize_input`);
+    ``shifts`` is K, the count of the shift family trained with (:mod:`dia.shifts`).
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class AmplifierNet(nn.Module):
         proj_dim: int = 128,
         input_norm: str = "fixed",
         stem_stride: int = 1,
+        shifts: int = Rotation.count,
     ) -> None:
         super().__init__()
         if input_norm not in INPUT_NORMS:
@@ -119,7 +121,7 @@ class AmplifierNet(nn.Module):
         self.encoder = ResNet18(channels, width, stem_stride)
         d = self.encoder.out_dim
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, proj_dim))
-        self.shift_head = nn.Linear(d, NUM_SHIFTS)
+        self.shift_head = nn.Linear(d, shifts)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, z, logits = self.forward_features(x)
@@ -139,4 +141,5 @@ def build_network(config: DetectorConfig, channels: int, image_size: int) -> Amp
         proj_dim=config.proj_dim,
         input_norm=config.input_norm,
         stem_stride=config.stem_stride or stem_stride_for(image_size),
+        shifts=get_shift(config.shift).count,
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import NUM_SHIFTS, RunConfig
+from .config import RunConfig
+from .shifts import Rotation
 
 PRESETS: dict[str, dict] = {
     # A first result in minutes on a laptop CPU: the dataclass defaults (420 s, width 16, two
@@ -53,7 +54,7 @@ PRESETS: dict[str, dict] = {
             "cosine": False,
             "shift_weight": 1.0,
             "samples": 10,
-            "shifts": NUM_SHIFTS,
+            "shifts": Rotation.count,  # every one
         },
     },
 }

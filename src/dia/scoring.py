@@ -1,4 +1,5 @@
-"""The CSI score (docs/method.md, section 4): feature bank, term weights and the score itself."""
+"""The features every score compares (docs/method.md, section 4), and the CSI score: its
+feature bank, term weights and the score itself (registered as :class:`dia.scores.CSIScore`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .augment import image_keys, keyed_views
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
 from .inference import inference_network
-from .shifts import shift
+from .shifts import get_shift
 
 FEATURES = ("projection", "encoder")
 
@@ -109,9 +110,10 @@ def sample_features(
     """[h, z, logits], each (K, N, ...), of test-time sample ``sample`` alone: the mean of
     those of samples 0 to S - 1 are :func:`shifted_features`' with S samples."""
     views = _sample_views(images, detector, score, sample)
+    shift = get_shift(detector.shift)
 
     def view(x, batch):
-        return views(x, keys[batch], lambda y, k: shift(y, k, detector.shift))
+        return views(x, keys[batch], shift)
 
     with _scoring_mode(net) as (fast, fmt):
         return _features_once(fast, images, view, score, (device, precision, fmt))
@@ -127,7 +129,8 @@ def _sample_views(images: torch.Tensor, detector: DetectorConfig, score: ScoreCo
         detector.jitter_prob,
         detector.gray_prob,
     )
-    return keyed_views(settings, tuple(images.shape[1:]), s, score.shifts)
+    count = get_shift(detector.shift).count
+    return keyed_views(settings, tuple(images.shape[1:]), s, score.shifts, count)
 
 
 @torch.inference_mode()
@@ -147,9 +150,10 @@ def plain_features(
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
+    shift = get_shift(detector.shift)
 
     def view(x, batch):
-        return torch.cat([shift(x, k, detector.shift) for k in range(score.shifts)])
+        return torch.cat([shift(x, k) for k in range(score.shifts)])
 
     with _scoring_mode(net) as (fast, fmt):
         h, z, logits = _features_once(fast, images, view, score, (device, precision, fmt))

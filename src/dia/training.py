@@ -24,7 +24,7 @@ from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
 from .networks import AmplifierNet, build_network
 from .optim import WeightAverage, lr_factor, make_optimizer
-from .shifts import NUM_SHIFTS, all_shifts
+from .shifts import get_shift
 
 Callback = Callable[[AmplifierNet, float], None]
 # The per-step losses a history keeps (and a checkpoint carries over).
@@ -124,6 +124,7 @@ class DetectorTrainer:
         if config.dissolve != "none" and dissolver is None:
             raise ValueError(f"dissolve={config.dissolve!r} needs a dissolver")
         lr_factor(0.0, 0.0, config.schedule)  # an unknown schedule fails here, not mid-run
+        self.shifts = get_shift(config.shift)  # the shift family (an unknown one fails here)
         if not 0 <= config.t_min <= config.t_max:
             raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
         if not 0.0 <= config.ema < 1.0:
@@ -269,7 +270,7 @@ class DetectorTrainer:
             steps=clock.step,
             epochs=clock.step / max(run.steps_per_epoch, 1),
             train_s=clock.train_s,
-            images_per_s=run.world * images * NUM_SHIFTS / max(clock.train_s, 1e-9),
+            images_per_s=run.world * images * self.shifts.count / max(clock.train_s, 1e-9),
             world_size=run.world,
         )
         return run.trained, history
@@ -408,9 +409,9 @@ class DetectorTrainer:
             b = self._dissolved_count(x.shape[0])
             views.append(self._dissolved(x[:b], idx[:b], gen))
             # Shift-major layout: dissolved item (k, j) copies item (k, j) of v1 and v2.
-            first = torch.arange(NUM_SHIFTS)[:, None] * x.shape[0]
+            first = torch.arange(self.shifts.count)[:, None] * x.shape[0]
             dissolved_of = (first + torch.arange(b)).ravel()
-        shifted, labels = zip(*(all_shifts(v, cfg.shift) for v in views), strict=True)
+        shifted, labels = zip(*(self.shifts.all(v) for v in views), strict=True)
         group_size = shifted[0].shape[0]
         inputs = augment(torch.cat(shifted)).contiguous(memory_format=fmt)
         with autocast(self.device, self.precision):

@@ -1,4 +1,5 @@
-"""``load_data``: pick the source named by a data spec, then shape its images one way."""
+"""``load_data``: the registered source that matches a data spec reads it
+(:mod:`dia.data.registry`), then its images are shaped one way."""
 
 from __future__ import annotations
 
@@ -10,28 +11,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import dia.data.builtin  # noqa: F401  (registers the built-in sources)
 from dia.config import DataConfig
 from dia.data.channels import to_channels
 from dia.data.errors import DataError
-from dia.data.folder import DEFAULT_FOLDER_SIZE, load_folder, load_test_folder
-from dia.data.manifest import load_manifest, load_manifest_test
-from dia.data.medmnist import load_medmnist
-from dia.data.npz import load_npz, load_npz_test
+from dia.data.registry import find_source
 from dia.data.splits import val_draw
-from dia.data.synthetic import make_synthetic, make_synthetic_abnormal
 from dia.data.types import ImageData
 
-SYNTHETIC_SIZE = 32
 # The smallest images the network can take: its stages halve them three times.
 MIN_IMAGE_SIZE = 8
-SPEC_FORMS = (
-    "accepted data specs:\n"
-    "  synthetic             the built-in procedural chest X-ray set\n"
-    "  medmnist:NAME         a MedMNIST 2D set, e.g. medmnist:pneumoniamnist (downloaded once)\n"
-    "  /path/to/file.npz     a MedMNIST-style .npz file\n"
-    "  /path/to/list.csv     a CSV list of image files: columns path, label (and split)\n"
-    "  /path/to/folder       an image folder (train/0_normal,... or normal/ + abnormal/)"
-)
 # Channels within this distance count as equal (uint8 rounding, JPEG colour noise).
 _GRAY_TOLERANCE = 2.5 / 255
 
@@ -100,19 +89,11 @@ def load_test_set(config: DataConfig) -> ImageData:
     size, channels = config.image_size, config.channels
     if size is None or channels is None:
         raise ValueError("an external test set needs the detector's image_size and channels")
-    path = Path(config.spec.strip()).expanduser()
-    if path.is_dir():
-        _only_default_class(config, "folder")
-        data, source = load_test_folder(path, size, config.dicom_window), "folder"
-    elif path.is_file() and path.suffix.lower() == ".csv":
-        data = load_manifest_test(path, size, config.normal_class, config.dicom_window)
-        source = "csv"
-    elif path.is_file() and path.suffix.lower() == ".npz":
-        data, source = load_npz_test(path, config.normal_class), "npz"
-    else:
+    found = find_source(config.spec)
+    data, source = found.load_test(config), found.name
+    if data is None:  # the source's test split, as load_data gives it
         data = load_data(dataclasses.replace(config, val_fraction=0.0, contamination=0.0))
         data.val = data.val_labels = None
-        source = data.info["source"]
     data.test = to_channels(_resize(data.test, size), channels)
     data.train = data.test[:0]
     counts = data.counts()
@@ -137,63 +118,11 @@ def _load_source(
     config: DataConfig,
 ) -> tuple[ImageData, torch.Tensor, torch.Tensor | None, str]:
     """(data at the source's size, abnormal training images, their groups (files that hold
-    several images only), source name) for the spec."""
-    spec = config.spec.strip()
-    if spec == "synthetic":
-        _only_default_class(config, "synthetic")
-        size = config.image_size or SYNTHETIC_SIZE
-        data = make_synthetic(
-            config.synthetic_train,
-            config.synthetic_val,
-            config.synthetic_test,
-            image_size=size,
-            seed=config.split_seed,
-        )
-        # Generated on demand: exactly as many lesion images as contamination replaces.
-        n_train = min(config.synthetic_train, config.max_train or config.synthetic_train)
-        needed = round(config.contamination * n_train)
-        abnormal = make_synthetic_abnormal(needed, size, config.split_seed)
-        return data, abnormal, None, "synthetic"
-
-    if spec.lower().startswith("medmnist:"):
-        name = spec.split(":", 1)[1]
-        data, abnormal = load_medmnist(name, config.normal_class, config.cache_dir)
-        return data, abnormal, None, "medmnist"
-
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix.lower() == ".csv":
-        data, abnormal, groups = load_manifest(
-            path,
-            config.image_size or DEFAULT_FOLDER_SIZE,
-            config.normal_class,
-            config.split_seed,
-            config.test_fraction,
-            config.dicom_window,
-            config.val_fraction,
-            config.dicom_studies,
-        )
-        return data, abnormal, groups, "csv"
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise DataError(
-                f"data spec {spec!r} is a file but not a .npz or .csv file; {SPEC_FORMS}"
-            )
-        data, abnormal = load_npz(path, config.normal_class)
-        return data, abnormal, None, "npz"
-    if path.is_dir():
-        _only_default_class(config, "folder")
-        size = config.image_size or DEFAULT_FOLDER_SIZE
-        data, abnormal, groups = load_folder(
-            path,
-            size,
-            config.split_seed,
-            config.test_fraction,
-            config.dicom_window,
-            config.val_fraction,
-            config.dicom_studies,
-        )
-        return data, abnormal, groups, "folder"
-    raise DataError(f"data spec {spec!r} is not a known source nor an existing path; {SPEC_FORMS}")
+    several images only), source name) for the spec: the first registered source that
+    matches it reads it."""
+    source = find_source(config.spec)
+    data, abnormal, groups = source.load_with_abnormal(config)
+    return data, abnormal, groups, source.name
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -328,16 +257,6 @@ def _check_sizes(data: ImageData, config: DataConfig) -> None:
         raise DataError(
             f"the images of {config.spec!r} are {h}x{w} px, too small to hold detail; give an "
             f"image size (--image-size N, at least {MIN_IMAGE_SIZE}) to resize them"
-        )
-
-
-def _only_default_class(config: DataConfig, source: str) -> None:
-    # Folder and synthetic sources define normal by layout; a silently ignored class would
-    # make a run claim a setting it never used.
-    if config.normal_class != 0:
-        raise DataError(
-            f"normal_class={config.normal_class} applies only to npz, medmnist and CSV sources; "
-            f"the {source} source defines its normal images itself (leave normal_class at 0)"
         )
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..config import NUM_SHIFTS, RunConfig, check_settings, from_dict, to_dict
+from ..config import RunConfig, check_settings, from_dict, to_dict
+from ..detector_format import EARLY_SHIFTS
 from ..detector_format import FORMAT as DETECTOR_FORMAT
 from ..io import numbered, read_json, saved_dir, write_json
 
@@ -61,7 +62,7 @@ def read_config(file: Path) -> RunConfig:
     if "data" not in values:
         raise ValueError(f"{file} lacks 'data': it does not say what the run was trained on")
     earlier = {"data": ("dicom_studies", False), "detector": ("stem_stride", 1)}
-    earlier["score"] = ("shifts", NUM_SHIFTS)
+    earlier["score"] = ("shifts", EARLY_SHIFTS)
     for section, (key, value) in earlier.items():
         if isinstance(values.get(section), dict):
             values[section].setdefault(key, value)
