@@ -291,37 +291,44 @@ def _typed(value: Any, annotation: Any, name: str) -> Any:
     raise ValueError(f"{name}={value!r}; expected {' or '.join(_describe(o) for o in options)}")
 
 
+# What a JSON value of a plain-typed setting must be.
+_PLAIN = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _as_type(value: Any, annotation: Any, name: str) -> Any:
-    if annotation is type(None):
-        if value is None:
-            return None
+    if annotation in _PLAIN:
+        if _PLAIN[annotation](value):
+            return value
     elif dataclasses.is_dataclass(annotation):
         if isinstance(value, dict):
             return from_dict(annotation, value)
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(value):
                 return float(value)
             raise ValueError(f"{name}={value!r}; expected a finite number")
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
     elif typing.get_origin(annotation) is tuple and isinstance(value, (list, tuple)):
-        items = typing.get_args(annotation)
-        if len(items) == 2 and items[1] is Ellipsis:
-            items = (items[0],) * len(value)
-        if len(items) == len(value):
+        items = _tuple_items(annotation, len(value))
+        if items is not None:
             return tuple(
                 _typed(v, t, f"{name}[{i}]")
                 for i, (v, t) in enumerate(zip(value, items, strict=True))
             )
     raise ValueError(f"{name}={value!r}; expected {_describe(annotation)}")
+
+
+def _tuple_items(annotation: Any, length: int) -> tuple | None:
+    """The item types of a tuple annotation for a value of ``length`` items, or None when it
+    cannot have that many."""
+    items = typing.get_args(annotation)
+    if len(items) == 2 and items[1] is Ellipsis:
+        items = (items[0],) * length
+    return items if len(items) == length else None
 
 
 def _is_union(annotation: Any) -> bool:

@@ -376,30 +376,7 @@ def load_images(
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels}; expected 1 or 3")
-    files: list[Path | tuple[Path, range | None]] = []
-    for given in map(Path, paths):
-        if given.is_dir():
-            found = sorted(
-                p
-                for p in given.rglob("*")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(given).parts)
-                and is_image_file(p)
-            )
-            if not found:
-                raise DataError(f"folder {given} holds no image files ({_SUFFIX_LIST})")
-            files.extend(found)
-        elif given.is_file() and given.suffix.lower() == ".csv":
-            from dia.data.manifest import listed_files  # here: that module imports this one
-
-            files.extend(listed_files(given))
-        elif given.is_file():
-            files.append(given)
-        else:
-            base, selection = split_selection(str(given))
-            if selection is None or not Path(base).is_file():
-                raise FileNotFoundError(f"no such image file or folder: {given}")
-            files.append((Path(base), selection))
+    files = [file for given in map(Path, paths) for file in _files_of(given)]
     if not files:
         raise DataError("no images given")
     reader = Reader(image_size, dicom_window)
@@ -412,6 +389,32 @@ def load_images(
     stacked = _stack(images, 3 if any(img.ndim == 3 for img in images) else 1, image_size)
     _warn_if_shown_unalike(reader.displays, "the grayscale DICOM files given")
     return to_channels(stacked, channels), [name for f in read for name in f.names]
+
+
+def _files_of(given: Path) -> list[Path | tuple[Path, range | None]]:
+    """The image files a path given to :func:`load_images` names: a folder's (recursively,
+    sorted, hidden ones left out), a CSV list's, the file itself, or ``FILE#K`` slices."""
+    if given.is_dir():
+        found = sorted(
+            p
+            for p in given.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            and is_image_file(p)
+        )
+        if not found:
+            raise DataError(f"folder {given} holds no image files ({_SUFFIX_LIST})")
+        return list(found)
+    if given.is_file() and given.suffix.lower() == ".csv":
+        from dia.data.manifest import listed_files  # here: that module imports this one
+
+        return list(listed_files(given))
+    if given.is_file():
+        return [given]
+    base, selection = split_selection(str(given))
+    if selection is None or not Path(base).is_file():
+        raise FileNotFoundError(f"no such image file or folder: {given}")
+    return [(Path(base), selection)]
 
 
 def _labels(n_normal: int, n_abnormal: int) -> torch.Tensor:

@@ -131,14 +131,7 @@ def listed_files(path: str | Path) -> list[Listed]:
 def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Listed, int | None, str | None]]:
     """(line, (file, slices), label, split or None) of every row, with errors that name the line;
     ``labelled`` False: the label and split columns are neither needed nor read."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            lines = csv.DictReader(handle)
-            # each row with the number of the line it ends on (a quoted field may span lines)
-            table = [(lines.line_num, row) for row in lines]
-            columns = [(c or "").strip().lower() for c in lines.fieldnames or []]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read CSV list {path}: {err}") from err
+    table, columns = _read_table(path)
     missing = ({"path", "label"} if labelled else {"path"}) - set(columns)
     if columns and missing:
         raise DataError(f"{path} has no column {' or '.join(sorted(missing))}. {FORM}")
@@ -153,39 +146,63 @@ def _rows(path: Path, labelled: bool = True) -> list[tuple[int, Listed, int | No
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         if not any(row.values()):
             continue  # a line of empty fields
-        name = row["path"]
-        if "\\" in name and "/" not in name:
-            name = name.replace("\\", "/")  # written on Windows
-        file, selection = _listed_file(path, name, line)
-        if not name or not file.is_file():
-            raise DataError(f"{path}, line {line}: no image file {row['path']!r} ({file})")
-        for before, earlier in seen.get(file.resolve(), []):
-            if earlier is None or selection is None or _overlap(earlier, selection):
-                what = "is listed again" if earlier == selection else "lists slices again"
-                raise DataError(
-                    f"{path}, line {line}: {row['path']!r} {what} (first on line {before}); "
-                    "an image listed twice could end up in training and test both"
-                )
-        seen.setdefault(file.resolve(), []).append((line, selection))
-        listed = (file, selection)
-        if not labelled:
-            rows.append((line, listed, None, None))
-            continue
-        try:
-            label = int(row["label"])
-        except ValueError:
-            raise DataError(
-                f"{path}, line {line}: label {row['label']!r} is not an integer"
-            ) from None
-        split = row.get("split", "").lower() or None
-        if split is not None and split not in SPLITS:
-            raise DataError(
-                f"{path}, line {line}: split {row['split']!r}; expected one of {', '.join(SPLITS)}"
-            )
-        rows.append((line, listed, label, split))
+        file, selection = _row_file(path, line, row["path"])
+        _check_listed_once(path, line, row["path"], (file, selection), seen)
+        label, split = _label_and_split(path, line, row) if labelled else (None, None)
+        rows.append((line, (file, selection), label, split))
     if not rows:
         raise DataError(f"{path} lists no images. {FORM}")
     return rows
+
+
+def _read_table(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """A CSV list's rows, each with the number of the line it ends on (a quoted field may span
+    lines), and its column names in lower case."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = csv.DictReader(handle)
+            table = [(lines.line_num, row) for row in lines]
+            columns = [(c or "").strip().lower() for c in lines.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read CSV list {path}: {err}") from err
+    return table, columns
+
+
+def _row_file(path: Path, line: int, given: str) -> Listed:
+    """The image file (and slices) a row's ``path`` names, which must exist."""
+    name = given.replace("\\", "/") if "\\" in given and "/" not in given else given
+    file, selection = _listed_file(path, name, line)  # a backslash: written on Windows
+    if not name or not file.is_file():
+        raise DataError(f"{path}, line {line}: no image file {given!r} ({file})")
+    return file, selection
+
+
+def _check_listed_once(path: Path, line: int, given: str, listed: Listed, seen: dict) -> None:
+    """Refuse a file (or slices of it) listed twice; ``seen`` keeps what earlier rows listed."""
+    file, selection = listed
+    for before, earlier in seen.get(file.resolve(), []):
+        if earlier is None or selection is None or _overlap(earlier, selection):
+            what = "is listed again" if earlier == selection else "lists slices again"
+            raise DataError(
+                f"{path}, line {line}: {given!r} {what} (first on line {before}); "
+                "an image listed twice could end up in training and test both"
+            )
+    seen.setdefault(file.resolve(), []).append((line, selection))
+
+
+def _label_and_split(path: Path, line: int, row: dict[str, str]) -> tuple[int, str | None]:
+    """A labelled row's label and split (None: the list does not say), with errors that name
+    the line."""
+    try:
+        label = int(row["label"])
+    except ValueError:
+        raise DataError(f"{path}, line {line}: label {row['label']!r} is not an integer") from None
+    split = row.get("split", "").lower() or None
+    if split is not None and split not in SPLITS:
+        raise DataError(
+            f"{path}, line {line}: split {row['split']!r}; expected one of {', '.join(SPLITS)}"
+        )
+    return label, split
 
 
 def _listed_file(csv_path: Path, name: str, line: int) -> Listed:
