@@ -109,6 +109,55 @@ def test_a_detector_saved_without_training_scores_keeps_its_own_threshold(fitted
         loaded.threshold_at(0.1)
 
 
+def save_as_format_4(det: DIADetector, folder) -> None:
+    """``det`` saved as dia saved a detector up to format 4: the version in ``version``, the
+    weights without a copy of the config."""
+    from safetensors.torch import save_file
+
+    from dia.config import to_dict
+    from dia.io import write_json
+
+    state = det.net_.state_dict().items()
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in state}
+    for name, tensor in det._scorer().state_dict(det.bank_).items():
+        tensors[f"bank.{name}"] = tensor.contiguous()
+    tensors["train_scores"] = torch.as_tensor(np.asarray(det.train_scores_)).contiguous()
+    config = {
+        "format": "dia-detector",
+        "version": 4,
+        "detector": to_dict(det.detector_config),
+        "score": to_dict(det.score_config),
+        "channels": det.channels_,
+        "image_size": det.image_size_,
+        "fpr": det.fpr,
+        "threshold": det.threshold_,
+        "seed": det.seed,
+        "dicom_window": None,
+    }
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    write_json(folder / "config.json", config)
+
+
+def test_a_detector_saved_in_format_4_loads_and_saves_in_todays(fitted, tmp_path):
+    import warnings
+
+    det, images = fitted
+    save_as_format_4(det, tmp_path / "old")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # version 4 is this one: nothing to warn about
+        loaded = DIADetector.from_pretrained(tmp_path / "old", device="cpu")
+    np.testing.assert_array_equal(loaded.score_samples(images[:4]), det.score_samples(images[:4]))
+    assert loaded.threshold_ == det.threshold_ and loaded.score_config == det.score_config
+    np.testing.assert_array_equal(loaded.train_scores_, det.train_scores_)
+    loaded.save_pretrained(tmp_path / "new")
+    det.save_pretrained(tmp_path / "again")
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["format_version"] == 4 and "version" not in config
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
 def test_a_saved_model_is_readable_as_the_umask_allows(fitted, tmp_path):
     import os
     import stat
@@ -139,7 +188,7 @@ def test_a_failed_save_keeps_the_earlier_model(fitted, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dia.detector.save_file", broken)
+    monkeypatch.setattr("dia.saved.save_file", broken)
     with pytest.raises(OSError):
         det.save_pretrained(tmp_path / "det")
     assert (tmp_path / "det" / "model.safetensors").read_bytes() == before

@@ -144,6 +144,44 @@ def test_weights_from_another_save_are_rejected(tmp_path):
         DiffusionModel.from_pretrained(tmp_path / "a")
 
 
+def save_as_format_1(model: DiffusionModel, folder) -> None:
+    """``model`` saved as dia saved a diffusion model in format 1: no ``format`` in its
+    config, the weights with a copy of the whole config."""
+    from safetensors.torch import save_file
+
+    from dia.config import to_dict
+
+    values = {**to_dict(model.config), "channels": model.channels, "attention": model.attention}
+    text = json.dumps({**values, "format_version": 1}, indent=2, sort_keys=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    folder.mkdir()
+    save_file(weights, str(folder / WEIGHTS_NAME), metadata={"dia_config": text})
+    (folder / CONFIG_NAME).write_text(text + "\n")
+
+
+def test_a_model_saved_in_format_1_loads_and_its_mixed_folders_are_refused(tmp_path):
+    model = tiny_model(seed=3)
+    save_as_format_1(model, tmp_path / "old")
+    loaded = DiffusionModel.from_pretrained(tmp_path / "old")
+    assert loaded.config == model.config and loaded.channels == 1 and not loaded.attention
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(x, 5), model.predict(x, 5))
+    save_as_format_1(tiny_model(block_out_channels=(16, 16)), tmp_path / "other")
+    (tmp_path / "other" / WEIGHTS_NAME).replace(tmp_path / "old" / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match="different saves"):
+        DiffusionModel.from_pretrained(tmp_path / "old")
+
+
+def test_a_folder_of_another_kind_is_named(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "ddpm")
+    config = json.loads((tmp_path / "ddpm" / CONFIG_NAME).read_text())
+    assert config["format"] == "dia-diffusion-model"
+    (tmp_path / "ddpm" / CONFIG_NAME).write_text(json.dumps({**config, "format": "dia-detector"}))
+    with pytest.raises(ValueError, match="does not hold a dia diffusion model"):
+        DiffusionModel.from_pretrained(tmp_path / "ddpm")
+
+
 def test_training_reduces_loss_and_is_seeded():
     images = smooth_images(64, seed=1)
     config = tiny_config(epochs=4)

@@ -361,7 +361,7 @@ def _full_disk_at(point: str, monkeypatch) -> None:
     """Make the write at ``point`` of a run fail as a full disk fails it."""
     from safetensors import SafetensorError
 
-    import dia.detector
+    import dia.saved
     from dia.pipeline import assess, pictures, runner
 
     def fail(*args, **kwargs):
@@ -371,7 +371,7 @@ def _full_disk_at(point: str, monkeypatch) -> None:
 
     target = {
         "before training": (runner, "save_config"),
-        "saving": (dia.detector, "save_file"),
+        "saving": (dia.saved, "save_file"),
         "scoring": (assess, "write_csv"),
         "report": (pictures, "write_text"),
     }[point]

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from sklearn.base import BaseEstimator
 
 from . import distributed
@@ -22,7 +20,13 @@ from .config import (
     check_settings,
     to_dict,
 )
-from .detector_format import FORMAT, FORMAT_VERSION, read_saved_config
+from .detector_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    OLD_VERSION_KEY,
+    VERSIONS,
+    check_saved_config,
+)
 from .device import resolve_device, resolve_precision
 from .diffusion import DiffusionModel
 from .dissolve import (
@@ -33,8 +37,8 @@ from .dissolve import (
     median_dissolve,
 )
 from .inputs import as_images, group_numbers
-from .io import save_dir_atomically, saved_dir, write_json
 from .maps import occlusion_map
+from .saved import CONFIG_NAME, load_component, save_component
 from .scores import Score, get_score
 from .scoring import FEATURES, ShiftedFeatures, estimate_seconds, features, plain_features
 from .training import BUDGET_SPENT, DetectorTrainer, build_network
@@ -364,19 +368,16 @@ class DIADetector(BaseEstimator):
 
     # -- persistence ------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (network + bank) into folder ``path``."""
+        """Write ``config.json`` and ``model.safetensors`` (network + bank) into folder ``path``
+        (:func:`~dia.saved.save_component`)."""
         self._check_fitted()
-        tensors = {
-            f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()
-        }
+        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
         for name, tensor in self._scorer().state_dict(self.bank_).items():
-            tensors[f"bank.{name}"] = tensor.contiguous()
+            tensors[f"bank.{name}"] = tensor
         if getattr(self, "train_scores_", None) is not None:
             # kept so that a loaded detector can set its threshold at another fpr
-            tensors["train_scores"] = torch.as_tensor(np.asarray(self.train_scores_)).contiguous()
+            tensors["train_scores"] = torch.as_tensor(np.asarray(self.train_scores_))
         config = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "detector": to_dict(self.detector_config),
             "score": to_dict(self.score_config),
             "channels": self.channels_,
@@ -386,26 +387,19 @@ class DIADetector(BaseEstimator):
             "seed": self.seed,
             "dicom_window": None if self.dicom_window is None else list(self.dicom_window),
         }
-
-        def write(folder: Path) -> None:
-            save_file(tensors, str(folder / "model.safetensors"))
-            write_json(folder / "config.json", config)
-
-        return save_dir_atomically(path, write)
+        return save_component(path, FORMAT, FORMAT_VERSION, config, tensors)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: str = "auto", precision: str = "auto"
     ) -> DIADetector:
-        """Load a detector saved by :meth:`save_pretrained`; no pickle is involved. Its
-        ``config.json`` is checked first (:func:`~dia.detector_format.read_saved_config`): a
-        damaged or edited one is an error that names the file and the setting."""
-        path = saved_dir(path)
-        config = read_saved_config(path)
-        try:
-            tensors = load_file(str(path / "model.safetensors"))
-        except (SafetensorError, FileNotFoundError, OSError) as err:
-            raise ValueError(f"cannot read {path / 'model.safetensors'}: {err}") from err
+        """Load a detector saved by :meth:`save_pretrained` (or by an earlier dia); no pickle is
+        involved. Its ``config.json`` is checked (:func:`~dia.saved.load_component`, then
+        :func:`~dia.detector_format.check_saved_config`): a damaged or edited one is an error
+        that names the file and the setting."""
+        saved = load_component(path, FORMAT, VERSIONS, old_version_key=OLD_VERSION_KEY)
+        path, tensors = saved.folder, saved.tensors
+        config = check_saved_config(saved.config, saved.version, path / CONFIG_NAME)
         det = cls(
             detector=config["detector"],
             score=config["score"],

@@ -1,5 +1,6 @@
-"""How a detector is saved: what its ``config.json`` holds, and the checks that read it back
-(a damaged or edited file is an error that names the file and the setting)."""
+"""How a detector is saved: what its ``config.json`` holds besides what every saved component
+holds (:mod:`dia.saved`), and the checks that read it back (a damaged or edited file is an error
+that names the file and the setting)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import warnings
 from pathlib import Path
 
 from .config import DetectorConfig, ScoreConfig, check_settings, from_dict
-from .io import read_json
 
 FORMAT = "dia-detector"
 FORMAT_VERSION = 4
+VERSIONS = range(0, FORMAT_VERSION + 1)
+# The version's field up to format 4 (now format_version, as every saved component's).
+OLD_VERSION_KEY = "version"
 # Version 1 predates the score settings and always scored with CSI's own score.
 V1_SCORE = {"features": "projection", "cosine": False, "shift_weight": 1.0}
 # Versions 1 and 2 (and run folders of their time) scored every shift: 4, in both families then.
@@ -45,21 +48,13 @@ SAVED_VALUES = {
 SAVED_DEFAULTS = {"seed": 0, "dicom_window": None}
 
 
-def read_saved_config(path: Path) -> dict:
-    """A saved detector's ``config.json``, checked: its format and version, every value of
+def check_saved_config(config: dict, version: int, file: Path) -> dict:
+    """A saved detector's settings as :func:`~dia.saved.load_component` read them from its
+    ``config.json`` (``file``), saved with format ``version``, checked: every value of
     :data:`SAVED_VALUES` of its type and in its range (a NaN threshold would call every image
     normal), and its settings as :func:`~dia.config.from_dict` and
     :func:`~dia.config.check_settings` accept them, brought up to this version's (earlier
     versions' score and stem). Returns the values, ``detector`` and ``score`` as dataclasses."""
-    file = path / "config.json"
-    config = read_json(file)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} does not hold a dia detector (format={config.get('format')!r})")
-    version = config.get("version", 0)
-    if not _is_int(version) or version < 0:
-        raise ValueError(f"{file}: version={version!r}; expected a non-negative integer")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path} was saved by a newer dia (version {version})")
     missing = [k for k in ("detector", "score", *SAVED_VALUES) if k not in config]
     missing = [k for k in missing if k not in SAVED_DEFAULTS]
     if missing:
@@ -87,7 +82,7 @@ def read_saved_config(path: Path) -> dict:
         check_settings(values["detector"], values["score"])
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from err
-    _warn_old_views(path, version)
+    _warn_old_views(file.parent, version)
     return values
 
 

@@ -7,7 +7,6 @@ convert from and back to the library's images (B, C, H, W) in [0, 1] of any size
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -16,22 +15,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import DiffusionConfig, from_dict, to_dict
-from ..io import save_dir_atomically, saved_dir
+from ..saved import CONFIG_NAME, WEIGHTS_NAME, load_component, save_component
 
+FORMAT = "dia-diffusion-model"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 # The largest resolution a config may name: beyond it a config is damaged, not large.
 MAX_RESOLUTION = 4096
-WEIGHTS_NAME = "model.safetensors"
 # Images this much smaller than the resolution (MedMNIST 28 -> 32) are padded, not resized,
 # so that no interpolation blurs the fine detail the detector has to learn.
 PAD = 2
-_METADATA_KEY = "dia_config"
 # DiffusionConfig's names for diffusers' settings, and its losses.
 PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v": "v_prediction"}
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -193,70 +188,32 @@ class DiffusionModel(nn.Module):
         }[self.config.prediction]
         return LOSSES[self.config.loss](self.predict(x_t, t), target)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into folder ``directory``, atomically.
-
-        The folder is swapped in whole, so a failed save leaves an earlier model intact.
-        """
-        config_text = json.dumps(self._config_dict(), indent=2, sort_keys=True)
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        # The weights carry a copy of the config, so a save interrupted between the two files
-        # is detected on load instead of pairing new weights with an old architecture.
-        # One key: safetensors writes a metadata map in no fixed order, and identical models
-        # should give identical files.
-        metadata = {_METADATA_KEY: config_text}
-
-        def write(folder: Path) -> None:
-            save_file(weights, str(folder / WEIGHTS_NAME), metadata=metadata)
-            (folder / CONFIG_NAME).write_text(config_text + "\n")
-
-        save_dir_atomically(directory, write)
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``directory``, atomically
+        (:func:`~dia.saved.save_component`): a failed save leaves an earlier model intact."""
+        values = to_dict(self.config)
+        values.update(channels=self.channels, attention=self.attention)
+        return save_component(directory, FORMAT, FORMAT_VERSION, values, self.state_dict())
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> DiffusionModel:
-        """Read a model written by :meth:`save_pretrained`; returned in eval mode on ``device``."""
-        directory = saved_dir(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"diffusion model file missing: {path}")
+        """Read a model written by :meth:`save_pretrained` (or by an earlier dia, whose
+        ``config.json`` has no ``format``); returned in eval mode on ``device``."""
+        saved = load_component(directory, FORMAT, range(1, FORMAT_VERSION + 1), unnamed=True)
+        config_path = saved.folder / CONFIG_NAME
+        model = cls._from_config_dict(saved.config, config_path)
         try:
-            values = json.loads(config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read diffusion config {config_path}: {err}") from err
-        model = cls._from_config_dict(values, config_path)
-        try:
-            with safe_open(str(weights_path), framework="pt", device="cpu") as f:
-                saved_config = (f.metadata() or {}).get(_METADATA_KEY)
-                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"cannot read diffusion weights {weights_path}: {err}") from err
-        if saved_config is not None and json.loads(saved_config) != values:
-            raise ValueError(
-                f"{weights_path} and {config_path} come from different saves (interrupted save?)"
-            )
-        try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(saved.tensors, strict=True)
         except RuntimeError as err:
+            weights_path = saved.folder / WEIGHTS_NAME
             raise ValueError(f"weights in {weights_path} do not fit {config_path}: {err}") from err
         return model.to(device).eval()
 
-    def _config_dict(self) -> dict:
-        values = to_dict(self.config)
-        values.update(channels=self.channels, attention=self.attention)
-        values["format_version"] = FORMAT_VERSION
-        return values
-
     @classmethod
     def _from_config_dict(cls, values: dict, path: Path) -> DiffusionModel:
-        if not isinstance(values, dict):
-            raise ValueError(f"diffusion config {path} must hold a JSON object")
         values = dict(values)
-        version = values.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
         channels = values.pop("channels", None)
         attention = values.pop("attention", False)
         if channels not in (1, 3) or isinstance(channels, bool):
