@@ -1,4 +1,5 @@
-"""Checkpoints: an interrupted detector training continues to exactly the uninterrupted result."""
+"""Checkpoints: an interrupted detector or diffusion training continues to exactly the
+uninterrupted result."""
 
 import dataclasses
 import json
@@ -10,7 +11,9 @@ from safetensors.torch import load_file
 
 from dia import checkpoint as ckpt
 from dia.checkpoint import Checkpointing, StopRequests, TrainingInterrupted
-from dia.config import DetectorConfig
+from dia.config import DetectorConfig, DiffusionConfig
+from dia.diffusion import DiffusionModel, train_diffusion
+from dia.diffusion import train as diffusion_train
 from dia.dissolve import build_dissolver
 from dia.training import DetectorTrainer
 
@@ -167,3 +170,113 @@ def test_the_authors_contrastive_weighting_divides_by_every_view():
     _, view = _trainer(dataclasses.replace(one_step, contrastive_per="view")).train(progress=False)
     assert view["contrastive"][0] == pytest.approx(anchor["contrastive"][0] * 2 / 3, rel=1e-5)
     assert view["shift"][0] == pytest.approx(anchor["shift"][0], rel=1e-5)
+
+
+# 30 images in batches of 7: 5 steps an epoch, the last one of 2 images.
+DIFFUSION = DiffusionConfig(
+    resolution=16, block_out_channels=(8, 16), epochs=3, batch_size=7, max_seconds=None
+)
+
+
+def _diffusion(config: DiffusionConfig = DIFFUSION, checkpoint=None, log=None):
+    """A diffusion model trained on 30 images, and its history."""
+    images = torch.rand(30, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = DiffusionModel(config, 1, seed=2)
+    history = train_diffusion(
+        model, images, config, device="cpu", seed=2, progress=False, log=log, checkpoint=checkpoint
+    )
+    return _weights(model), history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_diffusion():
+    weights, history = _diffusion()
+    assert history["steps"] == 15 and len(history["loss"]) == 3
+    return weights, history
+
+
+def _diffusion_fails_at(monkeypatch, step: int, action) -> None:
+    """Make the diffusion training's ``step``-th step (counting from 1) run ``action`` first."""
+    original, calls = diffusion_train._step, {"n": 0}
+
+    def counted(*args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            action()
+        return original(*args)
+
+    monkeypatch.setattr(diffusion_train, "_step", counted)
+
+
+def test_an_interrupted_diffusion_training_resumes_to_the_uninterrupted_weights(
+    uninterrupted_diffusion, tmp_path, monkeypatch
+):
+    folder = tmp_path / "ckpt"
+    saving = Checkpointing(folder, every_s=None, meta={"command": "train-diffusion"})
+    _diffusion_fails_at(monkeypatch, 8, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted) as stop:
+        _diffusion(checkpoint=saving)
+    assert stop.value.step == 8 and stop.value.training == "diffusion model"
+    monkeypatch.undo()
+    meta = ckpt.read_meta(folder)  # the detector's checks hold for it too
+    assert meta["command"] == "train-diffusion" and meta["step"] == 8
+    assert meta["next_index"] == 3 and len(meta["history"]["loss"]) == 1  # epoch 2, step 4
+    assert "optim.0.exp_avg_sq" in load_file(str(folder / ckpt.STATE_FILE))
+
+    lines = []
+    saving.resume = True
+    weights, history = _diffusion(checkpoint=saving, log=lines.append)
+    full_weights, full = uninterrupted_diffusion
+    assert history["steps"] == 15 and history["resumed_at_step"] == 8
+    # the second epoch's mean loss sums steps of both sessions
+    assert history["loss"] == full["loss"] and history["epochs"] == full["epochs"]
+    assert [line.split()[2] for line in lines] == ["2/3", "3/3"]
+    assert _same(weights, full_weights)
+
+
+def test_a_crashed_diffusion_training_resumes_from_its_last_checkpoint(
+    uninterrupted_diffusion, tmp_path, monkeypatch
+):
+    folder = tmp_path / "ckpt"
+
+    def crash():
+        raise OSError("the machine went away")
+
+    _diffusion_fails_at(monkeypatch, 6, crash)
+    with pytest.raises(OSError):
+        _diffusion(checkpoint=Checkpointing(folder, every_s=0))  # one before every step
+    monkeypatch.undo()
+    meta = ckpt.read_meta(folder)
+    assert meta["step"] == 5 and meta["next_index"] == 0  # the second epoch's start
+    weights, history = _diffusion(checkpoint=Checkpointing(folder, resume=True))
+    assert history["resumed_at_step"] == 5
+    assert _same(weights, uninterrupted_diffusion[0])
+
+
+def test_a_diffusion_checkpoint_of_another_training_or_time_spent_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    limited = dataclasses.replace(DIFFUSION, max_seconds=3600.0)
+    _diffusion_fails_at(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        _diffusion(limited, checkpoint=Checkpointing(folder, every_s=None))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="another training.*lr"):
+        _diffusion(
+            dataclasses.replace(limited, lr=1e-3), checkpoint=Checkpointing(folder, resume=True)
+        )
+    with pytest.raises(ValueError, match="another training"):  # a detector's checkpoint
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    tensors, meta = ckpt.load(folder)
+    meta["train_s"] = 3600.0  # as if the first session had used up the time
+    ckpt.save(folder, tensors, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    _, history = _diffusion(limited, checkpoint=Checkpointing(folder, resume=True))
+    assert history["steps"] == 3 and history["seconds"] >= 3600.0  # nothing more to train
+
+
+def test_a_checkpoint_keeps_the_flags_among_its_timings(tmp_path):
+    """A run that reused its diffusion model records that among its timings; its detector's
+    checkpoint must still be read back."""
+    meta = {"step": 0, "next_index": 0, "train_s": 0.0, "optimizer_groups": [{}], "history": {}}
+    timings = {"data_s": 1.5, "diffusion_reused": True}
+    ckpt.save(tmp_path / "ckpt", {"x": torch.zeros(1)}, {**meta, "timings": timings})
+    assert ckpt.read_meta(tmp_path / "ckpt")["timings"] == timings

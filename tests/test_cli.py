@@ -169,6 +169,62 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_an_interrupted_diffusion_training_resumes_to_the_uninterrupted_model(
+    finished_run, tmp_path, monkeypatch, capsys
+):
+    import signal
+
+    from safetensors.torch import load_file
+
+    from dia.diffusion import train as diffusion_train
+
+    original, calls = diffusion_train._step, {"n": 0}
+
+    def ctrl_c_at_step_2(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(diffusion_train, "_step", ctrl_c_at_step_2)
+    out = tmp_path / "diffusion-only"
+    argv = ["train-diffusion", "--out", str(out), *TINY, "--diffusion-max-seconds", "3600"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "diffusion model's training is checkpointed at step 2" in err
+    assert f"dia resume --out {out}" in err
+    assert (out / "diffusion-checkpoint" / "state.json").is_file()
+    assert not (out / "diffusion").exists()
+    for command in ("run", "train", "train-diffusion"):  # each would start it afresh
+        assert main([command, *argv[1:]]) == 2
+        assert "holds an interrupted training" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["resume", "--out", str(out), "--no-progress"]) == 0
+    assert "diffusion model saved to" in capsys.readouterr().out
+    assert not (out / "diffusion-checkpoint").exists() and not (out / "detector").exists()
+    history = json.loads((out / "diffusion" / "history.json").read_text())
+    assert history["resumed_at_step"] == 2 and history["steps"] == 3
+    # the weights of the run that trained it in one go (same data, settings and seed)
+    resumed = load_file(str(out / "diffusion" / "model.safetensors"))
+    whole = load_file(str(finished_run / "diffusion" / "model.safetensors"))
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+    # a dia run interrupted there resumes to the scores of the run never interrupted
+    calls["n"] = 0
+    monkeypatch.setattr(diffusion_train, "_step", ctrl_c_at_step_2)
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run), *TINY]) == 130
+    monkeypatch.undo()
+    assert f"dia resume --out {run}" in capsys.readouterr().err
+    assert main(["resume", "--out", str(run), "--no-progress"]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["wall_s"]["diffusion_s"] > 0 and metrics["diffusion"]["steps"] == 3
+    assert not (run / "diffusion-checkpoint").exists()
+    assert (run / "scores.csv").read_text() == (finished_run / "scores.csv").read_text()
+
+
 def test_a_run_stopped_after_its_diffusion_training_reuses_that_model(
     finished_run, tmp_path, monkeypatch, capsys
 ):

@@ -1,4 +1,5 @@
-"""Training checkpoints: a detector's training, saved as it goes, continues where it stopped.
+"""Training checkpoints: a detector's or a diffusion model's training, saved as it goes,
+continues where it stopped.
 
 A checkpoint is a folder with ``state.safetensors`` (weights, optimiser moments, random
 generator states, the current epoch's order) and ``state.json`` (step, training seconds,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -20,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import distributed
 from .io import read_json, save_dir_atomically, saved_dir, write_json
 
 FORMAT = "dia-training-checkpoint"
@@ -33,7 +36,8 @@ EVERY_S = 300.0
 
 @dataclasses.dataclass
 class Checkpointing:
-    """Where and how often detector training saves its state.
+    """Where and how often a training (the detector's or the diffusion model's) saves its
+    state.
 
     ``every_s``: training seconds between checkpoints (None: only when interrupted).
     ``resume``: continue from the checkpoint in ``folder`` instead of starting afresh.
@@ -52,11 +56,12 @@ class Checkpointing:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training was interrupted; its state is in checkpoint folder ``folder`` (step ``step``)."""
+    """Training was interrupted; its state is in checkpoint folder ``folder`` (step ``step``).
+    ``training``: whose, as a message names it (``detector``, ``diffusion model``)."""
 
-    def __init__(self, folder: Path, step: int) -> None:
+    def __init__(self, folder: Path, step: int, training: str = "detector") -> None:
         super().__init__(f"training interrupted at step {step}; checkpoint saved in {folder}")
-        self.folder, self.step = folder, step
+        self.folder, self.step, self.training = folder, step, training
 
 
 def save(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -105,6 +110,10 @@ def _seconds(value) -> bool:
     return number and math.isfinite(value) and value >= 0
 
 
+def _flag(value) -> bool:
+    return isinstance(value, bool)
+
+
 def _losses(value) -> bool:
     """A history: lists of finite numbers (or of [step, number] pairs) and counts."""
     if not isinstance(value, dict):
@@ -117,14 +126,16 @@ def _losses(value) -> bool:
     return True
 
 
+# The commands whose training a checkpoint can hold, for dia resume to finish.
+COMMANDS = ("run", "train", "train-diffusion")
 # What a checkpoint's JSON holds, each key's check and what it expects; REQUIRED must be there.
 META = {
     "version": (_count, "a non-negative integer"),
-    "command": (lambda v: v in ("run", "train"), "'run' or 'train'"),
+    "command": (lambda v: v in COMMANDS, " or ".join(map(repr, COMMANDS))),
     "every_s": (lambda v: v is None or (_seconds(v) and v > 0), "null or seconds above 0"),
-    "timings": (
-        lambda v: isinstance(v, dict) and all(map(_seconds, v.values())),
-        "an object of seconds",
+    "timings": (  # seconds, and flags such as diffusion_reused
+        lambda v: isinstance(v, dict) and all(_seconds(x) or _flag(x) for x in v.values()),
+        "an object of seconds and flags",
     ),
     "images": (lambda v: _count(v) and v > 0, "a positive integer"),
     "seed": (_count, "a non-negative integer"),
@@ -174,6 +185,53 @@ def load_optimizer_state(
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
+def refuse_other_training(meta: dict, mine: dict) -> None:
+    """Refuse a checkpoint whose JSON ``meta`` is of another training than the one described
+    by ``mine`` (its config, images, seed, processes): its steps would not continue this one.
+    Settings added to the config since it was saved count as they are now."""
+    mine = json.loads(json.dumps(mine))  # tuples as the saved JSON holds them: lists
+    saved = meta.get("config")
+    if isinstance(saved, dict) and isinstance(mine.get("config"), dict):
+        meta = {**meta, "config": {**mine["config"], **saved}}
+    differ = [k for k, v in mine.items() if meta.get(k) != v]
+    if differ:
+        detail = ", ".join(f"{k}: saved {meta.get(k)!r}, now {mine[k]!r}" for k in differ)
+        raise ValueError(f"the checkpoint is of another training ({detail})")
+
+
+def generator_states(
+    order: torch.Generator, gen: torch.Generator, device: torch.device
+) -> dict[str, torch.Tensor] | None:
+    """The random generators of every process, gathered on rank 0 (None elsewhere) as
+    ``rng.order`` (the epochs' order, the same everywhere) and ``rng.<rank>.gen`` (the
+    process's own draws), ``.torch`` and ``.cuda`` (torch's global generators)."""
+    own = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    every_rank = distributed.gather_object(own)
+    if every_rank is None:
+        return None
+    tensors = {"rng.order": order.get_state()}
+    for rank, states in enumerate(every_rank):
+        tensors.update(with_prefix(f"rng.{rank}.", states))
+    return tensors
+
+
+def restore_generators(
+    tensors: dict[str, torch.Tensor],
+    order: torch.Generator,
+    gen: torch.Generator,
+    device: torch.device,
+) -> None:
+    """Put back what :func:`generator_states` saved: each process its own generators."""
+    order.set_state(tensors["rng.order"])
+    mine = under_prefix(f"rng.{distributed.rank()}.", tensors)
+    gen.set_state(mine["gen"])
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+
+
 def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``tensors`` with ``prefix`` before every key."""
     return {prefix + k: v for k, v in tensors.items()}
@@ -182,6 +240,14 @@ def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 def under_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The entries of ``tensors`` whose keys start with ``prefix``, the prefix removed."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def stops_of(checkpoint: Checkpointing | None):
+    """Ctrl-C and SIGTERM as requests to stop between steps where there is a checkpoint to
+    save (:class:`StopRequests`); otherwise requests that never come."""
+    if checkpoint is None:
+        return contextlib.nullcontext(StopRequests())
+    return StopRequests().installed()
 
 
 class StopRequests:

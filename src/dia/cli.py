@@ -121,8 +121,9 @@ def _main(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             run_dir = stop.folder.parent
             print(
-                f"interrupted at step {stop.step} of the detector's training; its checkpoint "
-                f"is in {stop.folder}: dia resume --out {run_dir} continues it",
+                f"interrupted; saved results are intact, and the {stop.training}'s training "
+                f"is checkpointed at step {stop.step} in {stop.folder}: dia resume --out "
+                f"{run_dir} continues it",
                 file=sys.stderr,
             )
         return 130
@@ -192,7 +193,7 @@ def _run(args, config: RunConfig, out: Path) -> None:
 def _train_diffusion(args, config: RunConfig, out: Path) -> None:
     from . import pipeline
 
-    pipeline.train_diffusion_only(config, out, not args.no_progress)
+    pipeline.train_diffusion_only(config, out, not args.no_progress, checkpoint_every(args))
     print(f"diffusion model saved to {out / pipeline.DIFFUSION_DIR}")
 
 
@@ -216,6 +217,8 @@ def _resume(args: argparse.Namespace) -> None:
         _print_metrics(metrics, args.out)
     elif command == "train" and distributed.is_main():
         print(f"detector saved to {args.out / pipeline.DETECTOR_DIR}")
+    elif command == "train-diffusion" and distributed.is_main():
+        print(f"diffusion model saved to {args.out / pipeline.DIFFUSION_DIR}")
 
 
 def _saved_detector(args, config: RunConfig, out: Path):

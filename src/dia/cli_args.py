@@ -297,14 +297,17 @@ def _add_own_options(p: argparse.ArgumentParser, name: str) -> None:
     """The options command ``name`` has besides --out and the settings."""
     if name in COUNT_HELP:
         p.add_argument("--count", type=int, default=8, help=COUNT_HELP[name])
-    if name in ("run", "train"):
+    if name in ("run", "train", "train-diffusion"):
+        whose, into = "the diffusion model's", "OUT/diffusion-checkpoint"
+        if name != "train-diffusion":
+            whose, into = f"{whose} and detector's", f"{into} and OUT/detector-checkpoint"
         p.add_argument(
             "--checkpoint-every",
             type=float,
             default=None,
             metavar="SECONDS",
-            help="save the detector's training every SECONDS of training, and on Ctrl-C, "
-            "into OUT/detector-checkpoint for dia resume; 0: never (default 300)",
+            help=f"save {whose} training every SECONDS of it, and on Ctrl-C, into {into} "
+            "for dia resume; 0: never (default 300)",
         )
     if name == "dissolve":
         p.add_argument(
@@ -383,8 +386,8 @@ def _add_score_command(sub) -> None:
 
 def _add_resume_command(sub) -> None:
     text = (
-        "continue the interrupted detector training of a run folder from its checkpoint and "
-        "finish what was started (dia run: evaluate too)"
+        "continue the interrupted training (the diffusion model's or the detector's) of a run "
+        "folder from its checkpoint and finish what was started (dia run: evaluate too)"
     )
     p = sub.add_parser("resume", help=text, description=text)
     p.add_argument("--out", type=Path, required=True, help="the interrupted run folder")

@@ -1,5 +1,7 @@
 """A training's clock: its seconds (time spent in callbacks left out), the share of it done,
-and when a checkpoint or a callback is next due."""
+its time limit, and when a checkpoint or a callback is next due; in a process group, rank 0's
+clock decides for every process. The detector's and the diffusion model's trainings both run
+on it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from . import distributed
 from .progress import expected_steps
 
 
@@ -18,6 +21,30 @@ def next_multiple(seconds: float, every: float | None) -> float | None:
     if every < 0:
         raise ValueError(f"callback or checkpoint interval {every}; expected seconds >= 0")
     return seconds if every == 0 else (math.floor(seconds / every) + 1) * every
+
+
+def time_limit(max_seconds: float | None, deadline: float | None) -> tuple[float | None, bool]:
+    """Training seconds allowed: ``max_seconds``, cut to what ``deadline`` (a
+    ``time.perf_counter()`` value) leaves; and whether that deadline has passed already. Rank
+    0's for every process."""
+    spent = False
+    if deadline is not None:
+        left = deadline - time.perf_counter()
+        spent = left <= 0
+        max_seconds = left if max_seconds is None else min(max_seconds, left)
+    return distributed.broadcast_object((max_seconds, spent))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the clock says before a step, the same on every process: the share of training
+    ``done``, whether it is ``over`` (take no more steps), whether to ``save`` a checkpoint
+    first, and whether to ``stop`` after saving (an interrupt came)."""
+
+    done: float
+    over: bool
+    save: bool
+    stop: bool
 
 
 @dataclass
@@ -49,6 +76,15 @@ class TrainingClock:
         if self.max_seconds:
             done = max(done, self.train_s / self.max_seconds)
         return done
+
+    def turn(self, stop_requested: bool = False) -> Turn:
+        """Before a step: rank 0's share done, checkpoint due and interrupt (``stop_requested``)
+        on every process. Each process's clock differs, and all must take the same steps (DDP
+        waits for every process at each one): rank 0's sets every learning rate, the end and
+        the checkpoints."""
+        done, stop, due = distributed.agree(self.fraction(), stop_requested, self.save_due())
+        over = self.step >= self.total_steps or done >= 1.0
+        return Turn(done, over, bool(due or stop) and not over, bool(stop) and not over)
 
     def save_due(self) -> bool:
         return self.next_save is not None and self.train_s >= self.next_save

@@ -15,6 +15,7 @@ from kornia.filters import gaussian_blur2d, median_blur
 from torch import nn
 
 from . import distributed
+from .checkpoint import Checkpointing
 from .config import DiffusionConfig
 from .diffusion.cache import load_cached, model_dir, model_key, store
 from .diffusion.model import DiffusionModel
@@ -91,10 +92,12 @@ class Dissolver(nn.Module):
     """Base class: ``forward(x, t)`` dissolves images (B, C, H, W) in [0, 1]; ``name`` names it
     in :data:`DISSOLVERS`. A dissolver that ``learns`` is fitted to normal images
     (:meth:`fit`) before it dissolves, and saved (:meth:`save`) and loaded (:meth:`load`) with
-    a run; the others are ready as made."""
+    a run; the others are ready as made. One that is also ``resumable`` checkpoints its
+    fitting (``fit(..., checkpoint=...)``), which ``dia resume`` continues."""
 
     name: str = ""
     learns: bool = False
+    resumable: bool = False
 
     @classmethod
     def create(cls, diffusion: DiffusionConfig | None = None) -> Dissolver:
@@ -109,7 +112,9 @@ class Dissolver(nn.Module):
 
     def fit(self, images: torch.Tensor, *, device, seed: int, progress: bool = True) -> dict:
         """Fit to normal images (N, C, H, W) in [0, 1]; returns what the fitting did (nothing
-        for one that does not learn)."""
+        for one that does not learn). One that is ``resumable`` also takes ``checkpoint`` (a
+        :class:`~dia.checkpoint.Checkpointing`): it saves its fitting there as it goes and
+        continues an interrupted one."""
         return {}
 
     def save(self, folder: Path) -> None:
@@ -154,6 +159,7 @@ class DiffusionDissolver(Dissolver):
 
     name = "diffusion"
     learns = True
+    resumable = True
 
     def __init__(self, model: DiffusionModel | None = None, config: DiffusionConfig | None = None):
         super().__init__()
@@ -170,9 +176,18 @@ class DiffusionDissolver(Dissolver):
     def fitted(self) -> bool:
         return self.model is not None
 
-    def fit(self, images: torch.Tensor, *, device, seed: int, progress: bool = True) -> dict:
+    def fit(
+        self,
+        images: torch.Tensor,
+        *,
+        device,
+        seed: int,
+        progress: bool = True,
+        checkpoint: Checkpointing | None = None,
+    ) -> dict:
         """Train the DDPM (or take the kept one); returns its training history with ``kept``
-        (whether it was taken from the cache)."""
+        (whether it was taken from the cache). ``checkpoint``: saves the training as it goes
+        and on Ctrl-C, or continues it (:func:`~dia.diffusion.train.train_diffusion`)."""
         key = model_key(images, self.config, images.shape[1], seed)
         found = _kept_model(key, device)
         if found is not None:
@@ -180,7 +195,13 @@ class DiffusionDissolver(Dissolver):
             return {**history, "kept": True}
         model = DiffusionModel(self.config, images.shape[1], seed=seed)
         history = train_diffusion(
-            model, images, self.config, device=device, seed=seed, progress=progress
+            model,
+            images,
+            self.config,
+            device=device,
+            seed=seed,
+            progress=progress,
+            checkpoint=checkpoint,
         )
         if distributed.is_main():
             store(model, history, key)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,8 +14,8 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .augment import SimCLRAugment, random_hflip
-from .checkpoint import Checkpointing, StopRequests, TrainingInterrupted
-from .clock import TrainingClock
+from .checkpoint import Checkpointing, TrainingInterrupted, stops_of
+from .clock import TrainingClock, time_limit
 from .config import DetectorConfig, to_dict
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
@@ -37,14 +35,6 @@ def _timed_callback(callback: Callback, trained, net: AmplifierNet, clock) -> fl
     callback(trained, clock.train_s)
     net.train()
     return time.perf_counter() - c0
-
-
-def stops_of(checkpoint: Checkpointing | None):
-    """Ctrl-C and SIGTERM as requests to stop between steps where there is a checkpoint to
-    save (:class:`~dia.checkpoint.StopRequests`); otherwise requests that never come."""
-    if checkpoint is None:
-        return contextlib.nullcontext(StopRequests())
-    return StopRequests().installed()
 
 
 BUDGET_SPENT = (
@@ -215,20 +205,15 @@ class DetectorTrainer:
         if run.perm is None:
             run.perm = torch.randperm(self.images.shape[0], generator=run.state.order)
         for i in range(run.first, run.steps_per_epoch):
-            # Each process's clock differs: rank 0's sets every learning rate, the stop and
-            # the checkpoints, so that all take the same steps (DDP waits for every process
-            # at each one); so does rank 0's interrupt.
-            fraction, stop, due = distributed.agree(
-                clock.fraction(), stops.requested, clock.save_due()
-            )
-            if clock.step >= run.total_steps or fraction >= 1.0:
+            turn = clock.turn(stops.requested)  # rank 0's, the same on every process
+            if turn.over:
                 return False
-            if stop or due:  # its time counts as training time: a budget is wall-clock time
+            if turn.save:  # its time counts as training time: a budget is wall-clock time
                 self._save(checkpoint, run.state, run.perm, i, clock.step, clock.train_s)
                 clock.saved()
-            if stop:
+            if turn.stop:
                 raise TrainingInterrupted(checkpoint.folder, clock.step)
-            losses = self._step_at(run, i, fraction)
+            losses = self._step_at(run, i, turn.done)
             clock.tick()
             bar.total = clock.expected_steps()
             bar.update(1)
@@ -298,14 +283,9 @@ class DetectorTrainer:
         """Training seconds allowed: the config's, cut to what ``deadline`` leaves, or a
         resumed training's first limit (deadline included); rank 0's for every process. A
         deadline already passed is refused."""
-        max_seconds, spent = self.config.max_seconds, False
         if saved is not None:
-            max_seconds = saved[1]["max_seconds"]
-        elif deadline is not None:
-            left = deadline - time.perf_counter()
-            spent = left <= 0
-            max_seconds = left if max_seconds is None else min(max_seconds, left)
-        max_seconds, spent = distributed.broadcast_object((max_seconds, spent))
+            return distributed.broadcast_object(saved[1]["max_seconds"])
+        max_seconds, spent = time_limit(self.config.max_seconds, deadline)
         if spent:
             raise ValueError(BUDGET_SPENT)
         return max_seconds
@@ -323,45 +303,32 @@ class DetectorTrainer:
 
     def _check_resumable(self, meta: dict, world: int) -> None:
         """Refuse a checkpoint of another training: its steps would not continue this one."""
-        mine = {
-            "config": json.loads(json.dumps(to_dict(self.config))),
+        ckpt.refuse_other_training(meta, self._identity(world))
+
+    def _identity(self, world: int) -> dict:
+        """What a checkpoint must match to continue this training."""
+        return {
+            "config": to_dict(self.config),
             "images": int(self.images.shape[0]),
             "image_shape": list(self.images.shape[1:]),
             "seed": self.seed,
             "world_size": world,
         }
-        saved = meta.get("config")
-        if isinstance(saved, dict):  # settings added since it was saved: as they are now
-            meta = {**meta, "config": {**mine["config"], **saved}}
-        differ = [k for k, v in mine.items() if meta.get(k) != v]
-        if differ:
-            detail = ", ".join(f"{k}: saved {meta.get(k)!r}, now {mine[k]!r}" for k in differ)
-            raise ValueError(f"the checkpoint is of another training ({detail})")
 
     def _save(self, checkpoint, state: _State, perm, next_index, step, train_s) -> None:
         """Save the state before step ``next_index`` of the epoch ordered by ``perm``. Rank 0
         writes, every process's random generators included; all wait until the file is whole."""
         net, optimizer, average, order, gen = state.modules()
-        generators = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            generators["cuda"] = torch.cuda.get_rng_state(self.device)
-        every_rank = distributed.gather_object(generators)
+        generators = ckpt.generator_states(order, gen, self.device)
         if distributed.is_main():
             tensors = ckpt.with_prefix("net.", net.state_dict())
             if average is not None:
                 tensors.update(ckpt.with_prefix("average.", average.net.state_dict()))
             moments, groups = ckpt.optimizer_state(optimizer)
-            tensors.update(moments)
-            tensors.update({"perm": perm, "rng.order": order.get_state()})
-            for rank, states in enumerate(every_rank):
-                tensors.update(ckpt.with_prefix(f"rng.{rank}.", states))
+            tensors.update({**moments, **generators, "perm": perm})
             meta = {
                 **checkpoint.meta,
-                "config": to_dict(self.config),
-                "images": int(self.images.shape[0]),
-                "image_shape": list(self.images.shape[1:]),
-                "seed": self.seed,
-                "world_size": distributed.world_size(),
+                **self._identity(distributed.world_size()),
                 "step": step,
                 "next_index": next_index,
                 "train_s": train_s,
@@ -389,12 +356,7 @@ class DetectorTrainer:
                 average.net.load_state_dict(ckpt.under_prefix("average.", tensors))
                 average.updates = meta["average_updates"]
             ckpt.load_optimizer_state(optimizer, tensors, meta["optimizer_groups"])
-            order.set_state(tensors["rng.order"])
-            mine = ckpt.under_prefix(f"rng.{distributed.rank()}.", tensors)
-            gen.set_state(mine["gen"])
-            torch.set_rng_state(mine["torch"])
-            if self.device.type == "cuda" and "cuda" in mine:
-                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            ckpt.restore_generators(tensors, order, gen, self.device)
             step = int(meta["step"])
             return float(meta["train_s"]), step, tensors["perm"], int(meta["next_index"])
         except (KeyError, RuntimeError, ValueError) as err:

@@ -16,6 +16,7 @@ from ..io import numbered, read_json, saved_dir, write_json
 DIFFUSION_DIR = "diffusion"
 DETECTOR_DIR = "detector"
 CHECKPOINT_DIR = "detector-checkpoint"
+DIFFUSION_CHECKPOINT_DIR = "diffusion-checkpoint"
 REPORT_NAME = "report.html"
 # A run's wall times from its training, kept while it is evaluated (metrics.json then holds them).
 TIMINGS_NAME = "timings.json"
@@ -143,13 +144,22 @@ def model_in_the_way(out: Path, name: str) -> str | None:
 def interrupted_run(out: Path) -> str | None:
     """Why a new training must not start in ``out`` (its checkpoint would be overwritten), or
     None when nothing is in the way."""
-    folder = out / CHECKPOINT_DIR
+    folder = checkpoint_folder(out)
     if not ckpt.exists(folder):
         return None
     return (
         f"{out} holds an interrupted training: dia resume --out {out} continues it (to start "
         f"afresh instead, delete {folder} or choose another --out)"
     )
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """The checkpoint of run folder ``out`` that ``dia resume`` continues: its detector
+    training's, else its diffusion training's where only that one is there."""
+    diffusion = out / DIFFUSION_CHECKPOINT_DIR
+    if not ckpt.exists(out / CHECKPOINT_DIR) and ckpt.exists(diffusion):
+        return diffusion
+    return out / CHECKPOINT_DIR
 
 
 def run_folder_of(out: Path) -> Path:

@@ -25,10 +25,11 @@ from ..io import write_json
 from ..reports import GRID_TIMESTEPS, PICTURE_COUNT
 from .assess import dissolve_grid_step, evaluate_step, finish_run
 from .folders import (
-    CHECKPOINT_DIR,
     DETECTOR_DIR,
+    DIFFUSION_CHECKPOINT_DIR,
     DIFFUSION_DIR,
     TIMINGS_NAME,
+    checkpoint_folder,
     diffusion_settings_differ,
     has_model,
     holds_detector,
@@ -59,8 +60,9 @@ def run(
     """Everything: data, diffusion (when needed), detector, evaluation. Returns the metrics
     (None on the other processes under a launcher: rank 0 evaluates and writes).
 
-    The detector's training is checkpointed every ``checkpoint_every`` training seconds and
-    on Ctrl-C (0 or None: never); :func:`resume` finishes an interrupted run.
+    The diffusion model's and the detector's trainings are checkpointed every
+    ``checkpoint_every`` training seconds and on Ctrl-C (0 or None: never); :func:`resume`
+    finishes an interrupted run.
     """
     t_start = time.perf_counter()
     deadline = None if config.budget_s is None else t_start + config.budget_s
@@ -83,14 +85,7 @@ def run(
         t0 = time.perf_counter()
         data = load_run_data(config)
         timings["data_s"] = time.perf_counter() - t0
-        if reuse:
-            dissolver = load_dissolver(out, config)
-            timings["diffusion_reused"] = True
-        else:
-            t0 = time.perf_counter()
-            dissolver, made = fit_dissolver_step(config, data, out, progress)
-            if made:  # a dissolver that learns: its fitting, or loading the kept one
-                timings["diffusion_s"] = time.perf_counter() - t0
+        dissolver = _run_dissolver(config, data, out, progress, reuse, checkpoint_every, timings)
         saving = checkpointing(out, checkpoint_every, command="run", timings=dict(timings))
         return _finish(
             config,
@@ -129,6 +124,24 @@ def run(
         raise
 
 
+def _run_dissolver(config, data, out, progress, reuse, checkpoint_every, timings: dict):
+    """:func:`run`'s dissolver: the one saved in ``out`` where ``reuse``, else fitted (a
+    diffusion model checkpointed into ``out/diffusion-checkpoint`` as it trains); what it
+    took goes into ``timings``."""
+    if reuse:
+        dissolver = load_dissolver(out, config)
+        timings["diffusion_reused"] = True
+        return dissolver
+    t0 = time.perf_counter()
+    saving = checkpointing(
+        out, checkpoint_every, DIFFUSION_CHECKPOINT_DIR, command="run", timings=dict(timings)
+    )
+    dissolver, made = fit_dissolver_step(config, data, out, progress, None, saving)
+    if made:  # a dissolver that learns: its fitting, or loading the kept one
+        timings["diffusion_s"] = time.perf_counter() - t0
+    return dissolver
+
+
 def _finish(config, data, out, dissolver, saving, *, progress, deadline, timings, t_start):
     """Train the detector and, on rank 0, evaluate: the end of :func:`run` and of
     :func:`resume`. ``timings`` (wall seconds so far) is completed and kept in the metrics;
@@ -164,10 +177,11 @@ def _finish(config, data, out, dissolver, saving, *, progress, deadline, timings
 def resume(
     out: Path, device: str | None = None, precision: str | None = None, progress: bool = True
 ) -> tuple[str, dict | None]:
-    """Continue the interrupted detector training of run folder ``out`` from its checkpoint
-    and finish what was started: a ``dia run`` is evaluated as well. ``device`` and
-    ``precision`` default to the run's own. Returns the command finished (``run`` or
-    ``train``) and, for ``run`` on rank 0, the metrics.
+    """Continue the interrupted training of run folder ``out`` from its checkpoint (the
+    detector's, or the diffusion model's) and finish what was started: a ``dia run`` is
+    evaluated as well. ``device`` and ``precision`` default to the run's own. Returns the
+    command finished (``run``, ``train`` or ``train-diffusion``) and, for ``run`` on rank 0,
+    the metrics.
 
     Trained for a number of epochs, the continued training takes exactly the steps, and gives
     exactly the weights, of an uninterrupted one (with the same number of processes). Under a
@@ -176,14 +190,14 @@ def resume(
     come on top of it).
     """
     t_start = time.perf_counter()
-    folder = out / CHECKPOINT_DIR
-    finished = missing = None
+    folder = finished = missing = None
     if distributed.is_main():
+        folder = checkpoint_folder(out)
         if (out / "metrics.json").exists():
             finished = f"{out} already holds a finished run (metrics.json); nothing to resume"
         elif not ckpt.exists(folder):
             missing = _nothing_to_resume(out, folder)
-    finished, missing = distributed.broadcast_object((finished, missing))
+    folder, finished, missing = distributed.broadcast_object((folder, finished, missing))
     if finished is not None:
         raise FileExistsError(finished)
     if missing is not None:
@@ -198,6 +212,8 @@ def resume(
     t0 = time.perf_counter()
     data = load_run_data(config)
     timings["resumed_data_s"] = time.perf_counter() - t0
+    if folder.name == DIFFUSION_CHECKPOINT_DIR:
+        return command, _resume_diffusion(config, data, out, meta, timings, progress, t_start)
     dissolver = load_dissolver(out, config)
     if dissolver is None:
         raise FileNotFoundError(
@@ -222,6 +238,40 @@ def resume(
     return command, metrics
 
 
+def _resume_diffusion(config, data, out: Path, meta: dict, timings: dict, progress, t_start):
+    """Finish the diffusion training checkpointed in run folder ``out`` (``meta``: its JSON)
+    and save the model, then do what its command does next: ``dia train`` trains the
+    detector, ``dia run`` trains and evaluates it (returning the metrics on rank 0). A time
+    budget counts the first session's data loading and diffusion training."""
+    command = meta.get("command", "train")
+    folder = out / DIFFUSION_CHECKPOINT_DIR
+    saving = Checkpointing(folder, meta.get("every_s"), resume=True, meta=_own_meta(meta))
+    t0 = time.perf_counter()
+    diffusion = DiffusionDissolver.create(config.diffusion)
+    dissolver, _ = fit_dissolver_step(config, data, out, progress, diffusion, saving)
+    if command == "train-diffusion":
+        return None
+    before = meta.get("timings", {}).values()
+    spent = meta["train_s"] + sum(v for v in before if not isinstance(v, bool))
+    timings["diffusion_s"] = meta["train_s"] + time.perf_counter() - t0
+    deadline = None if config.budget_s is None else t_start + config.budget_s - spent
+    saving = checkpointing(out, meta.get("every_s"), command=command, timings=dict(timings))
+    if command == "train":
+        train_detector_step(config, data, out, dissolver, progress, deadline, saving)
+        return None
+    return _finish(
+        config,
+        data,
+        out,
+        dissolver,
+        saving,
+        progress=progress,
+        deadline=deadline,
+        timings=timings,
+        t_start=t_start,
+    )
+
+
 def _nothing_to_resume(out: Path, folder: Path) -> str:
     """What to do instead of resuming a run folder ``out`` without a checkpoint."""
     if has_model(out, DETECTOR_DIR):
@@ -234,7 +284,7 @@ def _nothing_to_resume(out: Path, folder: Path) -> str:
         again = "dia run (which reuses its diffusion model) or dia train"
     return (
         f"no checkpoint in {out} (expected {folder / ckpt.META_FILE}): the run stopped before "
-        f"its detector training saved one; start it again with {again} and the same --out"
+        f"its training saved one; start it again with {again} and the same --out"
     )
 
 
@@ -264,14 +314,22 @@ def train(
     data = load_run_data(config)
     dissolver = load_dissolver(out, config)
     if dissolver is None:  # one that learns, not saved in the folder yet
-        dissolver, _ = fit_dissolver_step(config, data, out, progress)
+        saving = checkpointing(out, checkpoint_every, DIFFUSION_CHECKPOINT_DIR, command="train")
+        dissolver, _ = fit_dissolver_step(config, data, out, progress, None, saving)
     saving = checkpointing(out, checkpoint_every, command="train")
     return train_detector_step(config, data, out, dissolver, progress, deadline, saving)
 
 
-def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) -> DiffusionDissolver:
+def train_diffusion_only(
+    config: RunConfig,
+    out: Path,
+    progress: bool = True,
+    checkpoint_every: float | None = ckpt.EVERY_S,
+) -> DiffusionDissolver:
     """``dia train-diffusion``: the diffusion model of run folder ``out`` alone, trained and
-    saved into ``out/diffusion`` (never over a trained model or a result)."""
+    saved into ``out/diffusion`` (never over a trained model or a result). Its training is
+    checkpointed into ``out/diffusion-checkpoint`` every ``checkpoint_every`` training
+    seconds and on Ctrl-C (0 or None: never); :func:`resume` finishes it."""
     # Its config.json would replace the one of whatever the folder holds.
     error = in_the_way(out, config) or model_in_the_way(out, DIFFUSION_DIR)
     if error is not None:
@@ -279,7 +337,10 @@ def train_diffusion_only(config: RunConfig, out: Path, progress: bool = True) ->
     save_config(config, out)
     data = load_run_data(config)
     dissolver = DiffusionDissolver.create(config.diffusion)
-    return fit_dissolver_step(config, data, out, progress, dissolver)[0]
+    saving = checkpointing(
+        out, checkpoint_every, DIFFUSION_CHECKPOINT_DIR, command="train-diffusion"
+    )
+    return fit_dissolver_step(config, data, out, progress, dissolver, saving)[0]
 
 
 def dissolve_config(

@@ -44,21 +44,29 @@ def fit_dissolver_step(
     out: Path,
     progress: bool = True,
     dissolver: Dissolver | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> tuple[Dissolver, dict]:
     """The run's dissolver, fitted. One that learns is fitted on the normal training images
     (the diffusion model: trained, or taken from an earlier run with the same images,
     settings and seed, :mod:`dia.diffusion.cache`) and saved to ``out/diffusion``; what its
     fitting did comes with it: ``kept`` (taken from the cache), its one-time ``train_s``,
     ``steps`` and ``epochs`` (nothing for one that does not learn). ``dissolver``: another
-    one than the settings name."""
+    one than the settings name. ``checkpoint`` keeps the fitting's state as it goes (see
+    :func:`checkpointing`) where the dissolver is ``resumable``; once the model is saved, the
+    checkpoint is removed."""
     dissolver = make_dissolver(config) if dissolver is None else dissolver
     if not dissolver.learns:
         return dissolver, {}
     device = resolve_device(config.device)
-    history = dissolver.fit(data.train, device=device, seed=config.seed, progress=progress)
+    saving = {"checkpoint": checkpoint} if dissolver.resumable else {}
+    history = dissolver.fit(
+        data.train, device=device, seed=config.seed, progress=progress, **saving
+    )
     if distributed.is_main():
         dissolver.save(out / DIFFUSION_DIR)
         write_json(out / DIFFUSION_DIR / "history.json", history)
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.folder, ignore_errors=True)
     return dissolver, fitting_record(history)
 
 
@@ -123,15 +131,17 @@ def train_detector_step(
     return detector
 
 
-def checkpointing(out: Path, every_s: float | None, **meta) -> Checkpointing | None:
-    """Checkpoints of a run folder's detector training every ``every_s`` training seconds
-    and on Ctrl-C (None or 0: none at all); ``meta`` is kept with them for
-    :func:`~dia.pipeline.resume`."""
+def checkpointing(
+    out: Path, every_s: float | None, name: str = CHECKPOINT_DIR, **meta
+) -> Checkpointing | None:
+    """Checkpoints of a run folder's detector training (or of the training whose checkpoint
+    folder is ``out/name``) every ``every_s`` training seconds and on Ctrl-C (None or 0: none
+    at all); ``meta`` is kept with them for :func:`~dia.pipeline.resume`."""
     if not every_s:
         return None
     if every_s < 0:
         raise ValueError(f"checkpoint interval {every_s}; expected seconds > 0, or 0 for none")
-    return Checkpointing(out / CHECKPOINT_DIR, every_s, meta={**meta, "every_s": every_s})
+    return Checkpointing(out / name, every_s, meta={**meta, "every_s": every_s})
 
 
 def load_dissolver(out: Path, config: RunConfig, device: str | None = None) -> Dissolver | None:
