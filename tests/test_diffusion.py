@@ -238,3 +238,23 @@ def test_a_seed_fixes_the_initial_weights_and_leaves_the_global_rng_alone():
     assert any(
         not torch.equal(x, y) for x, y in zip(a.parameters(), other.parameters(), strict=True)
     )
+
+
+def test_a_model_saved_before_the_prediction_settings_predicts_the_noise(tmp_path):
+    from dia.config import to_dict
+
+    # eps, linear, mse, every timestep: the only model there was
+    model = tiny_model(seed=4, prediction="epsilon", train_t_max=None)
+    save_as_format_1(model, tmp_path / "old")
+    values = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
+    for name in ("prediction", "schedule", "loss", "train_t_max"):
+        del values[name]
+    text = json.dumps(values, indent=2, sort_keys=True)
+    (tmp_path / "old" / CONFIG_NAME).write_text(text + "\n")
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp_path / "old" / WEIGHTS_NAME), metadata={"dia_config": text})
+    loaded = DiffusionModel.from_pretrained(tmp_path / "old")
+    assert to_dict(loaded.config) == to_dict(model.config)
+    assert loaded.config.prediction == "epsilon" and loaded.config.train_t_max is None

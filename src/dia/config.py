@@ -64,7 +64,10 @@ class DiffusionConfig:
     or ``cosine`` (Nichol and Dhariwal's). ``loss``: ``mse`` or ``l1`` between the prediction
     and its target. ``train_t_max``: training draws t uniformly from [0, train_t_max) (None:
     every timestep), so that a short training spends itself on the low-noise end that
-    dissolving uses.
+    dissolving uses. The defaults, x0 and t below 200, make a model that removes fine detail
+    from a clean image and never adds any; one predicting the noise, as the authors' does,
+    added detail to most images from t = 75 after a CPU's minutes of training
+    (``bench/RESULTS.md``, "What the UNet predicts").
     """
 
     resolution: int = 32
@@ -77,10 +80,10 @@ class DiffusionConfig:
     max_seconds: float | None = 90.0
     batch_size: int = 64
     lr: float = 2e-4
-    prediction: str = "epsilon"
+    prediction: str = "sample"
     schedule: str = "linear"
     loss: str = "mse"
-    train_t_max: int | None = None
+    train_t_max: int | None = 200
 
 
 @dataclass

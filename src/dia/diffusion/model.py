@@ -31,6 +31,13 @@ PAD = 2
 PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v": "v_prediction"}
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+# How every model was made before these settings existed: what a saved config without them means.
+EARLIER_SETTINGS = {
+    "prediction": "epsilon",
+    "schedule": "linear",
+    "loss": "mse",
+    "train_t_max": None,
+}
 
 
 class DiffusionModel(nn.Module):
@@ -224,6 +231,7 @@ class DiffusionModel(nn.Module):
             raise ValueError(
                 f"invalid diffusion config {path}: attention={attention!r}; expected true or false"
             )
+        values = {**EARLIER_SETTINGS, **values}  # saved before those settings existed
         try:
             return cls(from_dict(DiffusionConfig, values), channels, attention=attention)
         except (TypeError, ValueError) as err:
