@@ -307,13 +307,14 @@ def test_dissolver_bench_measures_every_dissolver_at_every_timestep(tmp_path):
     argv = ["--data", "synthetic", "--label", "tiny", "--image-size", "16", "--seconds", "1"]
     argv += ["--set", "resolution=16", "--set", "block_out_channels=[8, 16]"]
     argv += ["--images", "32", "--timesteps", "30", "100", "--device", "cpu"]
-    argv += ["--variant", "x0:prediction=sample,train_t_max=200"]
+    argv += ["--variant", "eps:prediction=epsilon,train_t_max=null"]
     assert dissolvers.main([*argv, "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "dissolvers-tiny.json").read_text())
-    assert set(results["dissolvers"]) == {"median", "gaussian", "diffusion-1s", "x0-1s"}
-    x0 = results["trained"]["x0-1s"]["config"]
-    assert (x0["prediction"], x0["train_t_max"], x0["resolution"]) == ("sample", 200, 16)
-    assert results["trained"]["diffusion-1s"]["config"]["prediction"] == "epsilon"
+    assert set(results["dissolvers"]) == {"median", "gaussian", "diffusion-1s", "eps-1s"}
+    eps = results["trained"]["eps-1s"]["config"]
+    assert (eps["prediction"], eps["train_t_max"], eps["resolution"]) == ("epsilon", None, 16)
+    default = results["trained"]["diffusion-1s"]["config"]
+    assert (default["prediction"], default["train_t_max"]) == ("sample", 200)
     diffusion = results["dissolvers"]["diffusion-1s"]
     assert diffusion["t"] == [30, 100] and len(diffusion["denoise_mse_ratio"]) == 2
     assert results["measured_on"] == {"split": "val", "normal_images": 32}
