@@ -2,7 +2,7 @@
 them and, on a CPU with oneDNN, each convolution fused with the sum and the activation after
 it. The same function as the trained network (to within float rounding), in fewer passes
 over memory: at 28 px, width 16 and bf16, activations and sums took a third of scoring's
-time when they ran on their own (``bench/results/scoring-parts.md``)."""
+time when they ran on their own (``bench/RESULTS.md``, "Fused convolutions")."""
 
 from __future__ import annotations
 
