@@ -17,7 +17,7 @@ from torch import nn
 from . import distributed
 from .checkpoint import Checkpointing
 from .config import DiffusionConfig
-from .diffusion.cache import load_cached, model_dir, model_key, store
+from .diffusion.cache import cache_root, load_cached, model_dir, model_key, store
 from .diffusion.model import DiffusionModel
 from .diffusion.train import train_diffusion
 
@@ -188,8 +188,11 @@ class DiffusionDissolver(Dissolver):
         """Train the DDPM (or take the kept one); returns its training history with ``kept``
         (whether it was taken from the cache). ``checkpoint``: saves the training as it goes
         and on Ctrl-C, or continues it (:func:`~dia.diffusion.train.train_diffusion`)."""
-        key = model_key(images, self.config, images.shape[1], seed)
-        found = _kept_model(key, device)
+        # the key hashes every training image: only worth it where models are kept
+        key = (
+            None if cache_root() is None else model_key(images, self.config, images.shape[1], seed)
+        )
+        found = None if key is None else _kept_model(key, device)
         if found is not None:
             self.model, history = found
             return {**history, "kept": True}
@@ -203,7 +206,7 @@ class DiffusionDissolver(Dissolver):
             progress=progress,
             checkpoint=checkpoint,
         )
-        if distributed.is_main():
+        if key is not None and distributed.is_main():
             store(model, history, key)
         self.model = model
         return {**history, "kept": False}

@@ -1,8 +1,7 @@
 """The amplifying network as scoring runs it: batch norms folded into the convolutions before
 them and, on a CPU with oneDNN, each convolution fused with the sum and the activation after
 it. The same function as the trained network (to within float rounding), in fewer passes
-over memory: at 28 px, width 16 and bf16, activations and sums took a third of scoring's
-time when they ran on their own (``bench/RESULTS.md``, "Fused convolutions")."""
+over memory (``bench/RESULTS.md``, "Fused convolutions")."""
 
 from __future__ import annotations
 
