@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
@@ -28,7 +26,7 @@ class SimCLRAugment(nn.Module):
     and contrast apply (saturation, hue and grayscale mean nothing there). ``crop_scale`` is the
     (min, max) area fraction of the crop; test-time augmentation fixes it, e.g. (0.54, 0.54).
     The horizontal flip is not part of it: it comes before the shift (:func:`random_hflip` in
-    training, :func:`keyed_views` in scoring), since a flip after a rotation is another
+    training, :func:`dia.views.keyed_views` in scoring), since a flip after a rotation is another
     rotation of the flipped image.
     """
 
@@ -143,46 +141,6 @@ class KeyedAugment:
             }
             x = op(x, params=picked)
         return x.clamp_(0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class TestViews:
-    """One test-time sample's randomness, keyed by image (:func:`keyed_views`).
-
-    ``flips``: (rows,) bools, whether the image of each key is flipped horizontally (before it
-    is shifted, as training flips its views); ``colour``: the colour jitter and grayscale, one
-    draw for all shifts of an image (they act pixel by pixel, so jittering once and then
-    shifting is jittering each shift alike); ``crops``: shift k's crop, drawn on its own.
-    """
-
-    flips: torch.Tensor
-    colour: KeyedAugment
-    crops: tuple[KeyedAugment, ...]
-
-    def __call__(self, x: torch.Tensor, keys: torch.Tensor, shift) -> torch.Tensor:
-        """Every shift's views of (B, C, H, W) images ``x`` with ``keys``, concatenated
-        (K * B, ...): ``shift(x, k)`` shifts a batch by shift k."""
-        flip = self.flips[keys.cpu()].to(x.device)[:, None, None, None]
-        x = self.colour(torch.where(flip, x.flip(-1), x), keys)
-        return torch.cat([crop(shift(x, k), keys) for k, crop in enumerate(self.crops)])
-
-
-@functools.lru_cache(maxsize=64)
-def keyed_views(
-    settings: tuple, shape: tuple[int, int, int], sample: int, shifts: int, count: int
-) -> TestViews:
-    """Test-time sample ``sample``'s randomness for the first ``shifts`` shifts of a family of
-    ``count`` (:class:`TestViews`), each table with a seed of its own (that of shift k's crop
-    is the same whatever ``shifts`` is). ``settings``: :class:`SimCLRAugment`'s arguments, in
-    order. Kept, so that scoring draws its tables once, not at every call."""
-    augment = SimCLRAugment(*settings)
-    flips = torch.rand(KEY_ROWS, generator=torch.Generator().manual_seed(20_000 + sample)) < 0.5
-    colour = KeyedAugment(augment.colour, shape, seed=30_000 + sample)
-    crop = augment.ops[-1:]
-    crops = tuple(
-        KeyedAugment(crop, shape, seed=10_000 + count * sample + k) for k in range(shifts)
-    )
-    return TestViews(flips, colour, crops)
 
 
 def image_keys(images: torch.Tensor, rows: int = KEY_ROWS) -> torch.Tensor:

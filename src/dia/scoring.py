@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import image_keys, keyed_views
+from .augment import image_keys
 from .config import DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
 from .inference import inference_network
 from .shifts import get_shift
+from .views import keyed_views
 
 FEATURES = ("projection", "encoder")
 
@@ -77,7 +78,7 @@ def shifted_features(
 
     Each view is made as training makes one: a random horizontal flip, the shift, then the
     training augmentation with the crop area fixed at ``score.crop_scale``; its colour jitter
-    is drawn once for all the shifts of an image (:class:`~dia.augment.TestViews`, the same
+    is drawn once for all the shifts of an image (:class:`~dia.views.TestViews`, the same
     as jittering after the shift, at a fraction of the cost). Its randomness is
     seeded, and an image's views follow from its own pixels (:class:`~dia.augment.KeyedAugment`;
     ``keys``, when given, are the images' :func:`~dia.augment.image_keys`), so that its
@@ -120,7 +121,7 @@ def sample_features(
 
 
 def _sample_views(images: torch.Tensor, detector: DetectorConfig, score: ScoreConfig, s: int):
-    """Test-time sample ``s``'s keyed views (:func:`~dia.augment.keyed_views`)."""
+    """Test-time sample ``s``'s keyed views (:func:`~dia.views.keyed_views`)."""
     settings = (
         images.shape[-1],
         images.shape[1],

@@ -52,6 +52,12 @@ class Shift:
         """The inverse of shift k (by default shift k itself: a flip or a swap)."""
         return self(x, k)
 
+    def sampling_matrix(self, k: int) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """The 2 x 2 matrix R for which shift k of a square image, at the normalised point
+        p = (x, y) in [-1, 1]^2, is the image at R p; None (the default) where shift k is not
+        such a map. Test-time views sample a shift of this kind together with their crop."""
+        return None
+
     def all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every shift of every image: (count * B, C, H, W) ordered shift-major, and the
         labels (count * B,)."""
@@ -111,6 +117,10 @@ class Rotation(Shift):
 
     def inverse(self, x: torch.Tensor, k: int) -> torch.Tensor:
         return rotate(x, -k)
+
+    def sampling_matrix(self, k: int) -> tuple[tuple[float, float], tuple[float, float]]:
+        cos, sin = ((1, 0), (0, 1), (-1, 0), (0, -1))[k % 4]
+        return ((cos, -sin), (sin, cos))
 
 
 @register_shift
