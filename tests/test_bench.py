@@ -38,6 +38,11 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     assert budget.main(argv) == 0
     results = json.loads((tmp_path / "synthetic.json").read_text())
     assert results["budget_s"] == 6 and results["protocol"] == "last-checkpoint"
+    assert results["matched"] == "time" and results["warm"] is False
+    cold = results["variants"]["dia"]["runs"]["0"]  # its diffusion model trained inside the clock
+    assert cold["dissolver"]["in_wall"] is True and cold["dissolver"]["kept"] is False
+    assert cold["timings_s"]["dissolver_fit_s"] == cold["dissolver"]["fit_s"] > 0
+    assert "dissolver" not in results["variants"]["csi"]["runs"]["0"]
     assert results["chosen_on"].startswith("the validation split")
     for key in ("cpu", "cpu_model", "amx", "cores", "torch"):
         assert key in results["machine"]
@@ -62,6 +67,93 @@ def test_budget_harness_writes_the_schema_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert budget.main(argv) == 0
     assert "seed 0:" not in capsys.readouterr().out
+
+
+def tiny_table(tmp_path, *extra: str) -> list[str]:
+    """Arguments of a tiny table of seed 0 with no extra crop passes, and 10 normal validation
+    images (enough to measure a dissolver's quality)."""
+    argv = ["--data", "synthetic", "--preset", "quick", "--seeds", "0", "--out", str(tmp_path)]
+    for setting in [*TINY, "data.synthetic_val=20"]:
+        argv += ["--set", setting]
+    return [*argv, "--crops", *extra]
+
+
+def test_a_step_matched_table_trains_every_variant_the_same_steps(tmp_path):
+    budget = load("budget")
+    assert budget.main(tiny_table(tmp_path, "--epochs", "2", "--variants", "csi", "median")) == 0
+    results = json.loads((tmp_path / "synthetic.json").read_text())
+    assert results["matched"] == "steps" and results["epochs"] == 2
+    assert results["budget_s"] is None and results["warm"] is True
+    csi, median = results["variants"]["csi"], results["variants"]["median"]
+    assert csi["steps"] == median["steps"] == [2 * 32 // 8]  # 2 epochs of 32 images, 8 a step
+    for entry in (csi, median):
+        assert entry["settings"]["budget_s"] is None
+        assert entry["settings"]["detector"]["epochs"] == 2
+        assert entry["settings"]["detector"]["max_seconds"] is None
+    quality = median["runs"]["0"]["dissolver_quality"]  # on the 10 normal validation images
+    assert quality["t"] == [50, 100] and quality["images"] == 10
+    assert len(quality["detail_ratio"]) == len(quality["share_added_detail"]) == 2
+    assert quality["detail_ratio"][1] < quality["detail_ratio"][0] < 1  # a 7x7 median at 100
+    assert "denoise_mse_ratio" not in quality
+    assert median["dissolver_quality"] == {k: v for k, v in quality.items() if k != "images"}
+    assert "dissolver_quality" not in csi["runs"]["0"] and "dissolver" not in median["runs"]["0"]
+    assert set(median["minus_csi_by_score"]) == {"preset", "projection/csi/shift1.0"}
+    table = (tmp_path / "synthetic.md").read_text()
+    assert "2 epochs a run" in table and "## Paired differences against csi" in table
+    assert "| median | 0 | " in table
+    with pytest.raises(SystemExit, match="holds a step-matched .2 epochs., warm table"):
+        budget.main(tiny_table(tmp_path, "--budget", "6", "--variants", "csi"))
+
+
+def test_a_warm_run_fits_its_dissolver_before_its_clock_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIA_CACHE", str(tmp_path / "cache"))
+    budget = load("budget")
+    argv = tiny_table(tmp_path, "--budget", "4", "--warm", "--variants", "dia")
+    runs = []
+    for name in ("first", "second"):
+        assert budget.main([*argv, "--name", name]) == 0
+        results = json.loads((tmp_path / f"{name}.json").read_text())
+        assert results["matched"] == "time" and results["warm"] is True
+        runs.append(results["variants"]["dia"]["runs"]["0"])
+    first, second = runs
+    fitting = first["dissolver"]  # trained for its 1 s, outside the run's wall time
+    assert fitting["in_wall"] is False and fitting["kept"] is False
+    assert fitting["steps"] > 0 and fitting["fit_s"] >= 0.9
+    assert "dissolver_fit_s" not in first["timings_s"]  # the detector had nothing to fit
+    assert second["dissolver"]["kept"] is True  # the second table took the first's model
+    assert second["dissolver"]["steps"] == fitting["steps"]
+    assert second["dissolver"]["fit_s"] < fitting["fit_s"]
+    quality = first["dissolver_quality"]
+    assert quality["t"] == [50, 100] and len(quality["denoise_mse_ratio"]) == 2
+    assert quality == second["dissolver_quality"]  # the same model
+    table = (tmp_path / "first.md").read_text()
+    assert "trained before each run, outside its wall time" in table
+    with pytest.raises(SystemExit, match="holds a time-matched .budget 4.0 s., warm table"):
+        budget.main(tiny_table(tmp_path, "--budget", "4", "--variants", "dia", "--name", "first"))
+
+
+def test_a_table_holds_the_runs_of_one_mode(tmp_path):
+    budget = load("budget")
+    argv = ["--data", "synthetic", "--preset", "quick", "--seeds", "0", "--variants", "csi"]
+    argv += ["--out", str(tmp_path)]
+    path = tmp_path / "synthetic.json"
+    old = {"budget_s": 6.0, "variants": {}}  # made before the modes: time-matched and cold
+    assert budget.table_mode(old) == {"matched": "time", "warm": False, "budget_s": 6.0}
+    steps = {"matched": "steps", "epochs": 3, "warm": True, "budget_s": None, "variants": {}}
+    refused = [
+        (old, ["--epochs", "3"], "would be step-matched .3 epochs., warm"),
+        (old, ["--budget", "6", "--warm"], "would be time-matched .budget 6.0 s., warm"),
+        (old, ["--budget", "7"], "would be time-matched .budget 7.0 s., cold"),
+        (steps, ["--epochs", "4"], "would be step-matched .4 epochs."),
+        (steps, ["--budget", "6", "--warm"], "holds a step-matched .3 epochs., warm table"),
+    ]
+    for stored, extra, message in refused:
+        path.write_text(json.dumps(stored))
+        with pytest.raises(SystemExit, match=message):
+            budget.main([*argv, *extra])
+        assert json.loads(path.read_text()) == stored
+    with pytest.raises(SystemExit):  # steps or a budget, not both
+        budget.parse_args([*argv, "--epochs", "3", "--budget", "6"])
 
 
 def test_speed_bench_compares_variants_side_by_side(tmp_path):
