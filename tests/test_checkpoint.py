@@ -107,6 +107,31 @@ def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(
     assert _same(_weights(net), uninterrupted[0])
 
 
+def test_a_checkpoint_of_the_first_format_is_resumed(uninterrupted, tmp_path, monkeypatch):
+    """Checkpoints are now saved as every component is (config.json, model.safetensors, the
+    weights' digest); one left by an earlier dia (state.json, state.safetensors) resumes."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpt"
+    _fail_at(monkeypatch, 9, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _trainer().train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
+    monkeypatch.undo()
+    saved = json.loads((folder / ckpt.META_FILE).read_text())
+    assert saved["format"] == ckpt.FORMAT and saved["format_version"] == 2
+    assert "weights_digest" in saved
+    tensors, meta = ckpt.load(folder)
+    for name in (ckpt.META_FILE, ckpt.STATE_FILE):
+        (folder / name).unlink()
+    save_file(tensors, str(folder / ckpt.OLD_STATE_FILE))
+    old = {"format": ckpt.FORMAT, "version": 1, **meta}
+    (folder / ckpt.OLD_META_FILE).write_text(json.dumps(old))
+    assert ckpt.exists(folder) and ckpt.read_meta(folder)["step"] == 9
+    net, history = _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))
+    assert history["resumed_at_step"] == 9
+    assert _same(_weights(net), uninterrupted[0])
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
 def test_the_other_optimizers_resume_exactly(optimizer, tmp_path, monkeypatch):
     config = dataclasses.replace(CONFIG, optimizer=optimizer, lr=0.1, ema=0.0)

@@ -147,7 +147,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert main(["run", "--out", str(out), *TINY]) == 130
     assert f"dia resume --out {out}" in capsys.readouterr().err
     monkeypatch.undo()
-    assert (out / "detector-checkpoint" / "state.safetensors").is_file()
+    assert (out / "detector-checkpoint" / "model.safetensors").is_file()
     assert not (out / "metrics.json").exists() and not (out / "detector").exists()
     assert main(["run", "--out", str(out), *TINY]) == 2  # a new run would overwrite it
     assert "holds an interrupted training" in capsys.readouterr().err
@@ -193,7 +193,7 @@ def test_an_interrupted_diffusion_training_resumes_to_the_uninterrupted_model(
     err = capsys.readouterr().err
     assert "diffusion model's training is checkpointed at step 2" in err
     assert f"dia resume --out {out}" in err
-    assert (out / "diffusion-checkpoint" / "state.json").is_file()
+    assert (out / "diffusion-checkpoint" / "config.json").is_file()
     assert not (out / "diffusion").exists()
     for command in ("run", "train", "train-diffusion"):  # each would start it afresh
         assert main([command, *argv[1:]]) == 2
@@ -391,7 +391,7 @@ def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch
     assert not (out / "detector-checkpoint").exists()
     assert main(train) == 130  # the default: a checkpoint on Ctrl-C
     assert "dia resume" in capsys.readouterr().err
-    assert (out / "detector-checkpoint" / "state.json").is_file()
+    assert (out / "detector-checkpoint" / "config.json").is_file()
     config = (out / "config.json").read_text()
     for command in ("train", "train-diffusion"):
         assert main([command, *train[1:]]) == 2
@@ -514,6 +514,12 @@ def test_presets_and_budget_flag_set_the_config():
     assert cpu.detector.schedule == "constant"
     assert config("--preset", "cpu", "--schedule", "cosine").detector.schedule == "cosine"
     assert config("--preset", "cpu", "--budget", "60").budget_s == 60
+    # none: no budget, and no limit where a setting may have none
+    unlimited = config("--preset", "cpu", "--budget", "none", "--max-seconds", "None")
+    assert unlimited.budget_s is None and unlimited.detector.max_seconds is None
+    assert config("--diffusion-max-seconds", "none").diffusion.max_seconds is None
+    with pytest.raises(SystemExit):  # a setting that cannot be unset does not take none
+        build_parser().parse_args(["run", "--width", "none"])
     assert config("--preset", "cpu", "--width", "8").detector.width == 8
     # cpu trains plain CSI (what measured best); --dissolve still picks DIA's diffusion
     assert cpu.detector.dissolve == "none"
@@ -561,7 +567,7 @@ def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
     assert "--budget" in err and f"dia run --out {out} with the same settings reuses it" in err
     assert (out / "diffusion" / "model.safetensors").is_file()
     assert main(["run", "--out", str(out), "--budget", "0", *TINY]) == 2
-    assert "expected a number of seconds above 0" in capsys.readouterr().err
+    assert "expected seconds above 0, or none" in capsys.readouterr().err
     # nothing saved: no folder left behind
     csi = tmp_path / "csi"
     assert main(["run", "--out", str(csi), "--budget", "0.001", *TINY, "--dissolve", "none"]) == 2

@@ -54,7 +54,7 @@ def interrupted(tmp_path_factory):
         assert main(["train", "--out", str(out), *TINY]) == 130
     finally:
         DetectorTrainer._step = original
-    assert (out / "detector-checkpoint" / "state.json").is_file()
+    assert (out / "detector-checkpoint" / "config.json").is_file()
     return out
 
 
@@ -165,7 +165,7 @@ CHECKPOINT_CASES = [
     ("history", MISSING), ("history", "x"), ("history.loss", ["a"]), ("step", -1),
     ("step", "4"), ("step", MISSING), ("command", "../../etc"), ("train_s", NAN),
     ("train_s", -1), ("every_s", -5), ("next_index", -1), ("world_size", 0),
-    ("optimizer_groups", []), ("format", "other"), ("version", 99), ("images", 0),
+    ("optimizer_groups", []), ("format", "other"), ("format_version", 99), ("images", 0),
     ("max_seconds", INF), ("timings", {"data_s": "slow"}),
 ]  # fmt: skip
 
@@ -174,7 +174,7 @@ CHECKPOINT_CASES = [
 def test_a_tampered_checkpoint_is_a_one_line_error(interrupted, tmp_path, capsys, key, value):
     copy = tmp_path / "stopped"
     shutil.copytree(interrupted, copy)
-    state = copy / "detector-checkpoint" / "state.json"
+    state = copy / "detector-checkpoint" / "config.json"
     tampered(state, key, value)
     saved = state.read_bytes()
     code = main(["resume", "--out", str(copy), "--no-progress"])
@@ -186,9 +186,9 @@ def test_a_tampered_checkpoint_is_a_one_line_error(interrupted, tmp_path, capsys
 def test_an_unreadable_checkpoint_is_a_one_line_error(interrupted, tmp_path, capsys, text):
     copy = tmp_path / "stopped"
     shutil.copytree(interrupted, copy)
-    (copy / "detector-checkpoint" / "state.json").write_bytes(text.encode("latin-1"))
+    (copy / "detector-checkpoint" / "config.json").write_bytes(text.encode("latin-1"))
     code = main(["resume", "--out", str(copy), "--no-progress"])
-    one_clean_error(capsys, code, "dia resume: error:", "state.json")
+    one_clean_error(capsys, code, "dia resume: error:", "config.json")
 
 
 # ---------------------------------------------------------------- npz files

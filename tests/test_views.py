@@ -9,11 +9,12 @@ from dia.shifts import get_shift
 from dia.views import keyed_views
 
 
-def kornias_views(views, augment_settings, shape, sample, shifts, count, x, keys, shift):
+def kornias_views(views, settings, sample, x, keys, shift, shifts=4):
     """The views as kornia's ops make them from the same tables: flip, colour, shift, crop."""
     from dia.augment import KeyedAugment
 
-    augment = SimCLRAugment(*augment_settings)
+    shape, count = tuple(x.shape[1:]), shift.count
+    augment = SimCLRAugment(*settings)
     colour = KeyedAugment(augment.colour, shape, seed=30_000 + sample)
     flip = views.flips[keys][:, None, None, None]
     y = colour(torch.where(flip, x.flip(-1), x), keys)
@@ -35,7 +36,7 @@ def test_views_are_kornias_to_within_rounding(channels, family, size):
     for sample in range(3):
         views = keyed_views(settings, (channels, size, size), sample, 4, shift.count)
         ours = views(x, keys, shift)
-        theirs = kornias_views(views, settings, (channels, size, size), sample, 4, 4, x, keys, shift)
+        theirs = kornias_views(views, settings, sample, x, keys, shift)
         assert ours.shape == (4 * 40, channels, size, size)
         torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
     assert views.flips[keys].any() and not views.flips[keys].all()  # both kinds were checked

@@ -1,10 +1,11 @@
 """Training checkpoints: a detector's or a diffusion model's training, saved as it goes,
 continues where it stopped.
 
-A checkpoint is a folder with ``state.safetensors`` (weights, optimiser moments, random
-generator states, the current epoch's order) and ``state.json`` (step, training seconds,
-loss history, optimiser settings): no pickle, and written atomically, so a crash while saving
-leaves the previous checkpoint whole.
+A checkpoint is a folder saved as every component of dia is (:mod:`dia.saved`):
+``model.safetensors`` (weights, optimiser moments, random generator states, the current epoch's
+order) and ``config.json`` (step, training seconds, loss history, optimiser settings): no
+pickle, and written atomically, so a crash while saving leaves the previous checkpoint whole.
+Checkpoints of format version 1 (``state.safetensors`` and ``state.json``) are read too.
 """
 
 from __future__ import annotations
@@ -20,15 +21,28 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import distributed
-from .io import read_json, save_dir_atomically, saved_dir, write_json
+from .io import read_json, saved_dir
+from .saved import (
+    CONFIG_NAME,
+    DIGEST_KEY,
+    VERSION_KEY,
+    WEIGHTS_NAME,
+    load_component,
+    save_component,
+)
 
 FORMAT = "dia-training-checkpoint"
-FORMAT_VERSION = 1
-STATE_FILE = "state.safetensors"
-META_FILE = "state.json"
+# 2: written by dia.saved; 1: its own two files, OLD_STATE_FILE and OLD_META_FILE.
+FORMAT_VERSION = 2
+STATE_FILE = WEIGHTS_NAME
+META_FILE = CONFIG_NAME
+OLD_STATE_FILE = "state.safetensors"
+OLD_META_FILE = "state.json"
+# The fields of a checkpoint's JSON that say how it was written, not what it holds.
+OWN_KEYS = ("format", "version", VERSION_KEY, DIGEST_KEY)
 # Training seconds between checkpoints: a run loses at most this much when the machine fails.
 # A checkpoint of the cpu preset's network (width 32, with Adam's moments) is about 35 MB.
 EVERY_S = 300.0
@@ -65,31 +79,29 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def save(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write a checkpoint folder atomically: ``tensors`` (flat, CPU) and ``meta`` (JSON)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
-
-    def write(staging: Path) -> None:
-        save_file(tensors, str(staging / STATE_FILE))
-        write_json(staging / META_FILE, meta)
-
-    return save_dir_atomically(folder, write)
+    """Write a checkpoint folder atomically: ``tensors`` (flat) and ``meta`` (JSON), with
+    :func:`~dia.saved.save_component`."""
+    meta = {k: v for k, v in meta.items() if k not in OWN_KEYS}
+    return save_component(folder, FORMAT, FORMAT_VERSION, meta, tensors)
 
 
 def exists(folder: Path) -> bool:
-    """Whether ``folder`` holds a checkpoint."""
-    return (saved_dir(folder) / META_FILE).is_file()
+    """Whether ``folder`` holds a checkpoint (of any version)."""
+    folder = saved_dir(folder)
+    return (folder / META_FILE).is_file() or (folder / OLD_META_FILE).is_file()
 
 
 def read_meta(folder: Path) -> dict:
-    """The JSON of the checkpoint in ``folder``, checked against :data:`META`; errors name
-    the file and the key."""
+    """The JSON of the checkpoint in ``folder`` (less the fields that say how it was
+    written), checked against :data:`META`; errors name the file and the key."""
     folder = saved_dir(folder)
     file = folder / META_FILE
+    if not file.is_file() and (folder / OLD_META_FILE).is_file():
+        file = folder / OLD_META_FILE
     meta = read_json(file)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder} does not hold a dia training checkpoint")
-    version = meta.get("version", 0)
+    version = meta.get(VERSION_KEY, meta.get("version", 0))
     if _count(version) and version > FORMAT_VERSION:
         raise ValueError(f"{folder} was saved by a newer dia (version {version})")
     missing = [key for key in REQUIRED if key not in meta]
@@ -98,7 +110,7 @@ def read_meta(folder: Path) -> dict:
     for key, (check, expected) in META.items():
         if key in meta and not check(meta[key]):
             raise ValueError(f"{file}: {key}={meta[key]!r}; expected {expected}")
-    return meta
+    return {k: v for k, v in meta.items() if k not in OWN_KEYS}
 
 
 def _count(value) -> bool:
@@ -130,7 +142,6 @@ def _losses(value) -> bool:
 COMMANDS = ("run", "train", "train-diffusion")
 # What a checkpoint's JSON holds, each key's check and what it expects; REQUIRED must be there.
 META = {
-    "version": (_count, "a non-negative integer"),
     "command": (lambda v: v in COMMANDS, " or ".join(map(repr, COMMANDS))),
     "every_s": (lambda v: v is None or (_seconds(v) and v > 0), "null or seconds above 0"),
     "timings": (  # seconds, and flags such as diffusion_reused
@@ -155,10 +166,12 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the JSON of the checkpoint in ``folder``; errors name the file."""
     folder = saved_dir(folder)
     meta = read_meta(folder)
-    try:
-        tensors = load_file(str(folder / STATE_FILE))
+    if (folder / META_FILE).is_file():
+        return load_component(folder, FORMAT, range(2, FORMAT_VERSION + 1)).tensors, meta
+    try:  # format version 1
+        tensors = load_file(str(folder / OLD_STATE_FILE))
     except (SafetensorError, FileNotFoundError, OSError) as err:
-        raise ValueError(f"cannot read {folder / STATE_FILE}: {err}") from err
+        raise ValueError(f"cannot read {folder / OLD_STATE_FILE}: {err}") from err
     return tensors, meta
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from .cli_help import HELP, METAVARS
 from .config import (
     DataConfig,
     DetectorConfig,
@@ -33,35 +34,6 @@ FLAG_NAMES = {("data", "spec"): "data"}
 # Settings that name a registered class: the registry itself, so that a class registered after
 # the parser is built is a choice too.
 CHOICES = {("detector", "shift"): SHIFTS, ("score", "kind"): SCORES}
-METAVARS = {("data", "dicom_window"): "CENTRE,WIDTH"}
-DICOM_WINDOW_HELP = (
-    "show every grayscale DICOM or NIfTI file through this window, in its units after "
-    "rescaling (CT: Hounsfield units, e.g. --dicom-window=-600,1500 for lung; write it with "
-    "'=', or a negative centre reads as an option) instead of the file's own (default: a "
-    "DICOM file's own window, a NIfTI volume's 0.5-99.5 percentile range)"
-)
-HELP = {
-    ("data", "spec"): "data spec: 'synthetic' (default), a MedMNIST .npz file, "
-    "'medmnist:NAME', a folder of images or a CSV list of image files (path,label[,split])",
-    ("detector", "shift"): "shifting transformation: %(choices)s (default rotation)",
-    ("score", "kind"): "how features become scores: %(choices)s (default csi: CSI's score and "
-    "its variants, which the other --score-* flags set)",
-    ("detector", "input_norm"): "network input: fixed ([0, 1] to [-1, 1]) or image "
-    "(each image standardised on its own)",
-    ("detector", "mask"): "contrastive mask: shifted_removed or none",
-    ("detector", "contrastive_per"): "the contrastive loss averaged per anchor (the two views "
-    "of each image) or per view (the dissolved ones too, as the authors' DIA)",
-    ("detector", "warmup_peak"): "the learning rate at the end of the warm-up, in multiples of "
-    "--lr (1: from 0 to it; CSI's 10: from it to 10 times it)",
-    ("data", "val_fraction"): "hold out this fraction of the normal training files and of the "
-    "abnormal ones (a folder's train/1_abnormal, a CSV list's abnormal train rows) as a "
-    "validation split, for data without one; whole files, so a volume's slices stay "
-    "together (default 0: none)",
-    ("data", "dicom_window"): DICOM_WINDOW_HELP,
-    ("data", "dicom_studies"): "keep the DICOM files of one study (StudyInstanceUID) together "
-    "in splits and thresholds (default true); false splits them file by file, for data whose "
-    "anonymiser gave every file one study",
-}
 
 
 def _parse_bool(text: str) -> bool:
@@ -74,11 +46,23 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_type(annotation: str):
+    """The flag's parser of a setting annotated ``annotation``; one that may be None (no
+    limit, no value) takes ``none`` for it."""
     base = annotation.replace(" | None", "")
     if base.startswith("tuple"):
         kind = float if base.startswith("tuple[float") else int
-        return lambda s: tuple(kind(v) for v in s.split(","))
-    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
+        parse = lambda s: tuple(kind(v) for v in s.split(","))  # noqa: E731
+    else:
+        parse = {"int": int, "float": float, "str": str, "bool": _parse_bool}[base]
+    return parse if base == annotation else _or_none(parse)
+
+
+def _or_none(parse):
+    def parse_or_none(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")  # argparse's error names it
+    return parse_or_none
 
 
 def flag(section: str, name: str) -> str:
@@ -114,7 +98,7 @@ def _add_setting(group, section: str, field: dataclasses.Field, text: str) -> No
     group.add_argument(
         flag(section, field.name),
         dest=f"{section}.{field.name}",
-        default=None,
+        default=argparse.SUPPRESS,  # not given: not in the namespace (none gives None)
         type=_parse_type(field.type),
         choices=CHOICES.get((section, field.name)),
         metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
@@ -147,11 +131,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument(
         "--budget",
-        type=float,
-        default=None,
+        type=_or_none(float),
+        default=False,
         metavar="SECONDS",
         help="wall-clock seconds from start to a fitted detector; detector training ends in "
-        "time for it (default: the preset's)",
+        "time for it (default: the preset's; none: no budget)",
     )
     _add_runtime(parser, None, " (default auto, or --config's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -198,11 +182,7 @@ def _add_runtime(
 
 def given_settings(args: argparse.Namespace) -> dict[str, object]:
     """The setting flags given on the command line, as ``{"section.field": value}``."""
-    return {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and k.split(".", 1)[0] in SECTIONS and "." in k
-    }
+    return {k: v for k, v in vars(args).items() if k.split(".", 1)[0] in SECTIONS and "." in k}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -230,9 +210,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device or base.device,
         precision=args.precision or base.precision,
     )
-    if args.budget is not None:
-        if not args.budget > 0:
-            raise ValueError(f"--budget {args.budget}; expected a number of seconds above 0")
+    if args.budget is not False:  # given, a number or none
+        if args.budget is not None and not args.budget > 0:
+            raise ValueError(f"--budget {args.budget}; expected seconds above 0, or none")
         config = dataclasses.replace(config, budget_s=args.budget)
     check_settings(config.detector, config.score)
     return config

@@ -20,6 +20,7 @@ from .config import DiffusionConfig
 from .diffusion.cache import cache_root, load_cached, model_dir, model_key, store
 from .diffusion.model import DiffusionModel
 from .diffusion.train import train_diffusion
+from .registry import Registry
 
 BLUR_KERNEL = 7
 # Gaussian control: sigma = t / 50 (t = 30 -> 0.6, 100 -> 2), floored so t = 0 stays a
@@ -132,23 +133,15 @@ class Dissolver(nn.Module):
 
 
 # Every dissolver by name, in the order the command line lists them.
-DISSOLVERS: dict[str, type[Dissolver]] = {}
-
-
-def register_dissolver(cls: type[Dissolver]) -> type[Dissolver]:
-    """Make ``cls`` a dissolver the settings (``dissolve=NAME``) and the command line
-    (``--dissolve NAME``) can name; usable as a class decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Dissolver)) or not cls.name:
-        raise ValueError(f"{cls!r} is not a Dissolver subclass with a name")
-    DISSOLVERS[cls.name] = cls
-    return cls
+DISSOLVERS: Registry[type[Dissolver]] = Registry("dissolver", Dissolver)
+# Makes a class a dissolver the settings (``dissolve=NAME``) and the command line
+# (``--dissolve NAME``) can name; usable as a class decorator.
+register_dissolver = DISSOLVERS.register
 
 
 def dissolver_class(name: str) -> type[Dissolver]:
     """The dissolver registered as ``name``."""
-    if name not in DISSOLVERS:
-        raise ValueError(f"unknown dissolver {name!r}; expected one of {list(DISSOLVERS)}")
-    return DISSOLVERS[name]
+    return DISSOLVERS.lookup(name)
 
 
 @register_dissolver

@@ -66,7 +66,7 @@ def global_statistics(x: torch.Tensor) -> np.ndarray:
     lap = laplacian(x).abs().flatten(1)
     noise = lap.median(1).values / (0.6745 * 20**0.5)  # the Laplacian of unit noise: sd sqrt(20)
     energy = torch.log(detail_energy(x).clamp_min(1e-12))
-    return torch.stack([flat.mean(1), flat.std(1), energy, noise], 1).numpy()
+    return torch.stack([flat.mean(1), flat.std(1), energy, noise], 1).cpu().numpy()
 
 
 def separability_auroc(clean: torch.Tensor, dissolved: torch.Tensor, seed: int = 0) -> float:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -69,25 +71,13 @@ class Score:
 
 
 # Every score by name, the built-in one first.
-SCORES: dict[str, type[Score]] = {}
-
-
-def register_score(cls: type[Score]) -> type[Score]:
-    """Make ``cls`` the score ``cls.name`` (a value of ``ScoreConfig.kind``); usable as a class
-    decorator. A name is registered once."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a name")
-    if SCORES.get(cls.name, cls) is not cls:
-        raise ValueError(f"score {cls.name!r} is already registered ({SCORES[cls.name]})")
-    SCORES[cls.name] = cls
-    return cls
+SCORES: Registry[type[Score]] = Registry("score kind", Score)
+register_score = SCORES.register
 
 
 def get_score_class(kind: str) -> type[Score]:
     """The class of score ``kind`` (a key of ``SCORES``)."""
-    if kind not in SCORES:
-        raise ValueError(f"score kind={kind!r}; expected one of {sorted(SCORES)}")
-    return SCORES[kind]
+    return SCORES.lookup(kind)
 
 
 def get_score(config: ScoreConfig) -> Score:

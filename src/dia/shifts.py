@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from .registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -69,25 +71,20 @@ class Shift:
 
 
 # Every family by name, the built-in ones first.
-SHIFTS: dict[str, type[Shift]] = {}
+SHIFTS: Registry[type[Shift]] = Registry("shift", Shift)
 
 
 def register_shift(cls: type[Shift]) -> type[Shift]:
     """Make ``cls`` the shift family ``cls.name`` (a choice of ``--shift``); usable as a class
     decorator. A name is registered once."""
-    if not cls.name or cls.count < 1:
-        raise ValueError(f"{cls.__name__} needs a name and a count of at least 1")
-    if SHIFTS.get(cls.name, cls) is not cls:
-        raise ValueError(f"shift {cls.name!r} is already registered ({SHIFTS[cls.name]})")
-    SHIFTS[cls.name] = cls
-    return cls
+    if getattr(cls, "count", 0) < 1:
+        raise ValueError(f"{cls.__name__} needs a count of at least 1")
+    return SHIFTS.register(cls)
 
 
 def get_shift(name: str) -> Shift:
     """The shift family ``name`` (a key of ``SHIFTS``)."""
-    if name not in SHIFTS:
-        raise ValueError(f"shift={name!r}; expected one of {sorted(SHIFTS)}")
-    return SHIFTS[name]()
+    return SHIFTS.lookup(name)()
 
 
 def rotate(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from dia.data.errors import DataError
+from dia.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -62,18 +63,8 @@ class DataSource:
 
 
 # Every source by name, in order of precedence.
-DATA_SOURCES: dict[str, type[DataSource]] = {}
-
-
-def register_source(cls: type[DataSource]) -> type[DataSource]:
-    """Add ``cls`` as data source ``cls.name``, after those registered before it; usable as a
-    class decorator. A name is registered once."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a name")
-    if DATA_SOURCES.get(cls.name, cls) is not cls:
-        raise ValueError(f"data source {cls.name!r} is already registered")
-    DATA_SOURCES[cls.name] = cls
-    return cls
+DATA_SOURCES: Registry[type[DataSource]] = Registry("data source", DataSource)
+register_source = DATA_SOURCES.register
 
 
 def spec_forms() -> str:
