@@ -386,7 +386,13 @@ def test_checkpoints_can_be_turned_off_and_a_train_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(DetectorTrainer, "_step", ctrl_c)
     out = tmp_path / "plain"
     train = ["train", "--out", str(out), "--dissolve", "none", *TINY]
-    assert main([*train, "--checkpoint-every", "0"]) == 130
+    # Without checkpoints Ctrl-C is Python's KeyboardInterrupt: make it so even where the
+    # tests run with SIGINT ignored (a background job), as a terminal's Ctrl-C would be.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main([*train, "--checkpoint-every", "0"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert "resume" not in capsys.readouterr().err
     assert not (out / "detector-checkpoint").exists()
     assert main(train) == 130  # the default: a checkpoint on Ctrl-C
