@@ -17,21 +17,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale as gray
 
 from .augment import KEY_ROWS, KeyedAugment, SimCLRAugment, adjust_hue
 
-# kornia's rgb_to_grayscale weights, which its colour jitter and grayscale use.
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 # ColorJitter's steps in the order its ``order`` parameter numbers them, and each one's
 # factor that changes nothing (a step whose factors all are that is skipped, as kornia does).
 JITTER_FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
 NEUTRAL = (1.0, 1.0, 1.0, 0.0)
-
-
-def gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 1, H, W) luma, as kornia's rgb_to_grayscale."""
-    r, g, b = x.unbind(-3)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(-3)
 
 
 def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -75,13 +68,14 @@ class KeyedColour:
         x = x.clamp(0.0, 1.0)
         picked = self.jittered[keys].nonzero().squeeze(1)
         if len(picked):
-            part = x[picked.to(x.device)]
             factors = self.factors[keys[picked]].to(x)
+            picked = picked.to(x.device)
+            part = x[picked]
             for step in self.order:
                 f = factors[:, step]
                 if (f != NEUTRAL[step]).any():
                     part = STEPS[step](part, f.view(-1, 1, 1, 1))
-            x[picked.to(x.device)] = part.clamp_(0.0, 1.0)
+            x[picked] = part.clamp_(0.0, 1.0)
         if self.grayed is not None:
             grayed = self.grayed[keys].nonzero().squeeze(1).to(x.device)
             if len(grayed):
@@ -146,21 +140,21 @@ class TestViews:
         matrix are sampled with the flip and the crop in one pass; others are applied to the
         flipped images first."""
         x = self.colour(x, keys)
-        flip = torch.ones(len(keys), 2)
-        flip[:, 0] = 1 - 2 * self.flips[keys.cpu()].float()  # x -> -x where flipped
-        mirror = torch.diag_embed(flip)
-        if any(shift.sampling_matrix(k) is None for k in range(len(self.crops))):
-            x = torch.where((flip[:, 0] < 0).to(x.device)[:, None, None, None], x.flip(-1), x)
+        flipped = self.flips[keys.cpu()]
+        matrices = [shift.sampling_matrix(k) for k in range(len(self.crops))]
+        if any(m is None for m in matrices):
+            x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(-1), x)
             same = torch.eye(2).expand(len(keys), 2, 2)
             return torch.cat(
                 [crop.sample(shift(x, k), keys, same) for k, crop in enumerate(self.crops)]
             )
+        mirror = torch.ones(len(keys), 2)
+        mirror[:, 0] = 1 - 2 * flipped.float()  # x -> -x where flipped
+        mirror = torch.diag_embed(mirror)
         return torch.cat(
             [
-                crop.sample(
-                    x, keys, mirror @ torch.tensor(shift.sampling_matrix(k), dtype=torch.float32)
-                )
-                for k, crop in enumerate(self.crops)
+                crop.sample(x, keys, mirror @ torch.tensor(m, dtype=torch.float32))
+                for m, crop in zip(matrices, self.crops, strict=True)
             ]
         )
 

@@ -142,12 +142,16 @@ def _run_dissolver(config, data, out, progress, reuse, checkpoint_every, timings
     return dissolver
 
 
-def _finish(config, data, out, dissolver, saving, *, progress, deadline, timings, t_start):
-    """Train the detector and, on rank 0, evaluate: the end of :func:`run` and of
-    :func:`resume`. ``timings`` (wall seconds so far) is completed and kept in the metrics;
-    ``t_start`` is when the session began."""
+def _finish(
+    config, data, out, dissolver, saving, *, progress, deadline, timings, t_start, command="run"
+):
+    """Train the detector and, for ``dia run`` on rank 0, evaluate (returning the metrics):
+    the end of :func:`run` and of :func:`resume`. ``timings`` (wall seconds so far) is
+    completed and kept in the metrics; ``t_start`` is when the session began."""
     t0 = time.perf_counter()
     detector = train_detector_step(config, data, out, dissolver, progress, deadline, saving)
+    if command != "run":  # dia train: the saved detector is all
+        return None
     timings["detector_s"] = time.perf_counter() - t0
     timings.update({f"detector_{k}": v for k, v in detector.timings_.items()})
     timings["dissolve_cache_s"] = detector.history_.get("dissolve_cache_s", 0.0)
@@ -221,9 +225,6 @@ def resume(
             "that diffusion model"
         )
     saving = Checkpointing(folder, meta.get("every_s"), resume=True, meta=_own_meta(meta))
-    if command != "run":
-        train_detector_step(config, data, out, dissolver, progress, None, saving)
-        return command, None
     metrics = _finish(
         config,
         data,
@@ -234,6 +235,7 @@ def resume(
         deadline=None,
         timings=timings,
         t_start=t_start,
+        command=command,
     )
     return command, metrics
 
@@ -256,9 +258,6 @@ def _resume_diffusion(config, data, out: Path, meta: dict, timings: dict, progre
     timings["diffusion_s"] = meta["train_s"] + time.perf_counter() - t0
     deadline = None if config.budget_s is None else t_start + config.budget_s - spent
     saving = checkpointing(out, meta.get("every_s"), command=command, timings=dict(timings))
-    if command == "train":
-        train_detector_step(config, data, out, dissolver, progress, deadline, saving)
-        return None
     return _finish(
         config,
         data,
@@ -269,6 +268,7 @@ def _resume_diffusion(config, data, out: Path, meta: dict, timings: dict, progre
         deadline=deadline,
         timings=timings,
         t_start=t_start,
+        command=command,
     )
 
 
