@@ -553,7 +553,8 @@ def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run,
     argv = ["train-diffusion", "--config", str(again), "--out", str(other), "--seed", "4"]
     assert main([*argv, "--width", "8", "--no-progress"]) == 0
     changed = json.loads((other / "config.json").read_text())
-    assert changed == {**saved, "seed": 4, "detector": {**saved["detector"], "width": 8}}
+    network = {**saved["detector"]["network"], "width": 8}
+    assert changed == {**saved, "seed": 4, "detector": {**saved["detector"], "network": network}}
     capsys.readouterr()
     # a file that is not a run's settings is one line
     for bad, why in [
@@ -568,6 +569,26 @@ def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run,
     assert main(argv) == 2
     assert "--preset and --config both give the settings" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_config_of_the_flat_layout_repeats_its_run(finished_run, tmp_path):
+    """A run's config.json as dia wrote it before the settings were grouped (the detector's and
+    the data sources' settings at the top of their sections) repeats that run."""
+    from dia.config import DataConfig, DetectorConfig
+    from dia.config_tree import flat_values
+
+    saved = json.loads((finished_run / "config.json").read_text())
+    flat = {**saved, "data": flat_values(DataConfig, saved["data"])}
+    flat["detector"] = flat_values(DetectorConfig, saved["detector"])
+    assert "width" in flat["detector"] and "synthetic_train" in flat["data"]
+    (tmp_path / "old.json").write_text(json.dumps(flat))
+    again = tmp_path / "again"
+    argv = ["run", "--config", str(tmp_path / "old.json"), "--out", str(again), "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads((again / "config.json").read_text()) == saved  # in the new layout
+    first, second = (json.loads((f / "metrics.json").read_text()) for f in (finished_run, again))
+    for key in ("auroc", "auprc", "fpr_at_95_tpr", "val_auroc"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9), key
 
 
 def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
