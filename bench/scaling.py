@@ -70,7 +70,7 @@ def measure(size: int, setting: str, device_name: str) -> dict:
     config = config_of(setting)
     device = resolve_device(device_name)
     precision = resolve_precision(config.precision, device)
-    batch = config.detector.batch_size
+    batch = config.detector.optim.batch_size
     images = make_synthetic(batch * (TRAIN_STEPS + 1), 0, 2, image_size=size).train
     record = {"precision": precision}
     try:

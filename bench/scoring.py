@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def per_sample(net, images, config: RunConfig, samples: int, runtime) -> list[list]:
     """[plain, sample 0, ..., sample samples - 1]: [h, z, logits] of every shift for each."""
     device, precision = runtime
-    score = replace_settings(config.score, shifts=get_shift(config.detector.shift).count)
+    score = replace_settings(config.score, shifts=get_shift(config.detector.loss.shift).count)
     plain = plain_features(net, images, config.detector, score, device, precision)
     out = [[plain.h, plain.z, plain.logits]]
     keys = image_keys(images)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     data_cfg = DataConfig(
         spec=args.data, image_size=args.image_size, val_fraction=args.val_fraction
     )
-    stem = base.detector.stem_stride if args.stem_stride is None else args.stem_stride
+    stem = base.detector.network.stem_stride if args.stem_stride is None else args.stem_stride
     detector = replace_settings(
         base.detector,
         dissolve="none",

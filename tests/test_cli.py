@@ -725,7 +725,7 @@ def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom
     assert main(["run", "--data", str(root), "--dicom-window=-600,1500", "--dissolve", "none",
                  "--out", str(out), *TINY]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["data"]["dicom_window"] == [-600.0, 1500.0]
+    assert metrics["config"]["data"]["dicom"]["window"] == [-600.0, 1500.0]
     assert metrics["data"]["dicom_displays"] == ["given window -600/1500"]
     # no validation split: no validation AUROC, baselines on the test split alone
     assert "val_auroc" not in metrics and "val_scoring_s" not in metrics["wall_s"]
