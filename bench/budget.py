@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -50,7 +49,7 @@ from pathlib import Path
 import torch
 
 from dia.baselines import BASELINES, knn_pixel_scores
-from dia.config import DataConfig, RunConfig, to_dict
+from dia.config import DataConfig, RunConfig, replace_settings, to_dict
 from dia.data import ImageData, load_data
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.diffusion.cache import CACHE_ENV
@@ -132,12 +131,12 @@ def apply_settings(config: RunConfig, settings: dict[str, object]) -> RunConfig:
     for key, value in settings.items():
         section, _, field = key.partition(".")
         if not field:
-            config = dataclasses.replace(config, **{section: value})
+            config = replace_settings(config, **{section: value})
             continue
         if isinstance(value, list):
             value = tuple(value)
-        sub = dataclasses.replace(getattr(config, section), **{field: value})
-        config = dataclasses.replace(config, **{section: sub})
+        sub = replace_settings(getattr(config, section), **{field: value})
+        config = replace_settings(config, **{section: sub})
     return config
 
 
@@ -152,7 +151,7 @@ def features_of(net, images: torch.Tensor, config: RunConfig, samples: int):
     """Test-time-augmented features of ``images`` with S = samples."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    score = dataclasses.replace(config.score, samples=samples)
+    score = replace_settings(config.score, samples=samples)
     return shifted_features(net, images, config.detector, score, device, precision)
 
 
@@ -324,7 +323,7 @@ def score_grid(
     for features, cosine, weight in itertools.product(
         SCORE_GRID["features"], SCORE_GRID["cosine"], shift_weights
     ):
-        score = dataclasses.replace(
+        score = replace_settings(
             config.score, features=features, cosine=cosine, shift_weight=weight
         )
         bank = build_bank(train, score)
@@ -333,7 +332,7 @@ def score_grid(
             name: round(auroc(f, y, bank, score), 4) for name, (f, y) in feats.items()
         }
         for neighbours in GRID_NEIGHBOURS if weight == 0 and not suffix else ():
-            more = dataclasses.replace(score, neighbours=neighbours)
+            more = replace_settings(score, neighbours=neighbours)
             grid[f"{key}/k{neighbours}"] = {
                 name: round(auroc(f, y, bank, more), 4) for name, (f, y) in feats.items()
             }
@@ -343,7 +342,7 @@ def score_grid(
 def crop_grid(net, data: ImageData, config: RunConfig, crop: float) -> dict[str, dict]:
     """The no-shift rows of :func:`score_grid` with the test-time crop area fixed at ``crop``
     for the bank and the scored images alike (one more pass of features)."""
-    config = dataclasses.replace(config, score=dataclasses.replace(config.score, crop_scale=crop))
+    config = replace_settings(config, score=replace_settings(config.score, crop_scale=crop))
     train = features_of(net, data.train, config, config.score.samples)
     feats = labelled_features(net, data, config, config.score.samples)
     return score_grid(train, feats, config, shift_weights=(0.0,), suffix=f"/crop{crop}")
@@ -750,8 +749,8 @@ def step_matched(config: RunConfig, epochs: int | None) -> RunConfig:
     where ``epochs`` is None)."""
     if epochs is None:
         return config
-    detector = dataclasses.replace(config.detector, epochs=epochs, max_seconds=None)
-    return dataclasses.replace(config, budget_s=None, detector=detector)
+    detector = replace_settings(config.detector, epochs=epochs, max_seconds=None)
+    return replace_settings(config, budget_s=None, detector=detector)
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
@@ -759,7 +758,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
     base = apply_preset(RunConfig(data=DataConfig(spec=args.data)), args.preset)
     base = apply_settings(base, dict(args.set))
     if args.budget is not None:
-        base = dataclasses.replace(base, budget_s=args.budget)
+        base = replace_settings(base, budget_s=args.budget)
     base = step_matched(base, args.epochs)
     if base.budget_s is None and args.epochs is None:
         raise SystemExit("no budget: pass --budget SECONDS, a preset that sets one, or --epochs N")
@@ -827,7 +826,7 @@ def run_variant(spec: str, base: RunConfig, args, data: ImageData, results: dict
         if str(seed) in entry["runs"]:
             continue
         record = one_run(
-            dataclasses.replace(config, seed=seed),
+            replace_settings(config, seed=seed),
             data,
             args.curve_every,
             args.curve_samples,

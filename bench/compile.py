@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dia.config import DetectorConfig
+from dia.config import DetectorConfig, replace_settings
 from dia.device import (
     autocast,
     memory_format,
@@ -42,16 +42,16 @@ def make_step(config, x, labels, device, precision, compiled: bool):
     """A training step on the fixed batch ``x``; the network is compiled when asked."""
     torch.manual_seed(0)
     net = build_network(config, x.shape[1], x.shape[-1])
-    net = net.to(device, memory_format=memory_format(config.width))
+    net = net.to(device, memory_format=memory_format(config.network.width))
     net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.optim.lr)
     model = torch.compile(net) if compiled else net
     group = x.shape[0] // 2
 
     def step() -> float:
         with autocast(device, precision):
             z, logits = model(x)
-        loss = contrastive_loss(z, group, config.temperature) + shift_loss(logits, labels)
+        loss = contrastive_loss(z, group, config.loss.temperature) + shift_loss(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     set_cpu_memory_from_env()  # as the dia command does
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    config = DetectorConfig(width=args.width)
-    shifts = get_shift(config.shift).count
+    config = replace_settings(DetectorConfig(), width=args.width)
+    shifts = get_shift(config.loss.shift).count
     n = 2 * shifts * args.batch
     x = torch.rand(n, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))
     x = x.to(device).contiguous(memory_format=memory_format(args.width))

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dia import training
-from dia.config import DataConfig, DetectorConfig, ScoreConfig
+from dia.config import DataConfig, DetectorConfig, ScoreConfig, replace_settings
 from dia.data import load_data
 from dia.device import set_cpu_memory
 from dia.provenance import machine
@@ -50,7 +50,9 @@ CASES = {
 def measure(images: torch.Tensor, width: int, steps: int, score_images: int) -> dict:
     """Training step time and scoring rate in this process, as it is set up."""
     batch = DetectorConfig().batch_size
-    config = DetectorConfig(width=width, epochs=1, max_seconds=None, dissolve="none")
+    config = replace_settings(
+        DetectorConfig(), width=width, epochs=1, max_seconds=None, dissolve="none"
+    )
     # Two steps first, so that one-off costs (and the heap's growth) are not measured.
     training.DetectorTrainer(config, images[: 2 * batch], device=torch.device("cpu")).train(
         progress=False

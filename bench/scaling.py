@@ -17,7 +17,6 @@ and .md (``--name`` changes the name).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from dia.config import RunConfig
+from dia.config import RunConfig, replace_settings
 from dia.data.synthetic import make_synthetic
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.presets import apply_preset
@@ -58,10 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def config_of(setting: str) -> RunConfig:
     detector, score = SETTINGS[setting]
     config = apply_preset(RunConfig(), "quick")
-    return dataclasses.replace(
+    return replace_settings(
         config,
-        detector=dataclasses.replace(config.detector, dissolve="none", **detector),
-        score=dataclasses.replace(config.score, **score),
+        detector=replace_settings(config.detector, dissolve="none", **detector),
+        score=replace_settings(config.score, **score),
     )
 
 
@@ -71,11 +70,11 @@ def measure(size: int, setting: str, device_name: str) -> dict:
     config = config_of(setting)
     device = resolve_device(device_name)
     precision = resolve_precision(config.precision, device)
-    batch = config.detector.batch_size
+    batch = config.detector.optim.batch_size
     images = make_synthetic(batch * (TRAIN_STEPS + 1), 0, 2, image_size=size).train
     record = {"precision": precision}
     try:
-        warm = dataclasses.replace(config.detector, epochs=1, max_seconds=None)
+        warm = replace_settings(config.detector, epochs=1, max_seconds=None)
         DetectorTrainer(warm, images[:batch], device=device, precision=precision).train(False)
         trainer = DetectorTrainer(warm, images[batch:], device=device, precision=precision)
         _, history = trainer.train(progress=False)

@@ -19,7 +19,6 @@ Markdown table is written beside it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import resource
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dia.augment import image_keys
-from dia.config import DataConfig, RunConfig, ScoreConfig, to_dict
+from dia.config import DataConfig, RunConfig, ScoreConfig, replace_settings, to_dict
 from dia.data import load_data
 from dia.device import resolve_device, resolve_precision, set_cpu_memory_from_env
 from dia.evaluation import anomaly_metrics
@@ -74,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def per_sample(net, images, config: RunConfig, samples: int, runtime) -> list[list]:
     """[plain, sample 0, ..., sample samples - 1]: [h, z, logits] of every shift for each."""
     device, precision = runtime
-    score = dataclasses.replace(config.score, shifts=get_shift(config.detector.shift).count)
+    score = replace_settings(config.score, shifts=get_shift(config.detector.loss.shift).count)
     plain = plain_features(net, images, config.detector, score, device, precision)
     out = [[plain.h, plain.z, plain.logits]]
     keys = image_keys(images)
@@ -108,7 +107,7 @@ def speed_table(net, images, config: RunConfig, samples, runtime) -> dict[str, f
     device, precision = runtime
     rates = {}
     for shifts, s in itertools.product(SHIFTS, samples):
-        score = dataclasses.replace(config.score, shifts=shifts, samples=s)
+        score = replace_settings(config.score, shifts=shifts, samples=s)
         features(net, images[:8], config.detector, score, device, precision)  # warm
         seconds = []
         for _ in range(2):  # the faster of two: one slowed by another process does not count
@@ -134,15 +133,15 @@ def main(argv=None) -> int:
     data_cfg = DataConfig(
         spec=args.data, image_size=args.image_size, val_fraction=args.val_fraction
     )
-    stem = base.detector.stem_stride if args.stem_stride is None else args.stem_stride
-    detector = dataclasses.replace(
+    stem = base.detector.network.stem_stride if args.stem_stride is None else args.stem_stride
+    detector = replace_settings(
         base.detector,
         dissolve="none",
         max_seconds=args.train_seconds,
         epochs=10_000,
         stem_stride=stem,
     )
-    config = dataclasses.replace(
+    config = replace_settings(
         base, data=data_cfg, detector=detector, seed=args.seed, device=args.device
     )
     device = resolve_device(args.device)

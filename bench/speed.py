@@ -29,7 +29,14 @@ from pathlib import Path
 import torch
 
 from dia import scoring, training
-from dia.config import DataConfig, DetectorConfig, DiffusionConfig, RunConfig, ScoreConfig
+from dia.config import (
+    DataConfig,
+    DetectorConfig,
+    DiffusionConfig,
+    RunConfig,
+    ScoreConfig,
+    replace_settings,
+)
 from dia.data import load_data
 from dia.device import resolve_device, set_cpu_memory_from_env
 from dia.diffusion import DiffusionModel
@@ -89,8 +96,8 @@ def scoring_variants() -> dict[str, tuple]:
         "before, bf16": (before, "bf16", False),
         "now, fp32": (now, "fp32", False),
         "now, bf16": (now, "bf16", False),
-        "now, bf16, batch 64": (dataclasses.replace(now, batch_size=64), "bf16", False),
-        "now, bf16, batch 1024": (dataclasses.replace(now, batch_size=1024), "bf16", False),
+        "now, bf16, batch 64": (replace_settings(now, batch_size=64), "bf16", False),
+        "now, bf16, batch 1024": (replace_settings(now, batch_size=1024), "bf16", False),
         "now, bf16, plain layout": (now, "bf16", True),
     }
 
@@ -117,20 +124,24 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     data = load_data(DataConfig(spec=args.data))
     images = data.train[: args.images]
-    base = DetectorConfig(
-        width=args.width, epochs=args.epochs, max_seconds=None, dissolve_cache_steps=4
+    base = replace_settings(
+        DetectorConfig(),
+        width=args.width,
+        epochs=args.epochs,
+        max_seconds=None,
+        dissolve_cache_steps=4,
     )
     # An untrained UNet costs the same per call as a trained one; speed is all we measure.
     unet = DiffusionModel(DiffusionConfig(), images.shape[1]).to(device)
     dissolver = build_dissolver("diffusion", unet).to(device)
-    csi = dataclasses.replace(base, dissolve="none")
+    csi = replace_settings(base, dissolve="none")
     variants = {  # name: (config, dissolver, precision, plain layout)
         "csi fp32": (csi, None, "fp32", False),
         "csi fp32, plain layout": (csi, None, "fp32", True),
         "csi bf16": (csi, None, "bf16", False),
         "dia fp32, cached dissolving": (base, dissolver, "fp32", False),
         "dia fp32, UNet every step": (
-            dataclasses.replace(base, dissolve_cache_steps=0),
+            replace_settings(base, dissolve_cache_steps=0),
             dissolver,
             "fp32",
             False,
@@ -148,7 +159,9 @@ def main(argv=None) -> int:
             print(f"round {r} {name}: {measured[name][-1]['train_images_per_s']:.0f} img/s")
         for name, (score, precision, plain) in score_variants.items():
             scored[name].append(score_rate(base, score, images, device, precision, plain))
-    grid = timestep_grid(base.t_min, base.t_max, base.dissolve_cache_steps)
+    grid = timestep_grid(
+        base.dissolving.t_min, base.dissolving.t_max, base.dissolving.dissolve_cache_steps
+    )
     cache_images = data.train[: args.cache_images]
     t0 = time.perf_counter()
     DissolveCache.build(dissolver, cache_images, grid, device=device)
@@ -167,7 +180,7 @@ def main(argv=None) -> int:
             "images": images.shape[0],
             "image_size": images.shape[-1],
             "width": args.width,
-            "batch_size": base.batch_size,
+            "batch_size": base.optim.batch_size,
             "epochs_per_measurement": args.epochs,
             "repeats": args.repeats,
             "scores": {
@@ -202,8 +215,8 @@ def main(argv=None) -> int:
         "",
         "Images/s count every augmented view the network sees (3 views x 4 shifts per image "
         "with dissolving, 2 x 4 without); channels_last layout unless 'plain layout'; bf16 is "
-        f"autocast; ResNet-18 width {args.width}, batch "
-        f"{base.batch_size}, {images.shape[-1]} px; median of {args.repeats} interleaved rounds.",
+        f"autocast; ResNet-18 width {args.width}, batch {base.optim.batch_size}, "
+        f"{images.shape[-1]} px; median of {args.repeats} interleaved rounds.",
         "",
         "| training variant | images/s | ratio to csi fp32 |",
         "|---|---|---|",

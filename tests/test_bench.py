@@ -88,8 +88,8 @@ def test_a_step_matched_table_trains_every_variant_the_same_steps(tmp_path):
     assert csi["steps"] == median["steps"] == [2 * 32 // 8]  # 2 epochs of 32 images, 8 a step
     for entry in (csi, median):
         assert entry["settings"]["budget_s"] is None
-        assert entry["settings"]["detector"]["epochs"] == 2
-        assert entry["settings"]["detector"]["max_seconds"] is None
+        assert entry["settings"]["detector"]["optim"]["epochs"] == 2
+        assert entry["settings"]["detector"]["optim"]["max_seconds"] is None
     quality = median["runs"]["0"]["dissolver_quality"]  # on the 10 normal validation images
     assert quality["t"] == [50, 100] and quality["images"] == 10
     assert len(quality["detail_ratio"]) == len(quality["share_added_detail"]) == 2
@@ -180,7 +180,7 @@ def test_scoring_bench_tables_every_setting_on_one_network(tmp_path):
     results = json.loads((tmp_path / "scoring.json").read_text())
     assert set(results["datasets"]) == {"a", "b"}  # merged, one entry a data set
     entry = results["datasets"]["b"]
-    assert entry["settings"]["detector"]["stem_stride"] == 2
+    assert entry["settings"]["detector"]["network"]["stem_stride"] == 2
     assert entry["settings"]["bank_images"] == 48 and entry["settings"]["val_images"] == 200
     kinds, shifts, samples = len(scoring_bench.KINDS), len(scoring_bench.SHIFTS), 3  # 0, 1, 2
     assert len(entry["val_auroc"]) == kinds * shifts * samples * samples
@@ -245,11 +245,13 @@ def test_dia_variants_dissolve_with_diffusion_whatever_the_preset_says():
     base = budget.apply_preset(budget.RunConfig(), "cpu")
     for spec in ("dia", "dia-t0-30", "dia-mask-none:detector.mask=none"):
         _, settings = budget.variant_settings(spec)
-        assert budget.apply_settings(base, settings).detector.dissolve == "diffusion", spec
+        assert budget.apply_settings(base, settings).detector.dissolving.dissolve == "diffusion", (
+            spec
+        )
     _, settings = budget.variant_settings("csi")
-    assert budget.apply_settings(base, settings).detector.dissolve == "none"
+    assert budget.apply_settings(base, settings).detector.dissolving.dissolve == "none"
     _, settings = budget.variant_settings("x:detector.dissolve=gaussian")
-    assert budget.apply_settings(base, settings).detector.dissolve == "gaussian"
+    assert budget.apply_settings(base, settings).detector.dissolving.dissolve == "gaussian"
 
 
 def test_every_named_variant_does_what_its_name_says():
@@ -259,8 +261,8 @@ def test_every_named_variant_does_what_its_name_says():
     for name in budget.VARIANTS:
         _, settings = budget.variant_settings(name)
         detector = budget.apply_settings(base, settings).detector
-        assert detector.dissolve == dissolve[name.split("-")[0]], name
-        assert detector.shift == ("cutperm" if "cutperm" in name else "rotation"), name
+        assert detector.dissolving.dissolve == dissolve[name.split("-")[0]], name
+        assert detector.loss.shift == ("cutperm" if "cutperm" in name else "rotation"), name
     with pytest.raises(SystemExit, match="median-cutperm"):
         budget.variant_settings("median-cutprem")
 

@@ -1,7 +1,6 @@
 """Checkpoints: an interrupted detector or diffusion training continues to exactly the
 uninterrupted result."""
 
-import dataclasses
 import json
 import signal
 
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 
 from dia import checkpoint as ckpt
 from dia.checkpoint import Checkpointing, StopRequests, TrainingInterrupted
-from dia.config import DetectorConfig, DiffusionConfig
+from dia.config import DetectorConfig, DiffusionConfig, replace_settings
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.diffusion import train as diffusion_train
 from dia.dissolve import build_dissolver
@@ -19,8 +18,14 @@ from dia.training import DetectorTrainer
 
 # Gaussian dissolving from a cache (the cache's draws and the flips use the trainer's generator,
 # the augmentations torch's), Adam moments and a weight average: every state a checkpoint keeps.
-CONFIG = DetectorConfig(
-    dissolve="gaussian", width=4, batch_size=8, epochs=2, dissolve_cache_steps=2, ema=0.9
+CONFIG = replace_settings(
+    DetectorConfig(),
+    dissolve="gaussian",
+    width=4,
+    batch_size=8,
+    epochs=2,
+    dissolve_cache_steps=2,
+    ema=0.9,
 )
 CPU = torch.device("cpu")
 
@@ -30,7 +35,7 @@ def _images() -> torch.Tensor:
 
 
 def _trainer(config: DetectorConfig = CONFIG) -> DetectorTrainer:
-    blur = build_dissolver(config.dissolve)
+    blur = build_dissolver(config.dissolving.dissolve)
     return DetectorTrainer(config, _images(), dissolver=blur, device=CPU, seed=5)
 
 
@@ -134,7 +139,7 @@ def test_a_checkpoint_of_the_first_format_is_resumed(uninterrupted, tmp_path, mo
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
 def test_the_other_optimizers_resume_exactly(optimizer, tmp_path, monkeypatch):
-    config = dataclasses.replace(CONFIG, optimizer=optimizer, lr=0.1, ema=0.0)
+    config = replace_settings(CONFIG, optimizer=optimizer, lr=0.1, ema=0.0)
     weights = _weights(_trainer(config).train(progress=False)[0])
     folder = tmp_path / "ckpt"
     _fail_at(monkeypatch, 5, lambda: signal.raise_signal(signal.SIGINT))
@@ -147,7 +152,7 @@ def test_the_other_optimizers_resume_exactly(optimizer, tmp_path, monkeypatch):
 
 def test_the_training_seconds_before_count_against_a_time_limit(tmp_path, monkeypatch):
     folder = tmp_path / "ckpt"
-    limited = dataclasses.replace(CONFIG, max_seconds=3600.0)
+    limited = replace_settings(CONFIG, max_seconds=3600.0)
     _fail_at(monkeypatch, 4, lambda: signal.raise_signal(signal.SIGTERM))
     with pytest.raises(TrainingInterrupted):
         _trainer(limited).train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
@@ -168,7 +173,7 @@ def test_a_checkpoint_of_another_training_is_refused(tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         _trainer().train(progress=False, checkpoint=Checkpointing(folder, every_s=None))
     monkeypatch.undo()
-    other = dataclasses.replace(CONFIG, lr=0.01)
+    other = replace_settings(CONFIG, lr=0.01)
     with pytest.raises(ValueError, match="another training.*config"):
         _trainer(other).train(progress=False, checkpoint=Checkpointing(folder, resume=True))
     (folder / ckpt.STATE_FILE).write_bytes(b"not safetensors")
@@ -190,9 +195,9 @@ def test_a_second_ctrl_c_interrupts_at_once():
 def test_the_authors_contrastive_weighting_divides_by_every_view():
     """Over every view (the authors' DIA), the first step's contrastive loss is that over the
     anchors times 2/3: three views an image, two of them anchors."""
-    one_step = dataclasses.replace(CONFIG, epochs=1, max_seconds=None)
+    one_step = replace_settings(CONFIG, epochs=1, max_seconds=None)
     _, anchor = _trainer(one_step).train(progress=False)
-    _, view = _trainer(dataclasses.replace(one_step, contrastive_per="view")).train(progress=False)
+    _, view = _trainer(replace_settings(one_step, contrastive_per="view")).train(progress=False)
     assert view["contrastive"][0] == pytest.approx(anchor["contrastive"][0] * 2 / 3, rel=1e-5)
     assert view["shift"][0] == pytest.approx(anchor["shift"][0], rel=1e-5)
 
@@ -280,14 +285,14 @@ def test_a_crashed_diffusion_training_resumes_from_its_last_checkpoint(
 
 def test_a_diffusion_checkpoint_of_another_training_or_time_spent_is_refused(tmp_path, monkeypatch):
     folder = tmp_path / "ckpt"
-    limited = dataclasses.replace(DIFFUSION, max_seconds=3600.0)
+    limited = replace_settings(DIFFUSION, max_seconds=3600.0)
     _diffusion_fails_at(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGTERM))
     with pytest.raises(TrainingInterrupted):
         _diffusion(limited, checkpoint=Checkpointing(folder, every_s=None))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="another training.*lr"):
         _diffusion(
-            dataclasses.replace(limited, lr=1e-3), checkpoint=Checkpointing(folder, resume=True)
+            replace_settings(limited, lr=1e-3), checkpoint=Checkpointing(folder, resume=True)
         )
     with pytest.raises(ValueError, match="another training"):  # a detector's checkpoint
         _trainer().train(progress=False, checkpoint=Checkpointing(folder, resume=True))

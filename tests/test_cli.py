@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dia.cli import main
+from dia.config import replace_settings
 
 TINY = [
     "--synthetic-train", "48", "--synthetic-val", "8", "--synthetic-test", "24",
@@ -32,7 +33,7 @@ def test_run_writes_metrics_models_and_scores(finished_run, capsys):
     metrics = json.loads((finished_run / "metrics.json").read_text())
     for key in ("auroc", "auprc", "fpr_at_95_tpr"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["config"]["detector"]["dissolve"] == "diffusion"
+    assert metrics["config"]["detector"]["dissolving"]["dissolve"] == "diffusion"
     assert metrics["data"]["train"] == 48
     assert metrics["data"]["test_normal"] + metrics["data"]["test_abnormal"] == 24
     assert metrics["protocol"].startswith("last-checkpoint")
@@ -77,8 +78,8 @@ def test_a_run_is_shown_beside_the_pixel_baselines_and_its_validation_auroc(fini
     from dia.detector import DIADetector
 
     metrics = json.loads((finished_run / "metrics.json").read_text())
-    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
-                                image_size=16))  # fmt: skip
+    data = load_data(replace_settings(DataConfig(), synthetic_train=48, synthetic_val=8,
+                                synthetic_test=24, image_size=16))  # fmt: skip
     splits = {"test": (data.test, data.test_labels), "val": (data.val, data.val_labels)}
     assert set(metrics["baselines"]) == set(BASELINES)
     for key, standardize in (("knn_pixel_k5", False), ("knn_standardized_k5", True)):
@@ -335,7 +336,7 @@ def test_a_detector_saved_alone_is_evaluated_and_mapped_on_the_data_given(
     metrics = json.loads((det / "external" / "synthetic" / "metrics.json").read_text())
     assert metrics["external"] == {"run": str(det), "trained_on": None}
     assert metrics["data"]["test_abnormal"] > 0
-    assert metrics["config"]["detector"]["width"] == 4  # the detector's, not the flags'
+    assert metrics["config"]["detector"]["network"]["width"] == 4  # the detector's, not the flags'
     assert metrics["seed"] == metrics["config"]["seed"] == 7
     assert metrics["config"]["diffusion"] is None and metrics["config"]["budget_s"] is None
     page = (det / "external" / "synthetic" / "report.html").read_text()
@@ -459,7 +460,7 @@ def test_plain_csi_and_blur_controls_run(tmp_path):
         out = tmp_path / dissolve
         assert main(["run", "--out", str(out), "--dissolve", dissolve, *TINY]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["config"]["detector"]["dissolve"] == dissolve
+        assert metrics["config"]["detector"]["dissolving"]["dissolve"] == dissolve
         assert not (out / "diffusion").exists()
         assert (out / "anomaly_maps.png").is_file()
         assert (out / "dissolve_grid.png").is_file() == (dissolve != "none")
@@ -517,19 +518,22 @@ def test_presets_and_budget_flag_set_the_config():
     assert config().budget_s is None or config().budget_s > 0
     cpu = config("--preset", "cpu")
     assert cpu.preset == "cpu" and cpu.budget_s == 1800
-    assert cpu.detector.schedule == "constant"
-    assert config("--preset", "cpu", "--schedule", "cosine").detector.schedule == "cosine"
+    assert cpu.detector.optim.schedule == "constant"
+    assert config("--preset", "cpu", "--schedule", "cosine").detector.optim.schedule == "cosine"
     assert config("--preset", "cpu", "--budget", "60").budget_s == 60
     # none: no budget, and no limit where a setting may have none
     unlimited = config("--preset", "cpu", "--budget", "none", "--max-seconds", "None")
-    assert unlimited.budget_s is None and unlimited.detector.max_seconds is None
+    assert unlimited.budget_s is None and unlimited.detector.optim.max_seconds is None
     assert config("--diffusion-max-seconds", "none").diffusion.max_seconds is None
     with pytest.raises(SystemExit):  # a setting that cannot be unset does not take none
         build_parser().parse_args(["run", "--width", "none"])
-    assert config("--preset", "cpu", "--width", "8").detector.width == 8
+    assert config("--preset", "cpu", "--width", "8").detector.network.width == 8
     # cpu trains plain CSI (what measured best); --dissolve still picks DIA's diffusion
-    assert cpu.detector.dissolve == "none"
-    assert config("--preset", "cpu", "--dissolve", "diffusion").detector.dissolve == "diffusion"
+    assert cpu.detector.dissolving.dissolve == "none"
+    assert (
+        config("--preset", "cpu", "--dissolve", "diffusion").detector.dissolving.dissolve
+        == "diffusion"
+    )
 
 
 def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run, tmp_path, capsys):
@@ -549,7 +553,8 @@ def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run,
     argv = ["train-diffusion", "--config", str(again), "--out", str(other), "--seed", "4"]
     assert main([*argv, "--width", "8", "--no-progress"]) == 0
     changed = json.loads((other / "config.json").read_text())
-    assert changed == {**saved, "seed": 4, "detector": {**saved["detector"], "width": 8}}
+    network = {**saved["detector"]["network"], "width": 8}
+    assert changed == {**saved, "seed": 4, "detector": {**saved["detector"], "network": network}}
     capsys.readouterr()
     # a file that is not a run's settings is one line
     for bad, why in [
@@ -564,6 +569,26 @@ def test_a_run_repeats_from_its_config_with_the_flags_given_on_top(finished_run,
     assert main(argv) == 2
     assert "--preset and --config both give the settings" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_config_of_the_flat_layout_repeats_its_run(finished_run, tmp_path):
+    """A run's config.json as dia wrote it before the settings were grouped (the detector's and
+    the data sources' settings at the top of their sections) repeats that run."""
+    from dia.config import DataConfig, DetectorConfig
+    from dia.config_tree import flat_values
+
+    saved = json.loads((finished_run / "config.json").read_text())
+    flat = {**saved, "data": flat_values(DataConfig, saved["data"])}
+    flat["detector"] = flat_values(DetectorConfig, saved["detector"])
+    assert "width" in flat["detector"] and "synthetic_train" in flat["data"]
+    (tmp_path / "old.json").write_text(json.dumps(flat))
+    again = tmp_path / "again"
+    argv = ["run", "--config", str(tmp_path / "old.json"), "--out", str(again), "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads((again / "config.json").read_text()) == saved  # in the new layout
+    first, second = (json.loads((f / "metrics.json").read_text()) for f in (finished_run, again))
+    for key in ("auroc", "auprc", "fpr_at_95_tpr", "val_auroc"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9), key
 
 
 def test_a_budget_too_small_for_diffusion_is_a_clear_error(tmp_path, capsys):
@@ -601,8 +626,8 @@ def test_score_new_images_agrees_with_the_library(finished_run, tmp_path, capsys
     from dia.data import load_data
     from dia.detector import DIADetector
 
-    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
-                                image_size=16))  # fmt: skip
+    data = load_data(replace_settings(DataConfig(), synthetic_train=48, synthetic_val=8,
+                                synthetic_test=24, image_size=16))  # fmt: skip
     stored = _write_pngs(tmp_path / "new", data.test[:6])
     assert main(["score", str(tmp_path / "new"), "--out", str(finished_run),
                  "--device", "cpu"]) == 0  # fmt: skip
@@ -681,8 +706,8 @@ def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom
     from dia.data.folder import load_images
     from dia.detector import DIADetector
 
-    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
-                                image_size=16))  # fmt: skip
+    data = load_data(replace_settings(DataConfig(), synthetic_train=48, synthetic_val=8,
+                                synthetic_test=24, image_size=16))  # fmt: skip
     root = tmp_path / "ct"
 
     def write(folder, images):
@@ -700,7 +725,7 @@ def test_a_ct_folder_of_dicom_files_through_a_given_window(tmp_path, write_dicom
     assert main(["run", "--data", str(root), "--dicom-window=-600,1500", "--dissolve", "none",
                  "--out", str(out), *TINY]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["data"]["dicom_window"] == [-600.0, 1500.0]
+    assert metrics["config"]["data"]["dicom"]["window"] == [-600.0, 1500.0]
     assert metrics["data"]["dicom_displays"] == ["given window -600/1500"]
     # no validation split: no validation AUROC, baselines on the test split alone
     assert "val_auroc" not in metrics and "val_scoring_s" not in metrics["wall_s"]
@@ -743,8 +768,8 @@ def test_an_external_test_set_is_evaluated_apart(finished_run, tmp_path, capsys)
     from dia.data import load_data
     from dia.detector import DIADetector
 
-    data = load_data(DataConfig(synthetic_train=48, synthetic_val=8, synthetic_test=24,
-                                image_size=16, split_seed=7))  # fmt: skip
+    data = load_data(replace_settings(DataConfig(), synthetic_train=48, synthetic_val=8,
+                                synthetic_test=24, image_size=16, split_seed=7))  # fmt: skip
     hospital = tmp_path / "hospital-b"  # test images only: no train/ folder
     normal = _write_pngs(hospital / "test/0_normal", data.test[data.test_labels == 0])
     abnormal = _write_pngs(hospital / "test/1_abnormal", data.test[data.test_labels == 1])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dia.config import DataConfig
+from dia.config import DataConfig, replace_settings
 from dia.data import DataError, ImageData, load_data
 from dia.data import medmnist as medmnist_module
 from dia.data.synthetic import make_synthetic, render_images
@@ -235,8 +235,9 @@ def test_resize_max_train_and_contamination(tmp_path: Path) -> None:
     + [("val_fraction", 1.0), ("val_fraction", -0.1)],
 )
 def test_bad_settings(setting: str, value: object) -> None:
-    with pytest.raises(DataError, match=setting):
-        load_data(DataConfig(spec="synthetic", **{setting: value}))
+    """Refused where the settings are made, before any data is read."""
+    with pytest.raises(ValueError, match=setting):
+        DataConfig(spec="synthetic", **{setting: value})
 
 
 def test_unknown_spec(tmp_path: Path) -> None:
@@ -649,7 +650,9 @@ def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> N
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        lung = load_data(DataConfig(spec=str(root), image_size=8, dicom_window=(-600, 1500)))
+        lung = load_data(
+            replace_settings(DataConfig(), spec=str(root), image_size=8, dicom_window=(-600, 1500))
+        )
     assert lung.info["dicom_displays"] == ["colour", "given window -600/1500"]
     assert torch.allclose(lung.train[0], lung.train[1])
 
@@ -662,10 +665,10 @@ def test_dicom_windows_differing_between_files(tmp_path: Path, write_dicom) -> N
         warnings.simplefilter("error")
         load_images([root / "train"], 8, 1, dicom_window=(40, 400))
 
-    with pytest.raises(DataError, match="width >= 1"):
-        load_data(DataConfig(spec=str(root), dicom_window=(40, 0)))
+    with pytest.raises(ValueError, match="width >= 1"):  # refused as the settings are made
+        replace_settings(DataConfig(), spec=str(root), dicom_window=(40, 0))
     with pytest.raises(DataError, match="folders and CSV lists of DICOM files only"):
-        load_data(DataConfig(spec="synthetic", dicom_window=(40, 400)))
+        load_data(replace_settings(DataConfig(), spec="synthetic", dicom_window=(40, 400)))
 
 
 def test_dicom_errors(tmp_path: Path, write_dicom) -> None:
@@ -995,7 +998,8 @@ def test_synthetic_lesion_is_small_and_local() -> None:
 
 
 def test_synthetic_through_load_data() -> None:
-    config = DataConfig(
+    config = replace_settings(
+        DataConfig(),
         spec="synthetic",
         synthetic_train=16,
         synthetic_val=0,

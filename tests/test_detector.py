@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import time
 
@@ -6,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from dia.config import DetectorConfig, ScoreConfig
+from dia.config import DetectorConfig, ScoreConfig, replace_settings
+from dia.config_tree import flat_values
 from dia.detector import DIADetector, as_images
 from dia.scoring import build_bank, shifted_features
 
-TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
+TINY = replace_settings(
+    DetectorConfig(), dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0
+)
 SCORE = ScoreConfig(samples=2, shifts=4, features="projection", shift_weight=1.0)
 
 
@@ -255,12 +257,12 @@ def test_as_images_accepts_common_layouts():
     with pytest.raises(ValueError, match="square"):
         DIADetector().fit(torch.rand(4, 1, 16, 12))
     with pytest.raises(ValueError, match="score samples=-1"):  # before any training
-        DIADetector(TINY, dataclasses.replace(SCORE, samples=-1)).fit(torch.rand(4, 1, 16, 16))
+        DIADetector(TINY, replace_settings(SCORE, samples=-1)).fit(torch.rand(4, 1, 16, 16))
 
 
 def test_a_deadline_ends_training_in_time_for_the_bank():
     images = torch.rand(24, 1, 16, 16)
-    long = dataclasses.replace(TINY, epochs=100_000, max_seconds=None)
+    long = replace_settings(TINY, epochs=100_000, max_seconds=None)
     det = DIADetector(long, SCORE, device="cpu", progress=False)
     det.fit(images, deadline=time.perf_counter() + 2.0)
     # 100k epochs would never end: the deadline stopped training, and time was kept for the bank
@@ -301,7 +303,7 @@ def test_the_score_config_shift_weight_is_used(fitted):
     det, images = fitted
     full = det.score_samples(images[:6])
     try:
-        det.score = dataclasses.replace(SCORE, shift_weight=0.0)
+        det.score = replace_settings(SCORE, shift_weight=0.0)
         sim_only = det.score_samples(images[:6])
     finally:
         det.score = SCORE
@@ -329,11 +331,13 @@ def test_a_version_2_detector_loads_with_cifars_stem_and_says_how_it_was_made(fi
     det.save_pretrained(tmp_path / "v2")
     config = json.loads((tmp_path / "v2" / "config.json").read_text())
     config["version"] = 2
+    # its settings as version 2 wrote them: the detector's in one flat object
+    config["detector"] = flat_values(DetectorConfig, config["detector"])
     del config["detector"]["stem_stride"], config["score"]["shifts"]
     (tmp_path / "v2" / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="flipped after they were shifted"):
         loaded = DIADetector.from_pretrained(tmp_path / "v2", device="cpu")
-    assert loaded.detector_config.stem_stride == 1 and loaded.score_config.shifts == 4
+    assert loaded.detector_config.network.stem_stride == 1 and loaded.score_config.shifts == 4
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -351,25 +355,25 @@ def test_a_version_3_detector_says_its_colour_jitter_was_drawn_per_shift(fitted,
 
 def test_a_strided_stem_and_one_plain_view_of_one_shift_round_trip(tmp_path):
     images = torch.rand(16, 1, 16, 16)
-    config = dataclasses.replace(TINY, stem_stride=2)
+    config = replace_settings(TINY, stem_stride=2)
     score = ScoreConfig(samples=0, shifts=1)
     det = DIADetector(config, score, device="cpu", progress=False).fit(images)
     assert det.net_.encoder.stem[0].stride == (2, 2)
     assert det.bank_.bank.shape == (1, 16, 32)  # one shift: the images as they are
     det.save_pretrained(tmp_path / "det")
     loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
-    assert loaded.detector_config.stem_stride == 2 and loaded.score_config.shifts == 1
+    assert loaded.detector_config.network.stem_stride == 2 and loaded.score_config.shifts == 1
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
 def test_an_image_normalised_detector_round_trips(tmp_path):
     images = torch.rand(16, 1, 16, 16)
-    config = dataclasses.replace(TINY, input_norm="image")
+    config = replace_settings(TINY, input_norm="image")
     det = DIADetector(config, SCORE, device="cpu", progress=False).fit(images)
     det.save_pretrained(tmp_path / "det")
     loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
-    assert loaded.detector_config.input_norm == "image"
+    assert loaded.detector_config.network.input_norm == "image"
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -378,10 +382,11 @@ def test_a_detector_saved_before_input_norm_loads_with_the_fixed_input(fitted, t
     det, images = fitted
     det.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["detector"] = flat_values(DetectorConfig, config["detector"])  # as it was then
     del config["detector"]["input_norm"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = DIADetector.from_pretrained(tmp_path / "old", device="cpu")
-    assert loaded.detector_config.input_norm == "fixed"
+    assert loaded.detector_config.network.input_norm == "fixed"
     np.testing.assert_allclose(loaded.score_samples(images[:4]), det.score_samples(images[:4]),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -408,7 +413,7 @@ def test_fitting_with_diffusion_twice_gives_the_same_scores():
 
     images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     diffusion = DiffusionConfig(resolution=16, block_out_channels=(8, 16), epochs=1)
-    config = dataclasses.replace(TINY, dissolve="diffusion", dissolve_cache_steps=2)
+    config = replace_settings(TINY, dissolve="diffusion", dissolve_cache_steps=2)
 
     def fit_and_score():
         torch.manual_seed(int(time.time_ns() % 2**31))  # whatever the global state is
@@ -437,14 +442,14 @@ def test_a_clone_is_unfitted_with_equal_params_that_set_params_changes(fitted):
         copy.score_samples(images[:2])
     # a parameter set is the one fitting uses; the detector cloned keeps its own
     assert copy.set_params(detector__width=8, fpr=0.1) is copy
-    assert copy.detector_config == dataclasses.replace(TINY, width=8) and copy.fpr == 0.1
-    assert det.detector_config.width == 4 and det.fpr == 0.05
+    assert copy.detector_config == replace_settings(TINY, width=8) and copy.fpr == 0.1
+    assert det.detector_config.network.width == 4 and det.fpr == 0.05
     copy.fit(images)
     assert copy.net_.width == 8 and det.net_.width == 4
     assert copy.threshold_ == pytest.approx(float(np.quantile(copy.train_scores_, 0.1)))
     # whole configs as well; they go first, single settings on top
     other = DIADetector().set_params(score__samples=0, score=SCORE)
-    assert other.score_config == dataclasses.replace(SCORE, samples=0)
+    assert other.score_config == replace_settings(SCORE, samples=0)
 
 
 def test_set_params_names_an_unknown_parameter_and_sets_nothing():

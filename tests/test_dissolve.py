@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dia.config import DiffusionConfig
+from dia.config import DiffusionConfig, replace_settings
 from dia.diffusion import DiffusionModel, train_diffusion
 from dia.dissolve import (
     DiffusionDissolver,
@@ -291,7 +291,7 @@ def test_a_registered_dissolver_trains_and_scores_through_the_run(mean_dissolver
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY, "--dissolve", "test-mean"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["detector"]["dissolve"] == "test-mean"
+    assert metrics["config"]["detector"]["dissolving"]["dissolve"] == "test-mean"
     assert metrics["diffusion"] == {"kept": False, "train_s": 0.25, "steps": 1, "epochs": 1.0}
     assert (out / "diffusion" / "mean.safetensors").is_file() and 0 <= metrics["auroc"] <= 1
     assert (out / "dissolve_grid.png").is_file()
@@ -300,13 +300,14 @@ def test_a_registered_dissolver_trains_and_scores_through_the_run(mean_dissolver
 
 
 def test_the_detector_takes_any_dissolver_fitted_or_not(mean_dissolver):
-    import dataclasses
 
     from dia.config import DetectorConfig, ScoreConfig
     from dia.detector import DIADetector
 
     images = torch.rand(16, 1, 16, 16)
-    config = DetectorConfig(dissolve="test-mean", width=4, epochs=1, batch_size=8)
+    config = replace_settings(
+        DetectorConfig(), dissolve="test-mean", width=4, epochs=1, batch_size=8
+    )
     score = ScoreConfig(samples=1, shifts=1)
     made = DIADetector(config, score, device="cpu", progress=False).fit(images)
     assert isinstance(made.dissolver_, MeanDissolver) and made.dissolver_.fitted
@@ -315,7 +316,7 @@ def test_the_detector_takes_any_dissolver_fitted_or_not(mean_dissolver):
     given = DIADetector(config, score, device="cpu", progress=False)
     assert given.fit(images, dissolver=fitted).dissolver_ is fitted  # not fitted again
     assert fitted.mean.abs().max() == 0
-    other = dataclasses.replace(config, dissolve="median")
+    other = replace_settings(config, dissolve="median")
     with pytest.raises(ValueError, match="'test-mean' dissolver was given"):
         DIADetector(other, score, device="cpu", progress=False).fit(images, dissolver=fitted)
 

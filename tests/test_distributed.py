@@ -14,13 +14,11 @@ import torch.multiprocessing as mp
 
 import dia
 from dia import distributed
-from dia.config import DetectorConfig, DiffusionConfig
+from dia.config import DetectorConfig, DiffusionConfig, replace_settings
 from dia.losses import contrastive_loss
 
-TINY = DetectorConfig(
-    dissolve="gaussian", width=4, batch_size=4, epochs=1000, max_seconds=1.0,
-    dissolve_cache_steps=2, schedule="cosine",
-)  # fmt: skip
+TINY = replace_settings(DetectorConfig(), dissolve="gaussian", width=4, batch_size=4, epochs=1000,
+                        max_seconds=1.0, dissolve_cache_steps=2, schedule="cosine")  # fmt: skip
 DIFFUSION = DiffusionConfig(
     resolution=16, block_out_channels=(8, 16), epochs=1000, batch_size=4, max_seconds=1.5
 )
@@ -198,7 +196,9 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
     from dia.training import DetectorTrainer
 
     images = _as_rank(rank, world, port)
-    config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
+    config = replace_settings(
+        DetectorConfig(), dissolve="gaussian", width=4, batch_size=4, epochs=2
+    )
     blur = build_dissolver("gaussian")
 
     def trainer():
@@ -259,7 +259,9 @@ def test_an_interrupt_on_rank_0_stops_and_resumes_every_process(tmp_path):
     from dia.training import DetectorTrainer
 
     images = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    config = DetectorConfig(dissolve="gaussian", width=4, batch_size=4, epochs=2)
+    config = replace_settings(
+        DetectorConfig(), dissolve="gaussian", width=4, batch_size=4, epochs=2
+    )
     trainer = DetectorTrainer(
         config, images, dissolver=build_dissolver("gaussian"), device=torch.device("cpu")
     )

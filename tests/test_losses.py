@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from dia.config import replace_settings
 from dia.losses import contrastive_loss, contrastive_mask, shift_loss
 
 # Two images, one shift: groups v1 = items 0-1, v2 = items 2-3, v3 (dissolved) = items 4-5.
@@ -86,7 +87,8 @@ def _train_tiny(monkeypatch, epochs: int = 1, **settings) -> tuple[list, dict]:
         return contrastive_loss(z, group_size, temperature, mask, dissolved_of)
 
     monkeypatch.setattr(dia.training, "contrastive_loss", spy)
-    config = DetectorConfig(
+    config = replace_settings(
+        DetectorConfig(),
         dissolve="gaussian",
         width=4,
         batch_size=8,

@@ -1,9 +1,9 @@
-import dataclasses
 import math
 
 import pytest
 import torch
 
+from dia.config import replace_settings
 from dia.optim import WeightAverage, lr_factor, make_optimizer
 
 
@@ -34,13 +34,11 @@ def test_every_optimizer_lowers_a_quadratic(name):
     assert float((w.detach() ** 2).sum()) < before
 
 
-def test_trainer_names_an_unknown_schedule_before_training():
+def test_an_unknown_schedule_is_refused_where_the_settings_are_made():
     from dia.config import DetectorConfig
-    from dia.training import DetectorTrainer
 
-    config = DetectorConfig(dissolve="none", schedule="linear")
     with pytest.raises(ValueError, match="schedule='linear'"):
-        DetectorTrainer(config, torch.rand(4, 1, 8, 8), device=torch.device("cpu"))
+        replace_settings(DetectorConfig(), dissolve="none", schedule="linear")
 
 
 def test_the_weight_average_follows_the_weights_with_its_decay():
@@ -70,11 +68,13 @@ def test_training_with_a_weight_average_returns_the_average():
     from dia.training import DetectorTrainer
 
     images = torch.rand(16, 1, 8, 8)
-    base = DetectorConfig(dissolve="none", width=4, batch_size=8, epochs=2, max_seconds=None)
+    base = replace_settings(
+        DetectorConfig(), dissolve="none", width=4, batch_size=8, epochs=2, max_seconds=None
+    )
     seen = []
     plain, _ = DetectorTrainer(base, images, device=torch.device("cpu")).train(progress=False)
     averaged, history = DetectorTrainer(
-        dataclasses.replace(base, ema=0.5), images, device=torch.device("cpu")
+        replace_settings(base, ema=0.5), images, device=torch.device("cpu")
     ).train(progress=False, callback=lambda net, s: seen.append(net), callback_every_s=0.0)
     assert history["steps"] == 4
     assert not averaged.training
@@ -83,7 +83,7 @@ def test_training_with_a_weight_average_returns_the_average():
     assert not all(torch.allclose(last, mean) for last, mean in pairs)
     assert seen and all(net is averaged for net in seen)  # the curve measures the average
     with pytest.raises(ValueError, match="ema"):
-        DetectorTrainer(dataclasses.replace(base, ema=-0.1), images, device=torch.device("cpu"))
+        DetectorTrainer(replace_settings(base, ema=-0.1), images, device=torch.device("cpu"))
 
 
 def test_the_paper_presets_learning_rate_peaks_at_ten_times_its_base():
@@ -93,13 +93,14 @@ def test_the_paper_presets_learning_rate_peaks_at_ten_times_its_base():
     from dia.presets import apply_preset
 
     cfg = apply_preset(RunConfig(), "paper").detector
-    warmup = cfg.warmup_epochs / cfg.epochs
+    warmup = cfg.optim.warmup_epochs / cfg.optim.epochs
     rates = [
-        cfg.lr * lr_factor(p / 1000, warmup, cfg.schedule, cfg.warmup_peak) for p in range(1001)
+        cfg.optim.lr * lr_factor(p / 1000, warmup, cfg.optim.schedule, cfg.optim.warmup_peak)
+        for p in range(1001)
     ]
-    assert rates[0] == pytest.approx(cfg.lr)  # 0.1 at the start, not 0
-    assert max(rates) == pytest.approx(10 * cfg.lr)  # 1.0 at the end of the warm-up
+    assert rates[0] == pytest.approx(cfg.optim.lr)  # 0.1 at the start, not 0
+    assert max(rates) == pytest.approx(10 * cfg.optim.lr)  # 1.0 at the end of the warm-up
     assert rates.index(max(rates)) == round(warmup * 1000) and rates[-1] == pytest.approx(0)
     # the other presets warm up from 0 to their rate, as before
     assert lr_factor(0.0, 0.1, "cosine") == 0.0 and lr_factor(0.1, 0.1, "cosine") == 1.0
-    assert cfg.contrastive_per == "view"
+    assert cfg.loss.contrastive_per == "view"

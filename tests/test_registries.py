@@ -1,7 +1,6 @@
 """The extension points: a shift family, a score and a data source defined here, registered,
 and used through the same code as the built-in ones."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dia.config import DataConfig, DetectorConfig, ScoreConfig, check_settings
+from dia.config import (
+    DataConfig,
+    DetectorConfig,
+    RunConfig,
+    ScoreConfig,
+    check_shift_count,
+    replace_settings,
+)
 from dia.data import DataError, ImageData, load_data, load_test_set
 from dia.data.registry import DATA_SOURCES, DataSource, register_source
 from dia.detector import DIADetector
@@ -17,7 +23,9 @@ from dia.scores import SCORES, CSIScore, Score, get_score, register_score
 from dia.scoring import features, plain_features
 from dia.shifts import SHIFTS, Shift, get_shift, register_shift
 
-TINY = DetectorConfig(dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0)
+TINY = replace_settings(
+    DetectorConfig(), dissolve="gaussian", width=4, batch_size=8, epochs=1, dissolve_cache_steps=0
+)
 
 
 class VerticalFlip(Shift):
@@ -93,7 +101,7 @@ def ones():
 def test_a_registered_shift_family_trains_and_scores_a_detector(vflip, tmp_path):
     assert get_shift("vflip").count == 2
     images = torch.rand(16, 1, 16, 16)
-    config = dataclasses.replace(TINY, shift="vflip")
+    config = replace_settings(TINY, shift="vflip")
     score = ScoreConfig(samples=2, shifts=2, features="projection", shift_weight=1.0)
     det = DIADetector(config, score, device="cpu", progress=False).fit(images)
     assert det.net_.shift_head.out_features == 2  # the network asks the family its count
@@ -109,11 +117,13 @@ def test_a_registered_shift_family_trains_and_scores_a_detector(vflip, tmp_path)
     torch.testing.assert_close(plain.logits[1], logits)
     det.save_pretrained(tmp_path / "det")
     loaded = DIADetector.from_pretrained(tmp_path / "det", device="cpu")
-    assert loaded.detector_config.shift == "vflip"
+    assert loaded.detector_config.loss.shift == "vflip"
     np.testing.assert_allclose(loaded.score_samples(images[:4]), scores, rtol=1e-5, atol=1e-6)
     # More shifts scored than the family makes is refused before anything is trained.
     with pytest.raises(ValueError, match="score shifts=3; expected at most 2"):
-        check_settings(config, ScoreConfig(shifts=3))
+        check_shift_count(config, ScoreConfig(shifts=3))
+    with pytest.raises(ValueError, match="score shifts=3; expected at most 2"):
+        RunConfig(detector=config, score=ScoreConfig(shifts=3))  # checked where it is built
 
 
 def test_a_registered_score_scores_a_detector(mean_nearest, tmp_path):
@@ -143,9 +153,9 @@ def test_a_registered_score_scores_a_detector(mean_nearest, tmp_path):
 def test_the_csi_score_is_the_registered_default():
     assert ScoreConfig().kind == "csi" and isinstance(get_score(ScoreConfig()), CSIScore)
     with pytest.raises(ValueError, match=r"score kind='nope'; expected one of \['csi'"):
-        check_settings(DetectorConfig(), ScoreConfig(kind="nope"))
+        ScoreConfig(kind="nope")
     with pytest.raises(ValueError, match="shift='nope'; expected one of"):
-        check_settings(DetectorConfig(shift="nope"), ScoreConfig())
+        replace_settings(DetectorConfig(), shift="nope")
 
 
 def test_a_name_is_registered_once(vflip):
@@ -197,7 +207,7 @@ def test_the_command_line_reads_its_choices_from_the_registries(vflip, mean_near
     assert {"rotation", "cutperm", "vflip"} <= set(actions["detector.shift"].choices)
     args = parser.parse_args(["run", "--shift", "vflip", "--score-kind", "mean-nearest"])
     config = config_from_args(args)
-    assert config.detector.shift == "vflip" and config.score.kind == "mean-nearest"
+    assert config.detector.loss.shift == "vflip" and config.score.kind == "mean-nearest"
     help_text = " ".join(run.format_help().split())
     assert "rotation, cutperm, vflip" in help_text and "csi, mean-nearest" in help_text
     with pytest.raises(SystemExit):

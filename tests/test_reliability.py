@@ -101,9 +101,11 @@ DETECTOR_CASES = [
     ("dicom_window", "a"), ("dicom_window", [1]), ("dicom_window", [1, 0]),
     ("dicom_window", [1, "x"]), ("dicom_window", [NAN, 1]),
     ("format", "other"), ("format", MISSING),
-    ("detector", "x"), ("detector", MISSING), ("detector.width", "16"), ("detector.width", 0),
-    ("detector.lr", NAN), ("detector.unknown", 1), ("detector.stem_stride", 3),
-    ("detector.jitter_prob", 2.0), ("detector.ema", True),
+    ("detector", "x"), ("detector", MISSING), ("detector.network.width", "16"),
+    ("detector.network.width", 0), ("detector.optim.lr", NAN), ("detector.unknown", 1),
+    ("detector.network.stem_stride", 3), ("detector.augment.jitter_prob", 2.0),
+    ("detector.optim.ema", True), ("detector.network", "x"), ("detector.network.unknown", 1),
+    ("detector.width", 8),  # given twice: flat, as before the groups, and in its group
     ("score", "x"), ("score", MISSING), ("score.samples", -1), ("score.shifts", 5),
     ("score.features", 3), ("score.cosine", "yes"), ("score.crop_scale", INF),
     ("score.neighbours", 0),
@@ -139,8 +141,9 @@ def test_a_nan_threshold_is_never_used_to_call_scans_normal(run, tmp_path, capsy
 
 RUN_CASES = [
     ("data", "x"), ("seed", "1"), ("seed", 1.5), ("budget_s", NAN), ("budget_s", "420"),
-    ("data", MISSING), ("detector.width", "16"), ("detector.batch_size", 0),
-    ("score.shifts", 9), ("score.samples", -2), ("data.dicom_window", "lung"),
+    ("data", MISSING), ("detector.network.width", "16"), ("detector.optim.batch_size", 0),
+    ("detector.width", 8), ("score.shifts", 9), ("score.samples", -2),
+    ("data.dicom.window", "lung"), ("data.dicom", [1]),
     ("data.image_size", "16"), ("diffusion.block_out_channels", [8, "x"]), ("device", 3),
     ("preset", None), ("unknown", 1),
 ]  # fmt: skip

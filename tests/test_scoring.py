@@ -1,10 +1,9 @@
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from dia.config import DetectorConfig, ScoreConfig
+from dia.config import DetectorConfig, ScoreConfig, replace_settings
 from dia.scoring import (
     FeatureBank,
     ShiftedFeatures,
@@ -72,7 +71,7 @@ def test_groups_leave_a_whole_group_out():
     # the entries outside its group (both of them for items of the group of eight).
     train = make_feats(2, 10)
     bank = build_bank(train, CSI)
-    three = dataclasses.replace(CSI, neighbours=3)
+    three = replace_settings(CSI, neighbours=3)
     groups = [0] * 8 + [1, 2]
     sim, _ = score_terms(train, bank, three, exclude_self=True, groups=groups)
     for n in range(10):
@@ -86,7 +85,7 @@ def test_items_scored_a_slice_at_a_time_score_as_all_at_once(monkeypatch):
     import dia.scoring
 
     train, test = make_feats(2, 10), make_feats(3, 7)
-    three = dataclasses.replace(CSI, neighbours=3)
+    three = replace_settings(CSI, neighbours=3)
     bank = build_bank(train, three)
     groups = [0] * 4 + [1, 1, 2, 3, 3, 3]
 
@@ -118,7 +117,7 @@ def test_shift_weight_mixes_the_two_terms():
     train, test = make_feats(0, 5), make_feats(1, 3)
     bank = build_bank(train, CSI)
     sim, shift = score_terms(test, bank, CSI)
-    mix = [dataclasses.replace(CSI, shift_weight=w) for w in (0.0, 0.5)]
+    mix = [replace_settings(CSI, shift_weight=w) for w in (0.0, 0.5)]
     assert torch.allclose(csi_score(test, bank, mix[0]), sim)
     assert torch.allclose(csi_score(test, bank, mix[1]), sim + 0.5 * shift)
     assert torch.allclose(csi_score(test, bank, CSI), sim + shift)
@@ -159,13 +158,13 @@ def test_neighbours_average_the_most_similar_bank_features():
             per_shift.append(sum(cos[:3]) / 3)
         assert abs(float(sim[n]) - sum(per_shift) / 4) < 1e-5
     # more neighbours than the bank holds: all of it; leave-one-out never counts the item itself
-    whole = dataclasses.replace(score, neighbours=50)
+    whole = replace_settings(score, neighbours=50)
     mean_all = torch.einsum("knd,kmd->knm", torch.nn.functional.normalize(test.z, dim=2), bank.bank)
     assert torch.allclose(score_terms(test, bank, whole)[0], mean_all.mean(dim=2).mean(dim=0))
     loo, _ = score_terms(train, bank, whole, exclude_self=True)
     assert torch.isfinite(loo).all()
     with pytest.raises(ValueError, match="neighbours"):
-        score_terms(test, bank, dataclasses.replace(score, neighbours=0))
+        score_terms(test, bank, replace_settings(score, neighbours=0))
 
 
 def test_estimate_seconds_is_positive_and_keeps_the_mode():
@@ -184,8 +183,8 @@ def test_plain_features_are_the_networks_output_on_each_shift():
     from dia.shifts import shift
 
     net, images = AmplifierNet(1, width=4).train(), torch.rand(5, 1, 16, 16)
-    detector = DetectorConfig(shift="cutperm")
-    score = dataclasses.replace(CSI, batch_size=2)
+    detector = replace_settings(DetectorConfig(), shift="cutperm")
+    score = replace_settings(CSI, batch_size=2)
     feats = plain_features(net, images, detector, score, torch.device("cpu"))
     assert net.training  # the mode is given back
     assert feats.z.shape == (4, 5, 128) and feats.h.shape == (4, 5, 32)
@@ -253,7 +252,7 @@ def test_test_time_views_are_flipped_before_they_are_shifted():
     net, seen = _recording_net(1)
     images = torch.rand(6, 1, 8, 8)
     # No jitter and a crop of the whole image: each view is the shifted, maybe flipped, image.
-    detector = DetectorConfig(jitter_prob=0.0)
+    detector = replace_settings(DetectorConfig(), jitter_prob=0.0)
     score = ScoreConfig(samples=8, shifts=4, crop_scale=1.0)
     shifted_features(net, images, detector, score, torch.device("cpu"))
     flipped = 0
@@ -279,7 +278,9 @@ def test_test_time_colour_jitter_is_drawn_once_for_all_shifts_of_a_view():
 
     net, seen = _recording_net(3)
     images = torch.rand(6, 3, 8, 8)
-    detector = DetectorConfig(jitter_prob=1.0, gray_prob=0.5)  # every view jittered
+    detector = replace_settings(
+        DetectorConfig(), jitter_prob=1.0, gray_prob=0.5
+    )  # every view jittered
     score = ScoreConfig(samples=3, shifts=4, crop_scale=1.0)  # and not cropped
     shifted_features(net, images, detector, score, torch.device("cpu"))
     for views in seen:

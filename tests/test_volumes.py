@@ -1,6 +1,5 @@
 """Volumes: NIfTI files and multi-frame DICOM files, read slice by slice."""
 
-import dataclasses
 import shutil
 import warnings
 from pathlib import Path
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dia.config import DataConfig
+from dia.config import DataConfig, replace_settings
 from dia.data import DataError, load_data
 
 
@@ -93,7 +92,9 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
     _nifti(split / "test/0_normal/t.nii.gz", _ramp((16, 16, 4), offset=5))
     _nifti(split / "test/1_abnormal/u.nii.gz", _ramp((16, 16, 4), offset=505))
     window = (500.0, 2001.0)  # one display for all, so that volumes differ by their offsets
-    config = DataConfig(spec=str(split), image_size=8, val_fraction=0.25, dicom_window=window)
+    config = replace_settings(
+        DataConfig(), spec=str(split), image_size=8, val_fraction=0.25, dicom_window=window
+    )
     with pytest.warns(UserWarning, match="every slice of 2 abnormal volume"):
         held = load_data(config)
     assert held.counts() == {
@@ -114,7 +115,7 @@ def test_folder_of_volumes_keeps_each_volume_on_one_side(tmp_path: Path, monkeyp
     # Fewer training slices and contamination keep each image's volume: the abnormal slices
     # put in come from the one abnormal volume validation left, and share its group.
     with pytest.warns(UserWarning, match="every slice"):
-        dirty = load_data(dataclasses.replace(config, max_train=10, contamination=0.25))
+        dirty = load_data(replace_settings(config, max_train=10, contamination=0.25))
     groups = dirty.train_groups.tolist()
     put_in = dirty.info["contaminated_indices"]
     assert len(groups) == 10 and len(put_in) == 2
@@ -168,13 +169,13 @@ def test_csv_list_labels_slices_of_a_volume(tmp_path: Path) -> None:
     for seed in range(4):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no volume on two sides
-            data = load_data(dataclasses.replace(config, val_fraction=0.5, split_seed=seed))
+            data = load_data(replace_settings(config, val_fraction=0.5, split_seed=seed))
         train = data.counts()["train"]  # c's 4 slices or pic.png alone
         assert train in (1, 4) and data.counts()["val_normal"] == 7 - train
         assert data.counts()["val_abnormal"] == 2
     assert data.info["files_read"] == 4  # a, b, c and pic.png, each once for all its rows
     with pytest.raises(DataError, match="needs at least 2 normal training files in .*list.csv"):
-        load_data(dataclasses.replace(listed("path,label,split", *volumes), val_fraction=0.5))
+        load_data(replace_settings(listed("path,label,split", *volumes), val_fraction=0.5))
 
     # Without a split column a volume with abnormal slices goes to the test set whole.
     data = load_data(
@@ -353,7 +354,9 @@ def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom)
             [n for n in train if n.startswith("x")]
         )
     # Grouping by study can be turned off (for an anonymiser that gave every file one UID).
-    plain = load_data(DataConfig(spec=str(root), image_size=8, dicom_studies=False))
+    plain = load_data(
+        replace_settings(DataConfig(), spec=str(root), image_size=8, dicom_studies=False)
+    )
     assert plain.train_groups is None
     same = tmp_path / "same"
     for i in range(3):
@@ -362,7 +365,9 @@ def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom)
     with pytest.raises(DataError, match="0 normal image file.*--dicom-studies false"):
         load_data(DataConfig(spec=str(same), image_size=8))
     assert (
-        load_data(DataConfig(spec=str(same), image_size=8, dicom_studies=False)).counts()["train"]
+        load_data(
+            replace_settings(DataConfig(), spec=str(same), image_size=8, dicom_studies=False)
+        ).counts()["train"]
         == 2
     )
     # A split the data gives that shares a study gets a warning.
@@ -380,4 +385,4 @@ def test_the_files_of_one_dicom_study_stay_together(tmp_path: Path, write_dicom)
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old/config.json").write_text('{"data": {"spec": "x"}}')
-    assert load_config(tmp_path / "old").data.dicom_studies is False
+    assert load_config(tmp_path / "old").data.dicom.studies is False

@@ -205,11 +205,20 @@ def refuse_other_training(meta: dict, mine: dict) -> None:
     mine = json.loads(json.dumps(mine))  # tuples as the saved JSON holds them: lists
     saved = meta.get("config")
     if isinstance(saved, dict) and isinstance(mine.get("config"), dict):
-        meta = {**meta, "config": {**mine["config"], **saved}}
+        meta = {**meta, "config": _merged(mine["config"], saved)}
     differ = [k for k, v in mine.items() if meta.get(k) != v]
     if differ:
         detail = ", ".join(f"{k}: saved {meta.get(k)!r}, now {mine[k]!r}" for k in differ)
         raise ValueError(f"the checkpoint is of another training ({detail})")
+
+
+def _merged(now: dict, saved: dict) -> dict:
+    """``saved`` over ``now``, group by group: what ``saved`` lacks counts as it is now."""
+    out = dict(now)
+    for key, value in saved.items():
+        both = isinstance(value, dict) and isinstance(now.get(key), dict)
+        out[key] = _merged(now[key], value) if both else value
+    return out
 
 
 def generator_states(

@@ -16,14 +16,15 @@ from .config import (
     DiffusionConfig,
     RunConfig,
     ScoreConfig,
-    check_settings,
     with_settings,
 )
+from .config_tree import flat_paths, get_path, leaf_field
 from .presets import PRESETS, apply_preset
 from .scores import SCORES
 from .shifts import SHIFTS
 
-# Flag prefix of each config section; detector and data settings need none.
+# Flag prefix of each config section; detector and data settings need none. A setting's flag
+# is its section's prefix and its flat name (dia.config_tree): --t-min, --dicom-window.
 SECTIONS = {
     "data": ("", DataConfig),
     "detector": ("", DetectorConfig),
@@ -94,26 +95,30 @@ def _help(section: str, name: str, default) -> str:
 TAKES_SETTINGS = ("run", "train-diffusion", "train", "dissolve")
 
 
-def _add_setting(group, section: str, field: dataclasses.Field, text: str) -> None:
+def _add_setting(group, section: str, name: str, text: str) -> None:
+    """The flag of the setting of flat name ``name`` in config section ``section``."""
+    field = leaf_field(SECTIONS[section][1], flat_paths(SECTIONS[section][1])[name])
     group.add_argument(
-        flag(section, field.name),
-        dest=f"{section}.{field.name}",
+        flag(section, name),
+        dest=f"{section}.{name}",
         default=argparse.SUPPRESS,  # not given: not in the namespace (none gives None)
         type=_parse_type(field.type),
-        choices=CHOICES.get((section, field.name)),
-        metavar=METAVARS.get((section, field.name), field.type.split(" ")[0].upper()[:5]),
+        choices=CHOICES.get((section, name)),
+        metavar=METAVARS.get((section, name), field.type.split(" ")[0].upper()[:5]),
         help=text,
     )
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     quick = apply_preset(RunConfig(), "quick")  # the defaults the flags' help names
+    groups: dict = {}
     for section, (_, cls) in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} settings")
-        for field in dataclasses.fields(cls):
-            default = getattr(getattr(quick, section), field.name)
-            text = _help(section, field.name, default)
-            _add_setting(group, section, field, text)
+        for name, path in flat_paths(cls).items():
+            title = f"{section} settings" + (f": {path[0]}" if len(path) > 1 else "")
+            if title not in groups:  # one group of flags a concern, as the config groups them
+                groups[title] = parser.add_argument_group(title)
+            default = get_path(getattr(quick, section), path)
+            _add_setting(groups[title], section, name, _help(section, name, default))
     parser.add_argument(
         "--config",
         type=Path,
@@ -161,10 +166,9 @@ def _add_test_set(parser: argparse.ArgumentParser) -> None:
     """The options of a command that works with a saved detector and its settings (evaluate,
     maps): the test set ``--data`` names and how it is read, the device and the precision."""
     group = parser.add_argument_group("another data set's test images")
-    fields = {field.name: field for field in dataclasses.fields(DataConfig)}
     for key in EXTERNAL_SETTINGS:
         name = key.split(".", 1)[1]
-        _add_setting(group, "data", fields[name], TEST_SET_HELP[name])
+        _add_setting(group, "data", name, TEST_SET_HELP[name])
     _add_runtime(parser)
 
 
@@ -214,8 +218,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if args.budget is not None and not args.budget > 0:
             raise ValueError(f"--budget {args.budget}; expected seconds above 0, or none")
         config = dataclasses.replace(config, budget_s=args.budget)
-    check_settings(config.detector, config.score)
-    return config
+    return config  # checked as it was built
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,23 +1,112 @@
 """Typed settings of every stage, with the defaults of the ``quick`` preset.
 
 Each dataclass is plain data: it is saved as JSON next to every result and read back with
-:func:`from_dict`, so a run folder says exactly how it was made.
+:func:`from_dict`, so a run folder says exactly how it was made. The settings are grouped by
+concern: the detector's into its network, dissolving, augmentation, optimisation and loss,
+the data's source-specific ones (DICOM's, the synthetic set's) with their source
+(:mod:`dia.config_tree`: each setting keeps a flat name, that of its flag). Every dataclass
+checks its values as it is built, so that a config that exists is one that can work; an error
+names the setting and the value (``width=0; expected at least 1``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
+from .config_json import from_dict, to_dict
+from .config_tree import replace_settings
 from .scores import get_score_class
 from .shifts import get_shift
 
-# What the contrastive loss is averaged over (DetectorConfig.contrastive_per).
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "DetectorConfig",
+    "DicomConfig",
+    "DiffusionConfig",
+    "DissolvingConfig",
+    "LossConfig",
+    "NetworkConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScoreConfig",
+    "SyntheticConfig",
+    "check_shift_count",
+    "from_dict",
+    "replace_settings",
+    "to_dict",
+    "with_settings",
+]
+
+# What the contrastive loss is averaged over (LossConfig.contrastive_per).
 CONTRASTIVE_PER = ("anchor", "view")
+# What the score's similarity term compares (ScoreConfig.features).
+FEATURES = ("projection", "encoder")
+# The optimisers and learning-rate schedules of dia.optim (OptimConfig).
+OPTIMIZERS = ("adam", "sgd", "lars")
+SCHEDULES = ("cosine", "constant")
+# How the network normalises its input (NetworkConfig.input_norm, dia.networks).
+INPUT_NORMS = ("fixed", "image")
+# The smallest images the network can take: its stages halve them three times.
+MIN_IMAGE_SIZE = 8
+
+
+def _at_least(values: dict[str, tuple]) -> None:
+    for name, (value, least) in values.items():
+        if not value >= least:
+            raise ValueError(f"{name}={value}; expected at least {least}")
+
+
+def _above_zero(values: dict[str, float | None]) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name}={value}; expected more than 0")
+
+
+def _fraction(name: str, value: float, zero_allowed: bool = False) -> None:
+    if not (0.0 <= value <= 1.0 if zero_allowed else 0.0 < value <= 1.0):
+        raise ValueError(
+            f"{name}={value}; expected a fraction in {'[' if zero_allowed else '('}0, 1]"
+        )
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {choices}")
+
+
+@dataclass
+class DicomConfig:
+    """How folders and CSV lists read their DICOM and NIfTI files (flags ``--dicom-*``).
+
+    ``window`` (centre, width): show every grayscale file through this window, in the files'
+    own units after rescaling (Hounsfield units for CT; e.g. -600, 1500 for lung), instead of
+    each file's own window (a NIfTI volume's: its 0.5 to 99.5 percentile range). ``studies``:
+    keep the DICOM files of one study (one StudyInstanceUID) together, in the splits drawn
+    here and when the threshold is chosen; False groups them file by file, for data whose
+    anonymiser gave every file one StudyInstanceUID.
+    """
+
+    PREFIX: ClassVar[str] = "dicom_"
+    window: tuple[float, float] | None = None
+    studies: bool = True
+
+    def __post_init__(self) -> None:
+        window = self.window
+        if window is not None and (len(window) != 2 or not window[1] >= 1):
+            raise ValueError(f"dicom_window must be (centre, width) with width >= 1, got {window}")
+
+
+@dataclass
+class SyntheticConfig:
+    """How many images the built-in synthetic set makes (flags ``--synthetic-*``)."""
+
+    PREFIX: ClassVar[str] = "synthetic_"
+    train: int = 1000
+    val: int = 200
+    test: int = 500
 
 
 @dataclass
@@ -28,13 +117,7 @@ class DataConfig:
     ``medmnist:NAME``, a folder or a ``.csv`` list of image files. ``image_size`` None means the
     source's own default (MedMNIST: native size, folder and CSV list: 64, synthetic: 32);
     ``channels`` None means automatic (1 for grayscale sources, 3 as soon as one image has
-    colour). ``dicom_window`` (centre, width), for folders and lists of DICOM and NIfTI files:
-    show every grayscale file through this window, in the files' own units after rescaling
-    (Hounsfield units for CT; e.g. -600, 1500 for lung), instead of each file's own window
-    (a NIfTI volume's: its 0.5 to 99.5 percentile range). ``dicom_studies``: keep the DICOM
-    files of one study (one StudyInstanceUID) together, in the splits drawn here and when the
-    threshold is chosen; False groups them file by file, for data whose anonymiser gave every
-    file one StudyInstanceUID.
+    colour). ``dicom`` and ``synthetic``: the settings of those sources alone.
     """
 
     spec: str = "synthetic"
@@ -47,11 +130,25 @@ class DataConfig:
     contamination: float = 0.0
     max_train: int | None = None
     cache_dir: str | None = None
-    dicom_window: tuple[float, float] | None = None
-    dicom_studies: bool = True
-    synthetic_train: int = 1000
-    synthetic_val: int = 200
-    synthetic_test: int = 500
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be >= {MIN_IMAGE_SIZE} (or None for the source's size), got "
+                f"{self.image_size}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None (automatic), 1 or 3, got {self.channels}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.contamination < 1:
+            raise ValueError(f"contamination must be in [0, 1), got {self.contamination}")
+        if self.max_train is not None and self.max_train < 1:
+            raise ValueError(f"max_train must be >= 1 (or None for all), got {self.max_train}")
 
 
 @dataclass
@@ -87,52 +184,162 @@ class DiffusionConfig:
 
 
 @dataclass
-class DetectorConfig:
-    """The amplifying network and its training (docs/method.md, sections 2 and 3).
+class NetworkConfig:
+    """The amplifying network (docs/method.md, section 2).
 
-    ``ema``: decay of a moving average of the weights, updated every step; the average is the
-    trained network (0 = off, the last weights themselves). ``dissolve_fraction``: the share
-    of each batch's images that also get a dissolved view (1 = all, docs/method.md, section 3).
-    ``dissolve_start``: the share of training (of its steps or its time, whichever runs out
-    first) done as plain CSI before the dissolved views join (0 = from the first step).
-    ``stem_stride``: how much the network's stem downsamples images before its first stage (a
-    power of two; 0 = from the image size: the first stage at 32 to 63 px, see
-    :func:`~dia.networks.stem_stride_for`). ``warmup_peak``: the learning rate at the end of
-    the warm-up, in multiples of ``lr`` (1: warm up from 0 to ``lr``; CSI's 10: from ``lr`` to
-    10 ``lr``, :func:`~dia.optim.lr_factor`). ``contrastive_per``: the contrastive loss is the
-    mean over its ``anchor`` views (the two views of each image) or its sum over every
-    ``view`` (the dissolved ones too: the authors' DIA, where it weighs 2/3 as much against
-    the shift loss).
+    ``stem_stride``: how much the stem downsamples images before the first stage (a power of
+    two; 0 = from the image size: the first stage at 32 to 63 px, see
+    :func:`~dia.networks.stem_stride_for`). ``input_norm``: ``fixed`` ([0, 1] to [-1, 1]) or
+    ``image`` (each image standardised on its own).
     """
 
-    dissolve: str = "diffusion"
-    t_min: int = 30
-    t_max: int = 100
-    shift: str = "rotation"
-    mask: str = "shifted_removed"
+    PREFIX: ClassVar[str] = ""
     width: int = 16
     stem_stride: int = 0
     input_norm: str = "fixed"
     proj_dim: int = 128
-    temperature: float = 0.5
-    batch_size: int = 32
-    epochs: int = 100
-    max_seconds: float | None = 240.0
+
+    def __post_init__(self) -> None:
+        _at_least(
+            {
+                "width": (self.width, 1),
+                "stem_stride": (self.stem_stride, 0),
+                "proj_dim": (self.proj_dim, 1),
+            }
+        )
+        if self.stem_stride & (self.stem_stride - 1):
+            raise ValueError(
+                f"stem_stride={self.stem_stride}; expected a power of two, or 0 for automatic"
+            )
+        _one_of("input_norm", self.input_norm, INPUT_NORMS)
+
+
+@dataclass
+class DissolvingConfig:
+    """The dissolved third views (docs/method.md, section 3).
+
+    ``dissolve``: the dissolver (a key of :data:`dia.dissolve.DISSOLVERS`; ``none``: plain
+    CSI), at timesteps drawn from ``t_min`` to ``t_max``. ``dissolve_cache_steps``: dissolve
+    the training images once at that many timesteps and draw from them (0: every step anew).
+    ``dissolve_fraction``: the share of each batch's images that also get a dissolved view (1
+    = all). ``dissolve_start``: the share of training (of its steps or its time, whichever runs
+    out first) done as plain CSI before the dissolved views join (0 = from the first step).
+    """
+
+    PREFIX: ClassVar[str] = ""
+    dissolve: str = "diffusion"
+    t_min: int = 30
+    t_max: int = 100
+    dissolve_cache_steps: int = 4
+    dissolve_fraction: float = 1.0
+    dissolve_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t_min <= self.t_max:
+            raise ValueError(f"t_min={self.t_min}, t_max={self.t_max}; need 0 <= min <= max")
+        _at_least({"dissolve_cache_steps": (self.dissolve_cache_steps, 0)})
+        if not 0.0 < self.dissolve_fraction <= 1.0:
+            raise ValueError(f"dissolve_fraction={self.dissolve_fraction}; expected (0, 1]")
+        if not 0.0 <= self.dissolve_start < 1.0:
+            raise ValueError(f"dissolve_start={self.dissolve_start}; expected [0, 1)")
+
+
+@dataclass
+class AugmentConfig:
+    """The training views' augmentation: random crops of at least ``crop_scale_min`` of the
+    image's area, colour jitter of ``jitter_strength`` with probability ``jitter_prob``, gray
+    with probability ``gray_prob`` (:mod:`dia.augment`)."""
+
+    PREFIX: ClassVar[str] = ""
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.4
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        _at_least({"jitter_strength": (self.jitter_strength, 0.0)})
+        _fraction("crop_scale_min", self.crop_scale_min)
+        _fraction("jitter_prob", self.jitter_prob, zero_allowed=True)
+        _fraction("gray_prob", self.gray_prob, zero_allowed=True)
+
+
+@dataclass
+class OptimConfig:
+    """How the network is trained (:mod:`dia.optim`): for ``epochs`` or ``max_seconds`` of
+    training (None: no limit), whichever comes first.
+
+    ``warmup_peak``: the learning rate at the end of the warm-up, in multiples of ``lr`` (1:
+    warm up from 0 to ``lr``; CSI's 10: from ``lr`` to 10 ``lr``, :func:`~dia.optim.lr_factor`).
+    ``ema``: decay of a moving average of the weights, updated every step; the average is the
+    trained network (0 = off, the last weights themselves).
+    """
+
+    PREFIX: ClassVar[str] = ""
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 1e-6
     warmup_epochs: int = 0
     warmup_peak: float = 1.0
     schedule: str = "cosine"
-    contrastive_per: str = "anchor"
-    crop_scale_min: float = 0.08
-    jitter_strength: float = 0.4
-    jitter_prob: float = 0.8
-    gray_prob: float = 0.2
-    dissolve_cache_steps: int = 4
-    dissolve_fraction: float = 1.0
-    dissolve_start: float = 0.0
+    batch_size: int = 32
+    epochs: int = 100
+    max_seconds: float | None = 240.0
     ema: float = 0.0
+
+    def __post_init__(self) -> None:
+        _at_least(
+            {
+                "batch_size": (self.batch_size, 1),
+                "epochs": (self.epochs, 1),
+                "warmup_epochs": (self.warmup_epochs, 0),
+                "weight_decay": (self.weight_decay, 0.0),
+            }
+        )
+        if not self.warmup_peak >= 1.0:
+            raise ValueError(f"warmup_peak={self.warmup_peak}; expected at least 1")
+        _above_zero({"lr": self.lr, "max_seconds": self.max_seconds})
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("schedule", self.schedule, SCHEDULES)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema={self.ema}; expected 0 (off) or a decay in (0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """The training loss (docs/method.md, section 3): the shifts the network tells apart
+    (``shift``, a key of :data:`dia.shifts.SHIFTS`) and the contrastive loss at ``temperature``
+    with the positives that ``mask`` leaves (``shifted_removed`` or ``none``).
+
+    ``contrastive_per``: the contrastive loss is the mean over its ``anchor`` views (the two
+    views of each image) or its sum over every ``view`` (the dissolved ones too: the authors'
+    DIA, where it weighs 2/3 as much against the shift loss).
+    """
+
+    PREFIX: ClassVar[str] = ""
+    shift: str = "rotation"
+    mask: str = "shifted_removed"
+    temperature: float = 0.5
+    contrastive_per: str = "anchor"
+
+    def __post_init__(self) -> None:
+        get_shift(self.shift)  # an unknown name is an error that lists the known ones
+        _above_zero({"temperature": self.temperature})
+        _one_of("contrastive_per", self.contrastive_per, CONTRASTIVE_PER)
+
+
+@dataclass
+class DetectorConfig:
+    """The amplifying network and its training (docs/method.md, sections 2 and 3), by concern.
+
+    Build one with the groups' classes (``DetectorConfig(network=NetworkConfig(width=32))``)
+    or, shorter, by the settings' flat names: ``replace_settings(DetectorConfig(), width=32)``.
+    """
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    dissolving: DissolvingConfig = field(default_factory=DissolvingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass
@@ -164,6 +371,31 @@ class ScoreConfig:
     neighbours: int = 1
     batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        _at_least(
+            {
+                "score samples": (self.samples, 0),
+                "score shifts": (self.shifts, 1),
+                "score neighbours": (self.neighbours, 1),
+                "score batch_size": (self.batch_size, 1),
+            }
+        )
+        get_score_class(self.kind)  # an unknown name is an error that lists the known ones
+        _fraction("score crop_scale", self.crop_scale)
+        _one_of("score features", self.features, FEATURES)
+
+
+def check_shift_count(detector: DetectorConfig, score: ScoreConfig) -> None:
+    """Refuse a score over more shifts than the detector's shift family makes: the one check
+    that needs both configs (:class:`RunConfig` and :class:`~dia.detector.DIADetector` make
+    it)."""
+    count = get_shift(detector.loss.shift).count
+    if score.shifts > count:
+        raise ValueError(
+            f"score shifts={score.shifts}; expected at most {count}, as many as "
+            f"shift={detector.loss.shift!r} makes"
+        )
+
 
 @dataclass
 class RunConfig:
@@ -184,65 +416,8 @@ class RunConfig:
     precision: str = "auto"
     preset: str = "quick"
 
-
-def check_settings(detector: DetectorConfig, score: ScoreConfig) -> None:
-    """Refuse detector and score settings that cannot work, before anything is trained (the
-    training checks its own choices, such as the timestep range, as it starts)."""
-    at_least = {
-        "width": (detector.width, 1),
-        "stem_stride": (detector.stem_stride, 0),
-        "proj_dim": (detector.proj_dim, 1),
-        "batch_size": (detector.batch_size, 1),
-        "epochs": (detector.epochs, 1),
-        "warmup_epochs": (detector.warmup_epochs, 0),
-        "dissolve_cache_steps": (detector.dissolve_cache_steps, 0),
-        "weight_decay": (detector.weight_decay, 0.0),
-        "jitter_strength": (detector.jitter_strength, 0.0),
-        "score samples": (score.samples, 0),
-        "score shifts": (score.shifts, 1),
-        "score neighbours": (score.neighbours, 1),
-        "score batch_size": (score.batch_size, 1),
-    }
-    for name, (value, least) in at_least.items():
-        if not value >= least:
-            raise ValueError(f"{name}={value}; expected at least {least}")
-    if not detector.warmup_peak >= 1.0:
-        raise ValueError(f"warmup_peak={detector.warmup_peak}; expected at least 1")
-    if detector.contrastive_per not in CONTRASTIVE_PER:
-        raise ValueError(
-            f"contrastive_per={detector.contrastive_per!r}; expected one of {CONTRASTIVE_PER}"
-        )
-    above_zero = {
-        "temperature": detector.temperature,
-        "lr": detector.lr,
-        "max_seconds": 1.0 if detector.max_seconds is None else detector.max_seconds,
-    }
-    if detector.stem_stride & (detector.stem_stride - 1):
-        raise ValueError(
-            f"stem_stride={detector.stem_stride}; expected a power of two, or 0 for automatic"
-        )
-    # The registered choices: an unknown name is an error that lists the known ones.
-    count = get_shift(detector.shift).count
-    if score.shifts > count:
-        raise ValueError(
-            f"score shifts={score.shifts}; expected at most {count}, as many as "
-            f"shift={detector.shift!r} makes"
-        )
-    get_score_class(score.kind)
-    for name, value in above_zero.items():
-        if not value > 0:
-            raise ValueError(f"{name}={value}; expected more than 0")
-    fractions = {
-        "crop_scale_min": (detector.crop_scale_min, False),
-        "score crop_scale": (score.crop_scale, False),
-        "jitter_prob": (detector.jitter_prob, True),
-        "gray_prob": (detector.gray_prob, True),
-    }
-    for name, (value, zero_allowed) in fractions.items():
-        if not (0.0 <= value <= 1.0 if zero_allowed else 0.0 < value <= 1.0):
-            raise ValueError(
-                f"{name}={value}; expected a fraction in {'[' if zero_allowed else '('}0, 1]"
-            )
+    def __post_init__(self) -> None:
+        check_shift_count(self.detector, self.score)
 
 
 # The sections of a RunConfig that hold settings (the flags of the command line).
@@ -250,106 +425,12 @@ SECTIONS = ("data", "detector", "diffusion", "score")
 
 
 def with_settings(config: RunConfig, given: dict[str, object]) -> RunConfig:
-    """``config`` with the settings ``given`` (``{"section.field": value}``) on top."""
+    """``config`` with the settings ``given`` on top: ``{"section.name": value}``, each by its
+    flat name (``detector.t_min``, ``data.dicom_window``) or its path in the section
+    (``detector.dissolving.t_min``). The new config is built, and so checked, once."""
+    sections = {}
     for section in SECTIONS:
         values = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith(section + ".")}
         if values:
-            sub = dataclasses.replace(getattr(config, section), **values)
-            config = dataclasses.replace(config, **{section: sub})
-    return config
-
-
-def to_dict(config: Any) -> dict:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type, values: dict) -> Any:
-    """Build ``cls`` from a dict written by :func:`to_dict`. Unknown keys, and values not of
-    their field's type (a string for a number, NaN or infinity for a float, a list of the
-    wrong length), are errors that name the setting and what it must be."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{cls.__name__} settings must be a JSON object, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {
-        key: _typed(value, hints[key], f"{cls.__name__}.{key}") for key, value in values.items()
-    }
-    return cls(**kwargs)
-
-
-def _typed(value: Any, annotation: Any, name: str) -> Any:
-    """``value`` as a field annotated ``annotation`` holds it (lists become tuples), or a
-    ValueError naming ``name`` and the type expected."""
-    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-    for option in options:
-        try:
-            return _as_type(value, option, name)
-        except ValueError:
-            if len(options) == 1:
-                raise
-    raise ValueError(f"{name}={value!r}; expected {' or '.join(_describe(o) for o in options)}")
-
-
-# What a JSON value of a plain-typed setting must be.
-_PLAIN = {
-    type(None): lambda v: v is None,
-    bool: lambda v: isinstance(v, bool),
-    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    str: lambda v: isinstance(v, str),
-}
-
-
-def _as_type(value: Any, annotation: Any, name: str) -> Any:
-    if annotation in _PLAIN:
-        if _PLAIN[annotation](value):
-            return value
-    elif dataclasses.is_dataclass(annotation):
-        if isinstance(value, dict):
-            return from_dict(annotation, value)
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(value):
-                return float(value)
-            raise ValueError(f"{name}={value!r}; expected a finite number")
-    elif typing.get_origin(annotation) is tuple and isinstance(value, (list, tuple)):
-        items = _tuple_items(annotation, len(value))
-        if items is not None:
-            return tuple(
-                _typed(v, t, f"{name}[{i}]")
-                for i, (v, t) in enumerate(zip(value, items, strict=True))
-            )
-    raise ValueError(f"{name}={value!r}; expected {_describe(annotation)}")
-
-
-def _tuple_items(annotation: Any, length: int) -> tuple | None:
-    """The item types of a tuple annotation for a value of ``length`` items, or None when it
-    cannot have that many."""
-    items = typing.get_args(annotation)
-    if len(items) == 2 and items[1] is Ellipsis:
-        items = (items[0],) * length
-    return items if len(items) == length else None
-
-
-def _is_union(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
-
-
-def _describe(annotation: Any) -> str:
-    """How an error names a type: 'an integer', 'null', 'a list of 2 numbers', ..."""
-    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-    if annotation is type(None):
-        return "null"
-    if annotation in words:
-        return words[annotation]
-    if dataclasses.is_dataclass(annotation):
-        return f"an object of {annotation.__name__} settings"
-    items = typing.get_args(annotation)
-    if len(items) == 2 and items[1] is Ellipsis:
-        return f"a list of {_describe(items[0]).split(' ', 1)[-1]}s"
-    if len(set(items)) == 1:
-        return f"a list of {len(items)} {_describe(items[0]).split(' ', 1)[-1]}s"
-    return f"a list of {len(items)} values"
+            sections[section] = replace_settings(getattr(config, section), **values)
+    return dataclasses.replace(config, **sections) if sections else config

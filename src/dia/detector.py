@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -17,9 +16,11 @@ from .config import (
     DetectorConfig,
     DiffusionConfig,
     ScoreConfig,
-    check_settings,
+    check_shift_count,
+    replace_settings,
     to_dict,
 )
+from .config_tree import flat_paths, get_path
 from .detector_format import (
     FORMAT,
     FORMAT_VERSION,
@@ -40,7 +41,7 @@ from .inputs import as_images, group_numbers
 from .maps import occlusion_map
 from .saved import CONFIG_NAME, load_component, save_component
 from .scores import Score, get_score
-from .scoring import FEATURES, ShiftedFeatures, estimate_seconds, features, plain_features
+from .scoring import ShiftedFeatures, estimate_seconds, features, plain_features
 from .training import BUDGET_SPENT, DetectorTrainer, build_network
 
 # The estimate of the feature bank's time is noisy: with one timed batch the real bank took
@@ -122,8 +123,8 @@ class DIADetector(BaseEstimator):
         if deep:
             for section in CONFIGS:
                 config = getattr(self, f"{section}_config")
-                for field in dataclasses.fields(config):
-                    params[f"{section}__{field.name}"] = getattr(config, field.name)
+                for name, path in flat_paths(type(config)).items():
+                    params[f"{section}__{name}"] = get_path(config, path)
         return params
 
     def set_params(self, **params) -> DIADetector:
@@ -143,11 +144,14 @@ class DIADetector(BaseEstimator):
         for key, value in params.items():  # whole configs first, then single settings
             if key in own:
                 setattr(self, key, value)
+        settings: dict[str, dict] = {}
         for key, value in params.items():
             if key not in own:
                 section, name = key.split("__", 1)
-                config = getattr(self, f"{section}_config")
-                setattr(self, section, dataclasses.replace(config, **{name: value}))
+                settings.setdefault(section, {})[name] = value
+        for section, values in settings.items():  # a config's settings together: one check
+            config = getattr(self, f"{section}_config")
+            setattr(self, section, replace_settings(config, **values))
         return self
 
     def _scorer(self) -> Score:
@@ -239,21 +243,18 @@ class DIADetector(BaseEstimator):
         return self
 
     def _check_settings(self) -> None:
-        """Refuse settings that cannot work, before anything is trained."""
+        """Refuse settings that cannot work, before anything is trained: each config checked
+        its own as it was built; what is left is the threshold and what needs them both."""
         if not 0.0 < self.fpr < 1.0:
             raise ValueError(f"fpr={self.fpr}; expected a fraction in (0, 1)")
-        check_settings(self.detector_config, self.score_config)
-        if self.score_config.features not in FEATURES:
-            raise ValueError(
-                f"score features={self.score_config.features!r}; expected one of {FEATURES}"
-            )
+        check_shift_count(self.detector_config, self.score_config)
 
     def _fit_dissolver(self, images, dissolver, diffusion_model, device):
         """The dissolver of training (None for plain CSI): ``dissolver`` as given (or a
         diffusion one with ``diffusion_model``), else the one the settings name; one that
         learns and is not fitted yet is fitted here on ``images`` (its time in
         ``timings_["dissolver_fit_s"]``, what the fitting did in ``dissolver_history_``)."""
-        name = self.detector_config.dissolve
+        name = self.detector_config.dissolving.dissolve
         if dissolver is None and diffusion_model is not None:
             dissolver = DiffusionDissolver(diffusion_model)
         if dissolver is None:

@@ -8,7 +8,8 @@ import math
 import warnings
 from pathlib import Path
 
-from .config import DetectorConfig, ScoreConfig, check_settings, from_dict
+from .config import DetectorConfig, ScoreConfig, check_shift_count, from_dict
+from .config_tree import nest
 
 FORMAT = "dia-detector"
 FORMAT_VERSION = 4
@@ -52,9 +53,9 @@ def check_saved_config(config: dict, version: int, file: Path) -> dict:
     """A saved detector's settings as :func:`~dia.saved.load_component` read them from its
     ``config.json`` (``file``), saved with format ``version``, checked: every value of
     :data:`SAVED_VALUES` of its type and in its range (a NaN threshold would call every image
-    normal), and its settings as :func:`~dia.config.from_dict` and
-    :func:`~dia.config.check_settings` accept them, brought up to this version's (earlier
-    versions' score and stem). Returns the values, ``detector`` and ``score`` as dataclasses."""
+    normal), and its settings as :func:`~dia.config.from_dict` builds (and so checks) them,
+    brought up to this version's (earlier versions' score and stem, and their settings before
+    they were grouped). Returns the values, ``detector`` and ``score`` as dataclasses."""
     missing = [k for k in ("detector", "score", *SAVED_VALUES) if k not in config]
     missing = [k for k in missing if k not in SAVED_DEFAULTS]
     if missing:
@@ -74,12 +75,15 @@ def check_saved_config(config: dict, version: int, file: Path) -> dict:
         score = {**V1_SCORE, **score}
     if version < 3:
         score = {"shifts": EARLY_SHIFTS, **score}
-    # saved before the stem's stride was a setting: CIFAR's stem
-    detector = {"stem_stride": 1, **values["detector"]}
+    # grouped as this version groups them; saved before the stem's stride was a setting:
+    # CIFAR's stem
     try:
+        detector = nest(DetectorConfig, values["detector"])
+        if isinstance(detector.get("network", {}), dict):
+            detector["network"] = {"stem_stride": 1, **detector.get("network", {})}
         values["detector"] = from_dict(DetectorConfig, detector)
         values["score"] = from_dict(ScoreConfig, score)
-        check_settings(values["detector"], values["score"])
+        check_shift_count(values["detector"], values["score"])
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from err
     _warn_old_views(file.parent, version)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DetectorConfig
+from .config import INPUT_NORMS, DetectorConfig
 from .shifts import Rotation, get_shift
 
 
@@ -73,9 +73,6 @@ class ResNet18(nn.Module):
         return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
 
 
-INPUT_NORMS = ("fixed", "image")
-
-
 def normalize_input(x: torch.Tensor, mode: str) -> torch.Tensor:
     """The encoder's input from (B, C, H, W) images in [0, 1].
 
@@ -137,9 +134,9 @@ def build_network(config: DetectorConfig, channels: int, image_size: int) -> Amp
     """The network the config describes, untrained, for ``image_size`` px images."""
     return AmplifierNet(
         channels=channels,
-        width=config.width,
-        proj_dim=config.proj_dim,
-        input_norm=config.input_norm,
-        stem_stride=config.stem_stride or stem_stride_for(image_size),
-        shifts=get_shift(config.shift).count,
+        width=config.network.width,
+        proj_dim=config.network.proj_dim,
+        input_norm=config.network.input_norm,
+        stem_stride=config.network.stem_stride or stem_stride_for(image_size),
+        shifts=get_shift(config.loss.shift).count,
     )

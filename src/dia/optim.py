@@ -7,8 +7,7 @@ import math
 
 import torch
 
-OPTIMIZERS = ("adam", "sgd", "lars")
-SCHEDULES = ("cosine", "constant")
+from .config import OPTIMIZERS, SCHEDULES
 
 
 class LARS(torch.optim.Optimizer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import RunConfig
+from .config import RunConfig, replace_settings
 from .shifts import Rotation
 
 PRESETS: dict[str, dict] = {
@@ -61,11 +61,13 @@ PRESETS: dict[str, dict] = {
 
 
 def apply_preset(config: RunConfig, name: str) -> RunConfig:
-    """A copy of ``config`` with the preset's settings applied."""
+    """A copy of ``config`` with the preset's settings applied (a section's by their flat
+    names, :func:`~dia.config.replace_settings`), built and checked once."""
     if name not in PRESETS:
         raise ValueError(f"preset={name!r}; expected one of {sorted(PRESETS)}")
+    changes: dict = {"preset": name}
     for key, values in PRESETS[name].items():
         if isinstance(values, dict):  # a section: DataConfig, DetectorConfig, ...
-            values = dataclasses.replace(getattr(config, key), **values)
-        config = dataclasses.replace(config, **{key: values})
-    return dataclasses.replace(config, preset=name)
+            values = replace_settings(getattr(config, key), **values)
+        changes[key] = values
+    return dataclasses.replace(config, **changes)

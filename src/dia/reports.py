@@ -13,6 +13,8 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .baselines import BASELINES
+from .config import DetectorConfig
+from .config_tree import flat_values
 from .io import write_png
 
 # What a run draws besides its curves: how many test images, and the dissolving timesteps.
@@ -293,7 +295,8 @@ def _result_rows(metrics: dict) -> list[tuple[str, str]]:
 def _run_rows(metrics: dict) -> list[tuple[str, str]]:
     """The report's description of the run: data, method, budget, training, machine."""
     data, config = metrics.get("data", {}), metrics.get("config", {})
-    detector = config.get("detector", {})
+    # by the settings' flat names, whether the run grouped them or not
+    detector = flat_values(DetectorConfig, config.get("detector") or {})
     training, wall = metrics.get("training", {}), metrics.get("wall_s", {})
     dissolve = detector.get("dissolve", "-")
     method = "plain CSI (no dissolving)" if dissolve == "none" else f"DIA, {dissolve} dissolving"

@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import image_keys
-from .config import DetectorConfig, ScoreConfig
+from .config import FEATURES, DetectorConfig, ScoreConfig
 from .device import autocast, memory_format
 from .inference import inference_network
 from .shifts import get_shift
 from .views import keyed_views
-
-FEATURES = ("projection", "encoder")
 
 
 @dataclass
@@ -111,7 +109,7 @@ def sample_features(
     """[h, z, logits], each (K, N, ...), of test-time sample ``sample`` alone: the mean of
     those of samples 0 to S - 1 are :func:`shifted_features`' with S samples."""
     views = _sample_views(images, detector, score, sample)
-    shift = get_shift(detector.shift)
+    shift = get_shift(detector.loss.shift)
 
     def view(x, batch):
         return views(x, keys[batch], shift)
@@ -126,11 +124,11 @@ def _sample_views(images: torch.Tensor, detector: DetectorConfig, score: ScoreCo
         images.shape[-1],
         images.shape[1],
         (score.crop_scale, score.crop_scale),
-        detector.jitter_strength,
-        detector.jitter_prob,
-        detector.gray_prob,
+        detector.augment.jitter_strength,
+        detector.augment.jitter_prob,
+        detector.augment.gray_prob,
     )
-    count = get_shift(detector.shift).count
+    count = get_shift(detector.loss.shift).count
     return keyed_views(settings, tuple(images.shape[1:]), s, score.shifts, count)
 
 
@@ -151,7 +149,7 @@ def plain_features(
     """
     if images.shape[0] == 0:
         raise ValueError("images is empty; nothing to score")
-    shift = get_shift(detector.shift)
+    shift = get_shift(detector.loss.shift)
 
     def view(x, batch):
         return torch.cat([shift(x, k) for k in range(score.shifts)])

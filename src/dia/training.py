@@ -17,6 +17,7 @@ from .augment import SimCLRAugment, random_hflip
 from .checkpoint import Checkpointing, TrainingInterrupted, stops_of
 from .clock import TrainingClock, time_limit
 from .config import DetectorConfig, to_dict
+from .config_tree import nest
 from .device import autocast, memory_format
 from .dissolve import DissolveCache, Dissolver, timestep_grid
 from .losses import contrastive_loss, shift_loss
@@ -86,9 +87,10 @@ class _Run:
 class DetectorTrainer:
     """Trains an :class:`AmplifierNet` on normal (N, C, H, W) images in [0, 1].
 
-    ``dissolver`` makes the third view; it is required unless ``config.dissolve == 'none'``
-    (plain CSI). With ``config.dissolve_cache_steps > 0`` the dissolved images are computed
-    once on a grid of timesteps and looked up each step instead of calling the operator.
+    ``dissolver`` makes the third view; it is required unless the dissolver the config names
+    is ``none`` (plain CSI). With ``dissolve_cache_steps > 0`` the dissolved images are computed
+    once on a grid of timesteps and looked up each step instead of calling the operator. The
+    config checked its own values as it was built (:mod:`dia.config`).
 
     In a process group (:mod:`dia.distributed`) every process runs ``train`` with the same
     images and seed: each takes its own ``batch_size`` images of every step (so a step sees
@@ -110,19 +112,10 @@ class DetectorTrainer:
             raise ValueError(f"images must be (N>=2, C, H, W); got shape {tuple(images.shape)}")
         self.config, self.images = config, images
         self.device, self.precision, self.seed = device, precision, seed
-        self.dissolver = None if config.dissolve == "none" else dissolver
-        if config.dissolve != "none" and dissolver is None:
-            raise ValueError(f"dissolve={config.dissolve!r} needs a dissolver")
-        lr_factor(0.0, 0.0, config.schedule)  # an unknown schedule fails here, not mid-run
-        self.shifts = get_shift(config.shift)  # the shift family (an unknown one fails here)
-        if not 0 <= config.t_min <= config.t_max:
-            raise ValueError(f"t_min={config.t_min}, t_max={config.t_max}; need 0 <= min <= max")
-        if not 0.0 <= config.ema < 1.0:
-            raise ValueError(f"ema={config.ema}; expected 0 (off) or a decay in (0, 1)")
-        if not 0.0 < config.dissolve_fraction <= 1.0:
-            raise ValueError(f"dissolve_fraction={config.dissolve_fraction}; expected (0, 1]")
-        if not 0.0 <= config.dissolve_start < 1.0:
-            raise ValueError(f"dissolve_start={config.dissolve_start}; expected [0, 1)")
+        self.dissolver = None if config.dissolving.dissolve == "none" else dissolver
+        if config.dissolving.dissolve != "none" and dissolver is None:
+            raise ValueError(f"dissolve={config.dissolving.dissolve!r} needs a dissolver")
+        self.shifts = get_shift(config.loss.shift)  # the shift family
         self.cache: DissolveCache | None = None
 
     def train(
@@ -133,7 +126,7 @@ class DetectorTrainer:
         deadline: float | None = None,
         checkpoint: Checkpointing | None = None,
     ) -> tuple[AmplifierNet, dict]:
-        """Train; returns the last network (with ``config.ema`` > 0, the moving average of its
+        """Train; returns the last network (with ``ema`` > 0, the moving average of its
         weights) and a history dict. ``callback(net, seconds)`` may evaluate that network every
         ``callback_every_s`` training seconds (its own time not counted).
         ``deadline`` (a ``time.perf_counter()`` value) ends training by then at the latest, with
@@ -180,22 +173,24 @@ class DetectorTrainer:
         order, gen = self._generators(world, rank)
         cache_s = self._build_cache()
         max_seconds = self._time_limit(saved, deadline)
-        fmt = memory_format(cfg.width)
+        fmt = memory_format(cfg.network.width)
         net = build_network(cfg, channels, size).to(device=device, memory_format=fmt)
         net.train()
-        optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
-        average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
+        optimizer = make_optimizer(
+            cfg.optim.optimizer, net.parameters(), cfg.optim.lr, cfg.optim.weight_decay
+        )
+        average = WeightAverage(net, cfg.optim.ema) if cfg.optim.ema > 0 else None
         history: dict = {**{k: [] for k in LOSSES}, "dissolve_cache_s": cache_s}
         history["dissolved_steps"] = 0
         state = _State(net, optimizer, average, order, gen, history, max_seconds)
         augment = SimCLRAugment(
-            size, channels, (cfg.crop_scale_min, 1.0),
-            cfg.jitter_strength, cfg.jitter_prob, cfg.gray_prob,
+            size, channels, (cfg.augment.crop_scale_min, 1.0),
+            cfg.augment.jitter_strength, cfg.augment.jitter_prob, cfg.augment.gray_prob,
         )  # fmt: skip
-        batch = min(cfg.batch_size, n // world)
+        batch = min(cfg.optim.batch_size, n // world)
         run = _Run(state, self._synchronised(net, world, rank), augment, fmt, batch, world, rank)
         run.steps_per_epoch = n // (batch * world)
-        run.total_steps = cfg.epochs * run.steps_per_epoch
+        run.total_steps = cfg.optim.epochs * run.steps_per_epoch
         if saved is not None:
             run.train_s, run.step, run.perm, run.first = self._restore(*saved, state)
         return run
@@ -228,11 +223,13 @@ class DetectorTrainer:
         """Step ``i`` of the epoch, ``fraction`` of the training done: the learning rate,
         the step, the moving average and the history."""
         cfg, state = self.config, run.state
-        warmup = cfg.warmup_epochs / cfg.epochs if cfg.epochs else 0.0
+        warmup = cfg.optim.warmup_epochs / cfg.optim.epochs if cfg.optim.epochs else 0.0
         for group in state.optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(fraction, warmup, cfg.schedule, cfg.warmup_peak)
+            group["lr"] = cfg.optim.lr * lr_factor(
+                fraction, warmup, cfg.optim.schedule, cfg.optim.warmup_peak
+            )
         idx = distributed.shard(run.perm, i, run.batch, run.rank, run.world)
-        dissolving = self.dissolver is not None and fraction >= cfg.dissolve_start
+        dissolving = self.dissolver is not None and fraction >= cfg.dissolving.dissolve_start
         losses = self._step(
             run.model, state.optimizer, run.augment, idx, state.gen, run.fmt, dissolving
         )
@@ -274,8 +271,10 @@ class DetectorTrainer:
         """Dissolve every training image on the timestep grid once, when the config caches;
         returns the seconds it took."""
         cfg, start = self.config, time.perf_counter()
-        if self.dissolver is not None and cfg.dissolve_cache_steps > 0:
-            grid = timestep_grid(cfg.t_min, cfg.t_max, cfg.dissolve_cache_steps)
+        if self.dissolver is not None and cfg.dissolving.dissolve_cache_steps > 0:
+            grid = timestep_grid(
+                cfg.dissolving.t_min, cfg.dissolving.t_max, cfg.dissolving.dissolve_cache_steps
+            )
             self.cache = DissolveCache.build(self.dissolver, self.images, grid, device=self.device)
         return time.perf_counter() - start
 
@@ -285,7 +284,7 @@ class DetectorTrainer:
         deadline already passed is refused."""
         if saved is not None:
             return distributed.broadcast_object(saved[1]["max_seconds"])
-        max_seconds, spent = time_limit(self.config.max_seconds, deadline)
+        max_seconds, spent = time_limit(self.config.optim.max_seconds, deadline)
         if spent:
             raise ValueError(BUDGET_SPENT)
         return max_seconds
@@ -303,6 +302,8 @@ class DetectorTrainer:
 
     def _check_resumable(self, meta: dict, world: int) -> None:
         """Refuse a checkpoint of another training: its steps would not continue this one."""
+        if isinstance(meta.get("config"), dict):  # one saved before the settings were grouped
+            meta = {**meta, "config": nest(DetectorConfig, meta["config"])}
         ckpt.refuse_other_training(meta, self._identity(world))
 
     def _identity(self, world: int) -> dict:
@@ -382,8 +383,8 @@ class DetectorTrainer:
         # share of the gradient back to it, so after DDP's averaging the weights follow the
         # gradient of one contrastive loss over the whole batch.
         z, group_size, dissolved_of = distributed.gather_views(z, group_size, dissolved_of)
-        l_con = contrastive_loss(z, group_size, cfg.temperature, cfg.mask, dissolved_of)
-        if cfg.contrastive_per == "view":  # the sum over the anchors, over every view
+        l_con = contrastive_loss(z, group_size, cfg.loss.temperature, cfg.loss.mask, dissolved_of)
+        if cfg.loss.contrastive_per == "view":  # the sum over the anchors, over every view
             l_con = l_con * (2 * group_size / z.shape[0])
         l_shift = shift_loss(logits, torch.cat(labels))
         loss = l_con + l_shift
@@ -397,11 +398,13 @@ class DetectorTrainer:
     def _dissolved_count(self, batch: int) -> int:
         """How many of a batch's images get a dissolved view (the first ones: batches are
         random)."""
-        return max(1, round(self.config.dissolve_fraction * batch))
+        return max(1, round(self.config.dissolving.dissolve_fraction * batch))
 
     def _dissolved(self, x, idx, gen) -> torch.Tensor:
         cfg = self.config
         if self.cache is not None:
             return random_hflip(self.cache.sample(idx, gen).to(self.device), gen)
-        t = torch.randint(cfg.t_min, cfg.t_max + 1, (x.shape[0],), generator=gen)
+        t = torch.randint(
+            cfg.dissolving.t_min, cfg.dissolving.t_max + 1, (x.shape[0],), generator=gen
+        )
         return self.dissolver(random_hflip(x, gen), t.to(self.device))

@@ -51,14 +51,14 @@ class SyntheticSource(DataSource):
         only_default_class(config, "synthetic")
         size = config.image_size or SYNTHETIC_SIZE
         data = make_synthetic(
-            config.synthetic_train,
-            config.synthetic_val,
-            config.synthetic_test,
+            config.synthetic.train,
+            config.synthetic.val,
+            config.synthetic.test,
             image_size=size,
             seed=config.split_seed,
         )
         # Generated on demand: exactly as many lesion images as contamination replaces.
-        n_train = min(config.synthetic_train, config.max_train or config.synthetic_train)
+        n_train = min(config.synthetic.train, config.max_train or config.synthetic.train)
         needed = round(config.contamination * n_train)
         return data, make_synthetic_abnormal(needed, size, config.split_seed), None
 
@@ -111,14 +111,14 @@ class CsvSource(DataSource):
             config.normal_class,
             config.split_seed,
             config.test_fraction,
-            config.dicom_window,
+            config.dicom.window,
             config.val_fraction,
-            config.dicom_studies,
+            config.dicom.studies,
         )
 
     def load_test(self, config: DataConfig) -> ImageData:
         path = Path(config.spec.strip()).expanduser()
-        return load_manifest_test(path, config.image_size, config.normal_class, config.dicom_window)
+        return load_manifest_test(path, config.image_size, config.normal_class, config.dicom.window)
 
 
 @register_source
@@ -137,12 +137,12 @@ class FolderSource(DataSource):
             config.image_size or DEFAULT_FOLDER_SIZE,
             config.split_seed,
             config.test_fraction,
-            config.dicom_window,
+            config.dicom.window,
             config.val_fraction,
-            config.dicom_studies,
+            config.dicom.studies,
         )
 
     def load_test(self, config: DataConfig) -> ImageData:
         only_default_class(config, "folder")
         path = Path(config.spec.strip()).expanduser()
-        return load_test_folder(path, config.image_size, config.dicom_window)
+        return load_test_folder(path, config.image_size, config.dicom.window)

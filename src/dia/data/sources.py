@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import dia.data.builtin  # noqa: F401  (registers the built-in sources)
-from dia.config import DataConfig
+from dia.config import MIN_IMAGE_SIZE, DataConfig
 from dia.data.channels import to_channels
 from dia.data.errors import DataError
 from dia.data.registry import find_source
 from dia.data.splits import val_draw
 from dia.data.types import ImageData
 
-# The smallest images the network can take: its stages halve them three times.
-MIN_IMAGE_SIZE = 8
 # Channels within this distance count as equal (uint8 rounding, JPEG colour noise).
 _GRAY_TOLERANCE = 2.5 / 255
 
@@ -214,25 +212,9 @@ def _contaminate(
 
 
 def _check_config(config: DataConfig) -> None:
-    if config.image_size is not None and config.image_size < MIN_IMAGE_SIZE:
-        raise DataError(
-            f"image_size must be >= {MIN_IMAGE_SIZE} (or None for the source's size), got "
-            f"{config.image_size}"
-        )
-    if config.channels not in (None, 1, 3):
-        raise DataError(f"channels must be None (automatic), 1 or 3, got {config.channels}")
-    if not 0 < config.test_fraction < 1:
-        raise DataError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
-    if not 0 <= config.val_fraction < 1:
-        raise DataError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
-    if not 0 <= config.contamination < 1:
-        raise DataError(f"contamination must be in [0, 1), got {config.contamination}")
-    if config.max_train is not None and config.max_train < 1:
-        raise DataError(f"max_train must be >= 1 (or None for all), got {config.max_train}")
-    window = config.dicom_window
-    if window is not None:
-        if len(window) != 2 or not window[1] >= 1:
-            raise DataError(f"dicom_window must be (centre, width) with width >= 1, got {window}")
+    """What the settings (checked on their own as they were built, :mod:`dia.config`) cannot
+    say alone: whether the data spec is one the DICOM settings apply to."""
+    if config.dicom.window is not None:
         source = Path(config.spec.strip()).expanduser()
         if not (source.is_dir() or source.suffix.lower() == ".csv"):
             raise DataError(

@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__, distributed
 from ..baselines import baseline_aurocs
-from ..config import DataConfig, RunConfig, to_dict
+from ..config import DataConfig, RunConfig, replace_settings, to_dict
 from ..data import ImageData, load_test_set
 from ..detector import DIADetector
 from ..device import resolve_device, resolve_precision
@@ -242,10 +242,10 @@ def evaluate_external(
     that folder. ``trained_on``: the run's data settings (None when unknown: a library
     folder), recorded and warned about when ``settings`` name the same data set.
 
-    ``settings`` are :class:`~dia.config.DataConfig` fields: ``spec`` and, optionally,
-    ``normal_class``, ``cache_dir`` (else the run's) and ``dicom_window`` (else the
-    detector's). Images are read at the detector's size and channels, and the threshold stays
-    the one chosen on the run's own normal training images.
+    ``settings`` are :class:`~dia.config.DataConfig` settings by their flat names: ``spec``
+    and, optionally, ``normal_class``, ``cache_dir`` (else the run's) and ``dicom_window``
+    (else the detector's). Images are read at the detector's size and channels, and the
+    threshold stays the one chosen on the run's own normal training images.
     """
     data_config = external_data_config(detector, {"cache_dir": config.data.cache_dir, **settings})
     if trained_on is not None and _same_data(data_config.spec, trained_on.spec):
@@ -267,11 +267,12 @@ def evaluate_external(
 
 
 def external_data_config(detector: DIADetector, settings: dict) -> DataConfig:
-    """How an external test set (``settings``: :class:`~dia.config.DataConfig` fields) is
-    read for ``detector``: at its size and channels, DICOM files through its window unless
-    ``settings`` give another."""
+    """How an external test set (``settings``: :class:`~dia.config.DataConfig` settings by
+    their flat names) is read for ``detector``: at its size and channels, DICOM files through
+    its window unless ``settings`` give another."""
     settings = {"dicom_window": detector.dicom_window, **settings}
-    return DataConfig(**settings, image_size=detector.image_size_, channels=detector.channels_)
+    size, channels = detector.image_size_, detector.channels_
+    return replace_settings(DataConfig(), **settings, image_size=size, channels=channels)
 
 
 def _same_data(spec: str, other: str) -> bool:

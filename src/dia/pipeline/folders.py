@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..config import RunConfig, check_settings, from_dict, to_dict
+from ..config import DataConfig, DetectorConfig, RunConfig, ScoreConfig, from_dict, to_dict
+from ..config_tree import flat_values, with_default
 from ..detector_format import EARLY_SHIFTS
 from ..detector_format import FORMAT as DETECTOR_FORMAT
 from ..io import numbered, read_json, saved_dir, write_json
@@ -28,7 +29,7 @@ def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
     spec = config.data.spec.rstrip("/\\")
     data_name = Path(spec).stem if spec not in ("synthetic",) else spec
     data_name = data_name.replace("medmnist:", "")
-    base = Path(root) / f"{data_name}-{config.detector.dissolve}-seed{config.seed}"
+    base = Path(root) / f"{data_name}-{config.detector.dissolving.dissolve}-seed{config.seed}"
     return next(path for path in numbered(base, suffix=False) if not path.exists())
 
 
@@ -46,12 +47,24 @@ def load_config(out: Path) -> RunConfig:
     return read_config(out / "config.json")
 
 
+# The sections of a run's config.json whose settings are grouped, or may lack a setting.
+SECTIONS = {"data": DataConfig, "detector": DetectorConfig, "score": ScoreConfig}
+# A setting a run saved before it existed was made with, as the run was made.
+EARLIER = {
+    "data": ("dicom_studies", False),
+    "detector": ("stem_stride", 1),
+    "score": ("shifts", EARLY_SHIFTS),
+}
+
+
 def read_config(file: Path) -> RunConfig:
     """The run settings that ``file`` holds: a run's ``config.json`` (or, given a folder, the
     one in it), as ``dia run --config`` reads it. A run saved before DICOM studies were grouped
     is read with them grouped file by file, as it was made, so that its data splits as it did;
     one saved before the stem's stride and the scored shifts were settings, with CIFAR's stem
-    and every shift, as it was made."""
+    and every shift, as it was made; one saved before the settings were grouped by concern,
+    into its groups (:func:`~dia.config_tree.nest`). The settings are checked as they are
+    read: an error names the file and the setting."""
     file = Path(file)
     file = file / "config.json" if file.is_dir() else file
     values = read_json(file)
@@ -62,14 +75,11 @@ def read_config(file: Path) -> RunConfig:
         )
     if "data" not in values:
         raise ValueError(f"{file} lacks 'data': it does not say what the run was trained on")
-    earlier = {"data": ("dicom_studies", False), "detector": ("stem_stride", 1)}
-    earlier["score"] = ("shifts", EARLY_SHIFTS)
-    for section, (key, value) in earlier.items():
-        if isinstance(values.get(section), dict):
-            values[section].setdefault(key, value)
     try:
+        for section, (name, value) in EARLIER.items():
+            if isinstance(values.get(section), dict):
+                values[section] = with_default(SECTIONS[section], values[section], name, value)
         config = from_dict(RunConfig, values)
-        check_settings(config.detector, config.score)
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from err
     return config
@@ -120,15 +130,24 @@ def diffusion_settings_differ(
     saved = read_json(out / "config.json")
     now = json.loads(json.dumps(to_dict(config)))  # tuples as the saved JSON holds them: lists
     differ = [
-        f"{section}.{key}: saved {saved.get(section, {}).get(key)!r}, now {value!r}"
+        f"{section}.{key}: saved {_flat(saved, section).get(key)!r}, now {value!r}"
         for section in sections
         if section != "seed"
-        for key, value in now[section].items()
-        if saved.get(section, {}).get(key) != value
+        for key, value in _flat(now, section).items()
+        if _flat(saved, section).get(key) != value
     ]
     if "seed" in sections and saved.get("seed") != now["seed"]:
         differ.append(f"seed: saved {saved.get('seed')!r}, now {now['seed']!r}")
     return "; ".join(differ)
+
+
+def _flat(values: dict, section: str) -> dict:
+    """Section ``section`` of a run's JSON settings by the settings' flat names (as a run saved
+    before they were grouped wrote them)."""
+    found = values.get(section)
+    if not isinstance(found, dict):
+        return {}
+    return flat_values(SECTIONS[section], found) if section in SECTIONS else found
 
 
 def model_in_the_way(out: Path, name: str) -> str | None:

@@ -70,7 +70,7 @@ def run(
     created = False
     if distributed.is_main():
         error = in_the_way(out, config)
-        learns = dissolver_class(config.detector.dissolve).learns
+        learns = dissolver_class(config.detector.dissolving.dissolve).learns
         reuse = error is None and learns and has_model(out)
         if error is None:
             created = not out.exists()
@@ -364,12 +364,12 @@ def dissolve_config(
         )
         given = given or {}
         config = with_settings(saved, given)
-        if config.detector.dissolve == "none" and "detector.dissolve" not in given:
+        if config.detector.dissolving.dissolve == "none" and "detector.dissolve" not in given:
             raise ValueError(
                 f"the run in {out} was trained without dissolving (--dissolve none); pass "
                 "--dissolve diffusion, gaussian or median to see one"
             )
-    if config.detector.dissolve == "none":
+    if config.detector.dissolving.dissolve == "none":
         raise ValueError(
             "--dissolve none dissolves nothing (the cpu preset trains without dissolving); "
             "pass --dissolve diffusion, gaussian or median"

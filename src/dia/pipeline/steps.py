@@ -35,7 +35,7 @@ def held_out_normals(data: ImageData) -> torch.Tensor:
 
 def make_dissolver(config: RunConfig) -> Dissolver:
     """The run's dissolver as its settings name it, unfitted."""
-    return dissolver_class(config.detector.dissolve).create(config.diffusion)
+    return dissolver_class(config.detector.dissolving.dissolve).create(config.diffusion)
 
 
 def fit_dissolver_step(
@@ -93,7 +93,7 @@ def make_detector(config: RunConfig, progress: bool = True) -> DIADetector:
         precision=config.precision,
         seed=config.seed,
         progress=progress,
-        dicom_window=config.data.dicom_window,
+        dicom_window=config.data.dicom.window,
     )
 
 
@@ -147,7 +147,7 @@ def checkpointing(
 def load_dissolver(out: Path, config: RunConfig, device: str | None = None) -> Dissolver | None:
     """The dissolver of run folder ``out``: one that learns as saved in ``out/diffusion``
     (None when nothing is saved there), any other made anew."""
-    cls = dissolver_class(config.detector.dissolve)
+    cls = dissolver_class(config.detector.dissolving.dissolve)
     if not cls.learns:
         return cls.create(config.diffusion)
     if not has_model(out):
