@@ -258,3 +258,22 @@ def test_a_model_saved_before_the_prediction_settings_predicts_the_noise(tmp_pat
     loaded = DiffusionModel.from_pretrained(tmp_path / "old")
     assert to_dict(loaded.config) == to_dict(model.config)
     assert loaded.config.prediction == "epsilon" and loaded.config.train_t_max is None
+
+
+def test_dissolving_takes_a_clean_image_as_the_noisy_one_without_noise():
+    """An x0-predicting model is given the image itself as x_t; a preconditioned one is given
+    it as the noisy image of its own coordinates (x_t = sqrt(abar) y), so that with a UNet
+    that adds nothing it returns c_skip y: all of y at t = 0, less of it the larger t."""
+    y = torch.rand(2, 1, 16, 16) * 2 - 1
+    seen = {}
+    sample = DiffusionModel(DiffusionConfig(resolution=16, block_out_channels=(8, 16)), 1)
+    sample.predict = lambda x_t, t: seen.setdefault("x_t", x_t)
+    assert torch.equal(sample.dissolve(y, 100), y) and torch.equal(seen["x_t"], y)
+    config = DiffusionConfig(resolution=16, block_out_channels=(8, 16), prediction="preconditioned")
+    pre = DiffusionModel(config, 1)
+    pre.predict = lambda x_t, t: torch.zeros_like(x_t)
+    kept = [float(pre.dissolve(y, t).div(y).mean()) for t in (0, 30, 100, 400)]
+    assert kept[0] > 0.999 and kept == sorted(kept, reverse=True) and kept[-1] < 0.1
+    abar = float(pre.alphas_cumprod[100])
+    skip = 0.25 / ((1 - abar) / abar + 0.25)
+    assert torch.allclose(pre.dissolve(y, 100), skip * y, atol=1e-6)

@@ -32,7 +32,10 @@ def test_separability_is_chance_for_the_same_images_and_high_for_noisy_ones():
     assert 0.3 < same < 0.7 and separability_auroc(x, noisy) > 0.95
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+PREDICTIONS = ["epsilon", "sample", "v", "preconditioned"]
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_a_perfect_denoiser_has_no_error_left(prediction):
     config = DiffusionConfig(resolution=16, block_out_channels=(8, 16), prediction=prediction)
     model = DiffusionModel(config, 1)
@@ -43,14 +46,20 @@ def test_a_perfect_denoiser_has_no_error_left(prediction):
 
 
 def exact_target(model, y, y_t, t):
-    """What a perfect model predicts for y_t, made from the clean y: eps, x0 or v."""
+    """What a perfect model predicts for y_t, made from the clean y: eps, x0, v, or the
+    preconditioned model's correction F with x0 = c_skip y_t / sqrt(abar) + c_out F."""
     abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
     eps = (y_t - abar.sqrt() * y) / (1 - abar).sqrt()
     v = abar.sqrt() * eps - (1 - abar).sqrt() * y
-    return {"epsilon": eps, "sample": y, "v": v}[model.config.prediction]
+    sigma2 = (1 - abar) / abar
+    skip, out = 0.25 / (sigma2 + 0.25), sigma2.sqrt() * 0.5 / (sigma2 + 0.25).sqrt()
+    correction = (y - skip * y_t / abar.sqrt()) / out
+    return {"epsilon": eps, "sample": y, "v": v, "preconditioned": correction}[
+        model.config.prediction
+    ]
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("loss", ["mse", "l1"])
 def test_the_training_loss_of_a_perfect_model_is_zero(prediction, loss):
     config = DiffusionConfig(

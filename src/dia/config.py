@@ -156,8 +156,9 @@ class DiffusionConfig:
     """The DDPM used as a dissolving operator (docs/method.md, section 1).
 
     ``prediction``: what the UNet predicts, ``epsilon`` (the noise, as the authors'),
-    ``sample`` (x0 itself) or ``v`` (sqrt(abar) eps - sqrt(1 - abar) x0); dissolving reads x0
-    from it either way. ``schedule``: the betas, ``linear`` from ``beta_start`` to ``beta_end``
+    ``sample`` (x0 itself), ``v`` (sqrt(abar) eps - sqrt(1 - abar) x0) or ``preconditioned``
+    (Karras et al.'s correction to the input, :mod:`dia.diffusion.targets`); dissolving reads
+    x0 from it either way. ``schedule``: the betas, ``linear`` from ``beta_start`` to ``beta_end``
     or ``cosine`` (Nichol and Dhariwal's). ``loss``: ``mse`` or ``l1`` between the prediction
     and its target. ``train_t_max``: training draws t uniformly from [0, train_t_max) (None:
     every timestep), so that a short training spends itself on the low-noise end that

@@ -43,7 +43,7 @@ def diffusion_dissolve(
     with torch.no_grad():
         dtype = next(model.parameters()).dtype
         y = model.to_model_space(x.to(device=model.device, dtype=dtype))
-        x0 = model.predict_x0(y, t).clamp(-1.0, 1.0)
+        x0 = model.dissolve(y, t).clamp(-1.0, 1.0)
         out = model.from_model_space(x0, tuple(x.shape[-2:]))
     return out.to(device=x.device, dtype=x.dtype)
 

@@ -83,7 +83,7 @@ def normalize_input(x: torch.Tensor, mode: str) -> torch.Tensor:
     computed in at least float32 (in float64 for float64 input).
     """
     if mode == "fixed":
-        return x * 2.0 - 1.0
+        return x.mul(2.0).sub_(1.0)  # one new tensor, not two
     if mode == "image":
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
         flat = wide.flatten(1)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import DiffusionConfig, from_dict, to_dict
 from ..saved import CONFIG_NAME, WEIGHTS_NAME, load_component, save_component
+from .targets import TARGETS, Epsilon
 
 FORMAT = "dia-diffusion-model"
 FORMAT_VERSION = 1
@@ -27,8 +28,14 @@ MAX_RESOLUTION = 4096
 # Images this much smaller than the resolution (MedMNIST 28 -> 32) are padded, not resized,
 # so that no interpolation blurs the fine detail the detector has to learn.
 PAD = 2
-# DiffusionConfig's names for diffusers' settings, and its losses.
-PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v": "v_prediction"}
+# DiffusionConfig's names for diffusers' settings (the scheduler's prediction type is that of
+# the UNet's output, which the preconditioned model turns into x0 itself), and its losses.
+PREDICTIONS = {
+    "epsilon": "epsilon",
+    "sample": "sample",
+    "v": "v_prediction",
+    "preconditioned": "sample",
+}
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 # How every model was made before these settings existed: what a saved config without them means.
@@ -42,7 +49,7 @@ EARLIER_SETTINGS = {
 
 class DiffusionModel(nn.Module):
     """A DDPM on (B, C, r, r) images in [-1, 1], r = ``config.resolution``, whose UNet
-    predicts eps, x0 or v (``config.prediction``).
+    predicts eps, x0, v or a preconditioned correction (``config.prediction``).
 
     ``attention`` adds self-attention at the lowest resolution and in the middle block. It is
     off by default: measured on PneumoniaMNIST (default config, 2 CPU threads, 90 s) it trained
@@ -156,29 +163,36 @@ class DiffusionModel(nn.Module):
 
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """The UNet's output (B, C, r, r) for noisy images x_t (B, C, r, r) in model space: eps,
-        x0 or v, as ``config.prediction`` says."""
-        return self.unet(x_t, self.timesteps(t, x_t.shape[0])).sample
+        x0, v or the preconditioned model's correction, as ``config.prediction`` says."""
+        t = self.timesteps(t, x_t.shape[0])
+        unet_input = self.target.unet_input(x_t, self._abar(t, x_t))
+        return self.unet(unet_input, t).sample
+
+    @property
+    def target(self) -> Epsilon:
+        """What the UNet predicts (:data:`dia.diffusion.targets.TARGETS`)."""
+        return TARGETS[self.config.prediction]
 
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.alphas_cumprod.to(like.device)[t].view(-1, 1, 1, 1).to(like.dtype)
 
     def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Unclipped one-step x0 (B, C, r, r): (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) for
-        an eps-predicting model, the prediction itself for an x0-predicting one,
-        sqrt(abar_t) x_t - sqrt(1 - abar_t) v for a v-predicting one."""
+        """Unclipped one-step x0 (B, C, r, r) from noisy images x_t: for an eps-predicting
+        model (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), for an x0-predicting one the
+        prediction itself, and so on (:mod:`dia.diffusion.targets`)."""
         t = self.timesteps(t, x_t.shape[0])
-        abar = self._abar(t, x_t)
-        out = self.predict(x_t, t)
-        if self.config.prediction == "sample":
-            return out
-        if self.config.prediction == "v":
-            return abar.sqrt() * x_t - (1 - abar).sqrt() * out
-        return (x_t - (1 - abar).sqrt() * out) / abar.sqrt()
+        return self.target.x0(x_t, self.predict(x_t, t), self._abar(t, x_t))
+
+    def dissolve(self, y: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Unclipped one-step x0 (B, C, r, r) of clean images ``y`` in model space taken as the
+        noisy ones at step t, no noise added (docs/method.md, section 1)."""
+        t = self.timesteps(t, y.shape[0])
+        return self.predict_x0(self.target.as_noisy(y, self._abar(t, y)), t)
 
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM loss (scalar): ``config.loss`` between the UNet's prediction and its target
-        (noise, x0 or v), t uniform in [0, ``config.train_t_max``) (every timestep by
-        default)."""
+        """DDPM loss (scalar): ``config.loss`` between the UNet's output and its target
+        (noise, x0, v, ...), t uniform in [0, ``config.train_t_max``) (every timestep when
+        None)."""
         b = x0.shape[0]
         # Draw on the generator's device so that one seeded CPU generator also serves CUDA.
         g_device = generator.device if generator is not None else x0.device
@@ -188,11 +202,7 @@ class DiffusionModel(nn.Module):
         t, noise = t.to(x0.device), noise.to(x0.device)
         abar = self._abar(t, x0)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        target = {
-            "epsilon": noise,
-            "sample": x0,
-            "v": abar.sqrt() * noise - (1 - abar).sqrt() * x0,
-        }[self.config.prediction]
+        target = self.target.target(x0, noise, x_t, abar)
         return LOSSES[self.config.loss](self.predict(x_t, t), target)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
