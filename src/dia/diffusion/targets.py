@@ -7,6 +7,7 @@ signal share is abar (``unet_input``), how the clean image x0 follows from the U
 """
 
 from __future__ import annotations
+
 # Karras et al.'s sigma_data: the standard deviation the preconditioning assumes of x0 in
 # [-1, 1] (0.5, as theirs for images).
 SIGMA_DATA = 0.5
@@ -97,4 +98,3 @@ TARGETS: dict[str, Epsilon] = {
     "v": Velocity(),
     "preconditioned": Preconditioned(),
 }
-
