@@ -8,6 +8,7 @@ import torch
 from dia.config import DetectorConfig, ScoreConfig, replace_settings
 from dia.config_tree import flat_values
 from dia.detector import DIADetector, as_images
+from dia.detector_format import FORMAT_VERSION
 from dia.scoring import build_bank, shifted_features
 
 TINY = replace_settings(
@@ -113,7 +114,7 @@ def test_a_detector_saved_without_training_scores_keeps_its_own_threshold(fitted
 
 def save_as_format_4(det: DIADetector, folder) -> None:
     """``det`` saved as dia saved a detector up to format 4: the version in ``version``, the
-    weights without a copy of the config."""
+    weights without a copy of the config, the detector's settings flat."""
     from safetensors.torch import save_file
 
     from dia.config import to_dict
@@ -127,7 +128,7 @@ def save_as_format_4(det: DIADetector, folder) -> None:
     config = {
         "format": "dia-detector",
         "version": 4,
-        "detector": to_dict(det.detector_config),
+        "detector": flat_values(DetectorConfig, to_dict(det.detector_config)),
         "score": to_dict(det.score_config),
         "channels": det.channels_,
         "image_size": det.image_size_,
@@ -147,7 +148,7 @@ def test_a_detector_saved_in_format_4_loads_and_saves_in_todays(fitted, tmp_path
     det, images = fitted
     save_as_format_4(det, tmp_path / "old")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # version 4 is this one: nothing to warn about
+        warnings.simplefilter("error")  # version 4 made its views as today's: no warning
         loaded = DIADetector.from_pretrained(tmp_path / "old", device="cpu")
     np.testing.assert_array_equal(loaded.score_samples(images[:4]), det.score_samples(images[:4]))
     assert loaded.threshold_ == det.threshold_ and loaded.score_config == det.score_config
@@ -155,7 +156,8 @@ def test_a_detector_saved_in_format_4_loads_and_saves_in_todays(fitted, tmp_path
     loaded.save_pretrained(tmp_path / "new")
     det.save_pretrained(tmp_path / "again")
     config = json.loads((tmp_path / "new" / "config.json").read_text())
-    assert config["format_version"] == 4 and "version" not in config
+    assert config["format_version"] == FORMAT_VERSION == 5 and "version" not in config
+    assert config["detector"]["network"]["width"] == det.detector_config.network.width
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 

@@ -12,7 +12,9 @@ from .config import DetectorConfig, ScoreConfig, check_shift_count, from_dict
 from .config_tree import nest
 
 FORMAT = "dia-detector"
-FORMAT_VERSION = 4
+# 5: the detector's settings grouped by concern (earlier versions' flat ones are read into
+# their groups).
+FORMAT_VERSION = 5
 VERSIONS = range(0, FORMAT_VERSION + 1)
 # The version's field up to format 4 (now format_version, as every saved component's).
 OLD_VERSION_KEY = "version"
