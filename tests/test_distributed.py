@@ -188,10 +188,6 @@ def test_two_processes_end_with_the_same_weights(tmp_path):
 
 
 def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str) -> None:
-    import signal
-
-    from dia import training
-    from dia.checkpoint import Checkpointing, TrainingInterrupted
     from dia.dissolve import build_dissolver
     from dia.training import DetectorTrainer
 
@@ -204,8 +200,24 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
     def trainer():
         return DetectorTrainer(config, images, dissolver=blur, device=torch.device("cpu"))
 
+    # One process group for everything: a second one on the same port could meet rank 0's
+    # first store still closing (a rare "failed to recv" on a busy machine).
     with distributed.process_group("cpu"):
         whole, _ = trainer().train(progress=False)  # never interrupted, for comparison
+        result = _interrupted_then_resumed(trainer, rank, Path(folder) / "ckpt")
+    result["whole"] = whole.state_dict()
+    torch.save(result, Path(folder) / f"rank{rank}.pt")
+
+
+def _interrupted_then_resumed(trainer, rank: int, folder: Path) -> dict:
+    """Train with rank 0 interrupted at its fourth step, then resume from the checkpoint:
+    where it stopped, and the resumed network, steps and step calls."""
+    import signal
+
+    from dia import training
+    from dia.checkpoint import Checkpointing, TrainingInterrupted
+    from dia.training import DetectorTrainer
+
     original, calls = DetectorTrainer._step, []
 
     def step(self, *args):
@@ -224,19 +236,15 @@ def _interrupt_and_resume_on_rank(rank: int, world: int, port: int, folder: str)
     training.SimCLRAugment = late_on_rank_1
     # periodic checkpoints too, which the ranks' clocks would place at different steps: rank 0
     # decides when one is due for all
-    saving = Checkpointing(Path(folder) / "ckpt", every_s=0.3)
+    saving = Checkpointing(folder, every_s=0.3)
     result = {}
-    with distributed.process_group("cpu"):
-        try:
-            trainer().train(progress=False, checkpoint=saving)
-        except TrainingInterrupted as stop:
-            result["stopped_at"] = stop.step
-        saving.resume = True
-        net, history = trainer().train(progress=False, checkpoint=saving)
-    result.update(
-        state=net.state_dict(), whole=whole.state_dict(), steps=history["steps"], calls=len(calls)
-    )
-    torch.save(result, Path(folder) / f"rank{rank}.pt")
+    try:
+        trainer().train(progress=False, checkpoint=saving)
+    except TrainingInterrupted as stop:
+        result["stopped_at"] = stop.step
+    saving.resume = True
+    net, history = trainer().train(progress=False, checkpoint=saving)
+    return {**result, "state": net.state_dict(), "steps": history["steps"], "calls": len(calls)}
 
 
 def test_an_interrupt_on_rank_0_stops_and_resumes_every_process(tmp_path):
