@@ -35,7 +35,8 @@ SIGMA_MAX = 2.5
 def diffusion_dissolve(
     x: torch.Tensor, t: int | torch.Tensor, model: DiffusionModel
 ) -> torch.Tensor:
-    """Treat x (B, C, H, W) in [0, 1] as the noisy x_t and return the model's one-step x0 in [0, 1].
+    """Treat x (B, C, H, W) in [0, 1] as the noisy x_t (no noise added:
+    :meth:`DiffusionModel.dissolve`) and return the model's one-step x0 in [0, 1].
 
     Computed on the model's device, returned on x's device and dtype.
     """
