@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from .config import DetectorConfig, ScoreConfig, check_shift_count, from_dict
-from .config_tree import nest
+from .config_tree import with_default
 
 FORMAT = "dia-detector"
 # 5: the detector's settings grouped by concern (earlier versions' flat ones are read into
@@ -80,9 +80,7 @@ def check_saved_config(config: dict, version: int, file: Path) -> dict:
     # grouped as this version groups them; saved before the stem's stride was a setting:
     # CIFAR's stem
     try:
-        detector = nest(DetectorConfig, values["detector"])
-        if isinstance(detector.get("network", {}), dict):
-            detector["network"] = {"stem_stride": 1, **detector.get("network", {})}
+        detector = with_default(DetectorConfig, values["detector"], "stem_stride", 1)
         values["detector"] = from_dict(DetectorConfig, detector)
         values["score"] = from_dict(ScoreConfig, score)
         check_shift_count(values["detector"], values["score"])
