@@ -48,6 +48,26 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 STEPS = (_brightness, _contrast, _saturation, _hue)
+# Steps that leave a gray pixel (three equal channels) as it is, to within float rounding.
+# Brightness and contrast keep a gray image gray, so these and the random grayscale need only
+# the images with some colour: most "colour" medical images are gray ones stored as RGB.
+CHROMA_STEPS = frozenset({2, 3})
+
+
+def coloured(x: torch.Tensor) -> torch.Tensor:
+    """(B,) bools for (B, C, H, W) images: whether any pixel's channels differ."""
+    if x.shape[-3] == 1:
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return (x.amax(-3) != x.amin(-3)).flatten(1).any(1)
+
+
+def _on_rows(step, x: torch.Tensor, f: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``step`` applied to the images ``rows`` of ``x`` (with their factors ``f``) alone."""
+    if len(rows) == x.shape[0]:
+        return step(x, f)
+    if len(rows):
+        x[rows] = step(x[rows], f[rows])
+    return x
 
 
 class KeyedColour:
@@ -66,18 +86,22 @@ class KeyedColour:
         """(B, C, H, W) in [0, 1] and (B,) keys -> a jittered copy, (B, C, H, W) in [0, 1]."""
         keys = keys.cpu()
         x = x.clamp(0.0, 1.0)
+        colour = coloured(x).cpu()
         picked = self.jittered[keys].nonzero().squeeze(1)
         if len(picked):
             factors = self.factors[keys[picked]].to(x)
+            chroma = colour[picked].nonzero().squeeze(1).to(x.device)
+            every = torch.arange(len(picked), device=x.device)
             picked = picked.to(x.device)
             part = x[picked]
             for step in self.order:
                 f = factors[:, step]
                 if (f != NEUTRAL[step]).any():
-                    part = STEPS[step](part, f.view(-1, 1, 1, 1))
+                    rows = chroma if step in CHROMA_STEPS else every
+                    part = _on_rows(STEPS[step], part, f.view(-1, 1, 1, 1), rows)
             x[picked] = part.clamp_(0.0, 1.0)
         if self.grayed is not None:
-            grayed = self.grayed[keys].nonzero().squeeze(1).to(x.device)
+            grayed = (self.grayed[keys] & colour).nonzero().squeeze(1).to(x.device)
             if len(grayed):
                 x[grayed] = gray(x[grayed]).expand(-1, 3, -1, -1)
         return x
