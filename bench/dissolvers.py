@@ -10,11 +10,15 @@ FIELD: [one value a t]}}}`` with the command, settings, machine and timings, and
 table beside it.
 
     python bench/dissolvers.py --data ../shared/data/pneumoniamnist.npz --label pneumoniamnist
+
+``--noise-draws 0 4`` measures each model dissolving both ways (``DiffusionConfig.noise_draws``:
+the clean image taken as x_t, or the mean of 4 estimates from the image noised to t for real).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import json
@@ -51,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                    help="a diffusion model to train besides the preset's, with these settings "
                    "changed, e.g. x0:prediction=sample,train_t_max=200")  # fmt: skip
+    p.add_argument("--noise-draws", type=int, nargs="+", default=None, metavar="K",
+                   help="measure every model dissolving each of these ways (its name then "
+                   "ends in -drawsK; default: its own setting)")  # fmt: skip
     p.add_argument("--images", type=int, default=256, help="normal images measured on")
     p.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
     p.add_argument("--seed", type=int, default=0)
@@ -96,7 +103,9 @@ def train_variants(args, config, data, device) -> tuple[dict, dict]:
             model, data.train, cfg, device=device, seed=args.seed, progress=False
         )
         name = label if args.epochs else f"{label}-{seconds:g}s"
-        dissolvers[name] = (DiffusionDissolver(model).to(device), model)
+        for draws, dissolving in dissolving_ways(model, args.noise_draws):
+            named = name if draws is None else f"{name}-draws{draws}"
+            dissolvers[named] = (DiffusionDissolver(dissolving).to(device), model)
         trained[name] = {
             "config": to_dict(cfg),
             **{k: history[k] for k in ("steps", "epochs", "seconds")},
@@ -104,6 +113,19 @@ def train_variants(args, config, data, device) -> tuple[dict, dict]:
         }
         print(name, trained[name]["steps"], "steps", flush=True)
     return dissolvers, trained
+
+
+def dissolving_ways(model: DiffusionModel, noise_draws: list[int] | None):
+    """(K, the model dissolving with K noise draws) for each K of ``noise_draws`` (the same
+    weights, another ``noise_draws`` setting), or (None, the model) when none are given."""
+    if not noise_draws:
+        return [(None, model)]
+    ways = []
+    for draws in noise_draws:
+        twin = copy.copy(model)  # shares the weights; only how it dissolves differs
+        twin.config = dataclasses.replace(model.config, noise_draws=draws)
+        ways.append((draws, twin))
+    return ways
 
 
 def main(argv=None) -> int:

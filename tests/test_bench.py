@@ -415,6 +415,21 @@ def test_dissolver_bench_measures_every_dissolver_at_every_timestep(tmp_path):
     assert "| diffusion-1s | 100 |" in (tmp_path / "dissolvers-tiny.md").read_text()
 
 
+def test_dissolver_bench_measures_one_model_dissolving_several_ways(tmp_path):
+    dissolvers = load("dissolvers")
+    argv = ["--data", "synthetic", "--label", "ways", "--image-size", "16", "--seconds", "1"]
+    argv += ["--set", "resolution=16", "--set", "block_out_channels=[8, 16]"]
+    argv += ["--images", "16", "--timesteps", "100", "--device", "cpu", "--noise-draws", "0", "2"]
+    assert dissolvers.main([*argv, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "dissolvers-ways.json").read_text())
+    assert set(results["trained"]) == {"diffusion-1s"}  # one model, measured twice
+    measured = results["dissolvers"]
+    assert {"diffusion-1s-draws0", "diffusion-1s-draws2"} <= set(measured)
+    first, second = (measured[f"diffusion-1s-draws{k}"] for k in (0, 2))
+    assert first["denoise_mse_ratio"] == second["denoise_mse_ratio"]  # the same weights
+    assert first["detail_ratio"] != second["detail_ratio"]
+
+
 def test_scoring_parts_bench_times_each_part_against_what_it_replaced(tmp_path):
     parts = load("scoring_parts")
     argv = ["--images", "8", "--width", "4", "--repeats", "1", "--out", str(tmp_path)]

@@ -36,6 +36,9 @@ def test_the_key_follows_the_images_the_settings_and_the_seed():
         model_key(images.expand(-1, 3, -1, -1), SMALL, 3, 0),
     }
     assert key not in others and len(others) == 5
+    # how a model dissolves is not how it trains: one kept model serves every way
+    dissolving = DiffusionConfig(resolution=16, block_out_channels=(8, 16), epochs=1, noise_draws=4)
+    assert model_key(images, dissolving, 1, 0) == key
 
 
 def test_a_kept_model_comes_back_whole(cache):
@@ -76,6 +79,12 @@ def test_a_second_run_on_the_same_data_takes_the_kept_model(cache, tmp_path):
     assert made[1]["diffusion"]["steps"] == made[0]["diffusion"]["steps"] > 0
     assert made[1]["auroc"] == made[0]["auroc"]  # the same model, the same detector
     assert len(list((cache / "diffusion").iterdir())) == 2
+    # a run that dissolves otherwise takes the same model and saves it with its own setting
+    noised = tmp_path / "noised"
+    assert main(["run", "--out", str(noised), *TINY, "--diffusion-noise-draws", "2"]) == 0
+    assert json.loads((noised / "metrics.json").read_text())["diffusion"]["kept"]
+    assert DiffusionModel.from_pretrained(noised / "diffusion").config.noise_draws == 2
+    assert DiffusionModel.from_pretrained(second / "diffusion").config.noise_draws == 0
     weights = [
         DiffusionModel.from_pretrained(f / "diffusion").state_dict() for f in (first, second)
     ]

@@ -243,11 +243,11 @@ def test_a_seed_fixes_the_initial_weights_and_leaves_the_global_rng_alone():
 def test_a_model_saved_before_the_prediction_settings_predicts_the_noise(tmp_path):
     from dia.config import to_dict
 
-    # eps, linear, mse, every timestep: the only model there was
-    model = tiny_model(seed=4, prediction="epsilon", train_t_max=None)
+    # eps, linear, mse, every timestep, the clean image as x_t: the only model there was
+    model = tiny_model(seed=4, prediction="epsilon", train_t_max=None, noise_draws=0)
     save_as_format_1(model, tmp_path / "old")
     values = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
-    for name in ("prediction", "schedule", "loss", "train_t_max"):
+    for name in ("prediction", "schedule", "loss", "train_t_max", "noise_draws"):
         del values[name]
     text = json.dumps(values, indent=2, sort_keys=True)
     (tmp_path / "old" / CONFIG_NAME).write_text(text + "\n")

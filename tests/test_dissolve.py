@@ -18,6 +18,7 @@ from dia.dissolve import (
     diffusion_dissolve,
     gaussian_dissolve,
     identity,
+    keyed_noise,
     median_dissolve,
     median_kernel,
     timestep_grid,
@@ -190,6 +191,34 @@ def test_the_default_x0_model_removes_noise():
     assert mse(diffusion_dissolve(noisy, 26, model), x) < 0.8 * mse(noisy, x)
     untrained = DiffusionModel(config, 1)
     assert mse(diffusion_dissolve(noisy, 26, untrained), x) > mse(noisy, x)
+
+
+def test_noised_dissolving_is_the_same_alone_or_in_any_batch(trained_model):
+    x = gradients(6, seed=2)
+    every = diffusion_dissolve(x, 60, trained_model, noise_draws=3)
+    assert torch.equal(every, diffusion_dissolve(x, 60, trained_model, noise_draws=3))
+    some = diffusion_dissolve(x[[4, 1]], 60, trained_model, noise_draws=3)
+    torch.testing.assert_close(some, every[[4, 1]], atol=1e-6, rtol=0)
+    # the noise follows each image's values, not its place: two images, two noises
+    noise = keyed_noise(x, 3, (1, 16, 16))
+    assert noise.shape == (3, 6, 1, 16, 16)
+    assert not torch.equal(noise[:, 0], noise[:, 1]) and not torch.equal(noise[0], noise[1])
+    torch.testing.assert_close(keyed_noise(x[[4]], 3, (1, 16, 16))[:, 0], noise[:, 4])
+
+
+def test_noised_dissolving_averages_the_model_on_noised_images(trained_model):
+    x = gradients(4, seed=5)
+    y = trained_model.to_model_space(x)
+    noise = keyed_noise(x, 2, tuple(y.shape[1:]))
+    with torch.no_grad():
+        by_hand = trained_model.denoise(y, 80, noise[0]) + trained_model.denoise(y, 80, noise[1])
+    expected = trained_model.from_model_space((by_hand / 2).clamp(-1, 1), 16)
+    model = DiffusionModel(tiny_config(noise_draws=2), 1)
+    model.load_state_dict(trained_model.state_dict())
+    torch.testing.assert_close(DiffusionDissolver(model.eval())(x, 80), expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(DiffusionDissolver(trained_model)(x, 80), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="noise_draws"):
+        tiny_config(noise_draws=-1)
 
 
 def test_timestep_grid():

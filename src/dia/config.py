@@ -166,7 +166,15 @@ class DiffusionConfig:
     from a clean image and never adds any; one predicting the noise, as the authors' does,
     added detail to most images from t = 75 after a CPU's minutes of training
     (``bench/RESULTS.md``, "What the UNet predicts").
+
+    ``noise_draws``: how the trained model dissolves (:func:`dia.dissolve.diffusion_dissolve`),
+    not how it trains: 0 takes the clean image as x_t, as the authors do; K >= 1 noises it to
+    step t for real K times (noise seeded by the image's own pixels) and averages the K
+    one-step estimates of x0, which removes more detail the larger t. Not part of a kept
+    model's key (``DISSOLVING_ONLY``): one model serves every value.
     """
+
+    DISSOLVING_ONLY: ClassVar[tuple[str, ...]] = ("noise_draws",)
 
     resolution: int = 32
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -182,6 +190,10 @@ class DiffusionConfig:
     schedule: str = "linear"
     loss: str = "mse"
     train_t_max: int | None = 200
+    noise_draws: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least({"noise_draws": (self.noise_draws, 0)})
 
 
 @dataclass

@@ -15,6 +15,7 @@ from kornia.filters import gaussian_blur2d, median_blur
 from torch import nn
 
 from . import distributed
+from .augment import image_keys
 from .checkpoint import Checkpointing
 from .config import DiffusionConfig
 from .diffusion.cache import cache_root, load_cached, model_dir, model_key, store
@@ -33,10 +34,13 @@ SIGMA_MAX = 2.5
 
 
 def diffusion_dissolve(
-    x: torch.Tensor, t: int | torch.Tensor, model: DiffusionModel
+    x: torch.Tensor, t: int | torch.Tensor, model: DiffusionModel, noise_draws: int = 0
 ) -> torch.Tensor:
-    """Treat x (B, C, H, W) in [0, 1] as the noisy x_t (no noise added:
-    :meth:`DiffusionModel.dissolve`) and return the model's one-step x0 in [0, 1].
+    """The model's one-step x0 in [0, 1] of images x (B, C, H, W) in [0, 1]: with
+    ``noise_draws`` 0, x taken as the noisy x_t (no noise added: :meth:`DiffusionModel.dissolve`);
+    with K >= 1, the mean of the K estimates from x noised to step t for real
+    (:meth:`DiffusionModel.denoise`) with the noise of :func:`keyed_noise`, so that an image's
+    result is still the same at every call, alone or in any batch.
 
     Computed on the model's device, returned on x's device and dtype.
     """
@@ -44,9 +48,29 @@ def diffusion_dissolve(
     with torch.no_grad():
         dtype = next(model.parameters()).dtype
         y = model.to_model_space(x.to(device=model.device, dtype=dtype))
-        x0 = model.dissolve(y, t).clamp(-1.0, 1.0)
-        out = model.from_model_space(x0, tuple(x.shape[-2:]))
+        if noise_draws == 0:
+            x0 = model.dissolve(y, t)
+        else:
+            noise = keyed_noise(x, noise_draws, tuple(y.shape[1:])).to(y)
+            x0 = sum(model.denoise(y, t, n) for n in noise) / noise_draws
+        out = model.from_model_space(x0.clamp(-1.0, 1.0), tuple(x.shape[-2:]))
     return out.to(device=x.device, dtype=x.dtype)
+
+
+# Seeds of :func:`keyed_noise`: an image's key among this many.
+NOISE_SEEDS = 2**62
+
+
+def keyed_noise(x: torch.Tensor, draws: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(draws, B, *shape) standard normal noise for images x (B, ...): image n's from a
+    generator seeded with a hash of its own values (:func:`~dia.augment.image_keys`), so the
+    same image gets the same noise whatever else is in the batch."""
+    keys = image_keys(x, rows=NOISE_SEEDS).tolist()
+    out = torch.empty(len(keys), draws, *shape)
+    generator = torch.Generator()
+    for n, key in enumerate(keys):
+        torch.randn((draws, *shape), generator=generator.manual_seed(key), out=out[n])
+    return out.transpose(0, 1)
 
 
 def gaussian_dissolve(x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
@@ -189,6 +213,7 @@ class DiffusionDissolver(Dissolver):
         found = None if key is None else _kept_model(key, device)
         if found is not None:
             self.model, history = found
+            self.model.config = self.config  # the same but for how it dissolves: this run's
             return {**history, "kept": True}
         model = DiffusionModel(self.config, images.shape[1], seed=seed)
         history = train_diffusion(
@@ -213,7 +238,7 @@ class DiffusionDissolver(Dissolver):
         return cls(DiffusionModel.from_pretrained(folder, device=device))
 
     def forward(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return diffusion_dissolve(x, t, self._model())
+        return diffusion_dissolve(x, t, self._model(), self.config.noise_draws)
 
     def _model(self) -> DiffusionModel:
         if self.model is None:

@@ -53,8 +53,7 @@ def denoise_mse_ratio(
     model.eval()
     y = model.to_model_space(x.to(model.device))
     noise = torch.randn(y.shape, generator=generator).to(y)
-    abar = model.alphas_cumprod[t].to(y)
-    y_t = abar.sqrt() * y + (1 - abar).sqrt() * noise
+    y_t = model.noised(y, t, noise)
     x0 = model.predict_x0(y_t, t).clamp(-1.0, 1.0)
     return float(F.mse_loss(x0, y) / F.mse_loss(y_t, y).clamp_min(1e-12))
 

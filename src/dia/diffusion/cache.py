@@ -41,10 +41,12 @@ def cache_root() -> Path | None:
 
 def model_key(images: torch.Tensor, config: DiffusionConfig, channels: int, seed: int) -> str:
     """32 hex digits naming the model that training on ``images`` (N, C, H, W) with these
-    settings makes: equal images (as float32 values) and settings, equal keys."""
+    settings makes: equal images (as float32 values) and training settings (those of how it
+    dissolves left out), equal keys."""
     digest = hashlib.blake2b(digest_size=16)
+    training = {k: v for k, v in to_dict(config).items() if k not in config.DISSOLVING_ONLY}
     settings = {
-        "config": to_dict(config),
+        "config": training,
         "channels": channels,
         "seed": seed,
         "format_version": FORMAT_VERSION,

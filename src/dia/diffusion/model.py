@@ -44,6 +44,7 @@ EARLIER_SETTINGS = {
     "schedule": "linear",
     "loss": "mse",
     "train_t_max": None,
+    "noise_draws": 0,
 }
 
 
@@ -189,6 +190,17 @@ class DiffusionModel(nn.Module):
         t = self.timesteps(t, y.shape[0])
         return self.predict_x0(self.target.as_noisy(y, self._abar(t, y)), t)
 
+    def noised(self, y: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) y + sqrt(1 - abar_t) noise: clean images ``y`` (B, C, r, r) in
+        model space noised to step t with standard normal ``noise`` of their shape."""
+        abar = self._abar(self.timesteps(t, y.shape[0]), y)
+        return abar.sqrt() * y + (1 - abar).sqrt() * noise
+
+    def denoise(self, y: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Unclipped one-step x0 (B, C, r, r) of clean images ``y`` in model space noised to
+        step t for real with ``noise`` (:meth:`noised`)."""
+        return self.predict_x0(self.noised(y, t, noise), t)
+
     def loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """DDPM loss (scalar): ``config.loss`` between the UNet's output and its target
         (noise, x0, v, ...), t uniform in [0, ``config.train_t_max``) (every timestep when
@@ -200,9 +212,8 @@ class DiffusionModel(nn.Module):
         t = torch.randint(0, top, (b,), generator=generator, device=g_device)
         noise = torch.randn(x0.shape, generator=generator, device=g_device, dtype=x0.dtype)
         t, noise = t.to(x0.device), noise.to(x0.device)
-        abar = self._abar(t, x0)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        target = self.target.target(x0, noise, x_t, abar)
+        x_t = self.noised(x0, t, noise)
+        target = self.target.target(x0, noise, x_t, self._abar(t, x0))
         return LOSSES[self.config.loss](self.predict(x_t, t), target)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
