@@ -34,13 +34,14 @@ SIGMA_MAX = 2.5
 
 
 def diffusion_dissolve(
-    x: torch.Tensor, t: int | torch.Tensor, model: DiffusionModel, noise_draws: int = 0
+    x: torch.Tensor, t: int | torch.Tensor, model: DiffusionModel, noise_draws: int | None = None
 ) -> torch.Tensor:
     """The model's one-step x0 in [0, 1] of images x (B, C, H, W) in [0, 1]: with
     ``noise_draws`` 0, x taken as the noisy x_t (no noise added: :meth:`DiffusionModel.dissolve`);
     with K >= 1, the mean of the K estimates from x noised to step t for real
     (:meth:`DiffusionModel.denoise`) with the noise of :func:`keyed_noise`, so that an image's
-    result is still the same at every call, alone or in any batch.
+    result is still the same at every call, alone or in any batch. None: the model's own
+    setting (``config.noise_draws``).
 
     Computed on the model's device, returned on x's device and dtype.
     """
@@ -48,6 +49,8 @@ def diffusion_dissolve(
     with torch.no_grad():
         dtype = next(model.parameters()).dtype
         y = model.to_model_space(x.to(device=model.device, dtype=dtype))
+        if noise_draws is None:
+            noise_draws = model.config.noise_draws
         if noise_draws == 0:
             x0 = model.dissolve(y, t)
         else:
@@ -238,7 +241,7 @@ class DiffusionDissolver(Dissolver):
         return cls(DiffusionModel.from_pretrained(folder, device=device))
 
     def forward(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return diffusion_dissolve(x, t, self._model(), self.config.noise_draws)
+        return diffusion_dissolve(x, t, self._model())
 
     def _model(self) -> DiffusionModel:
         if self.model is None:
