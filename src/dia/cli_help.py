@@ -28,7 +28,7 @@ HELP = {
     ("data", "dicom_window"): DICOM_WINDOW_HELP,
     ("diffusion", "noise_draws"): "how the diffusion model dissolves: 0 takes the clean image "
     "as the noisy one at step t; K noises it to step t K times and averages the K estimates "
-    "(removes more, the larger t; default 4)",
+    "(removes more, the larger t; default 0)",
     ("data", "dicom_studies"): "keep the DICOM files of one study (StudyInstanceUID) together "
     "in splits and thresholds (default true); false splits them file by file, for data whose "
     "anonymiser gave every file one study",

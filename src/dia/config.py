@@ -167,13 +167,11 @@ class DiffusionConfig:
     added detail to most images from t = 75 after a CPU's minutes of training
     (``bench/RESULTS.md``, "What the UNet predicts").
 
-    ``noise_draws``: how the trained model dissolves (:func:`dia.dissolve.diffusion_dissolve`),
-    not how it trains: 0 takes the clean image as x_t, as the authors do, and removes about as
-    much detail at every t; K >= 1 noises it to step t for real K times (noise seeded by the
-    image's own pixels) and averages the K one-step estimates of x0. The default, 4, removes
-    more detail the larger t and adds none (``bench/RESULTS.md``, "Noised for real, K times,
-    and averaged"). Not part of a kept model's key (``DISSOLVING_ONLY``): one model serves
-    every value.
+    ``noise_draws``: how the trained model dissolves (:func:`dia.dissolve.diffusion_dissolve`):
+    0 takes the clean image as x_t, as the authors do; K >= 1 noises it to step t for real K
+    times (noise seeded by its own pixels) and averages the K estimates of x0, which from K = 4
+    removes more the larger t, at no gain to DIA (``bench/RESULTS.md``, "Noised for real, K
+    times, and averaged"). Not in a kept model's key (``DISSOLVING_ONLY``).
     """
 
     DISSOLVING_ONLY: ClassVar[tuple[str, ...]] = ("noise_draws",)
@@ -192,7 +190,7 @@ class DiffusionConfig:
     schedule: str = "linear"
     loss: str = "mse"
     train_t_max: int | None = 200
-    noise_draws: int = 4
+    noise_draws: int = 0
 
     def __post_init__(self) -> None:
         _at_least({"noise_draws": (self.noise_draws, 0)})
