@@ -61,9 +61,10 @@ def coloured(x: torch.Tensor) -> torch.Tensor:
     return (x.amax(-3) != x.amin(-3)).flatten(1).any(1)
 
 
-def _on_rows(step, x: torch.Tensor, f: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``step`` applied to the images ``rows`` of ``x`` (with their factors ``f``) alone."""
-    if len(rows) == x.shape[0]:
+def _on_rows(step, x: torch.Tensor, f: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``step`` applied to the images ``rows`` of ``x`` (with their factors ``f``) alone, or
+    to every image with ``rows`` None."""
+    if rows is None or len(rows) == x.shape[0]:
         return step(x, f)
     if len(rows):
         x[rows] = step(x[rows], f[rows])
@@ -91,13 +92,12 @@ class KeyedColour:
         if len(picked):
             factors = self.factors[keys[picked]].to(x)
             chroma = colour[picked].nonzero().squeeze(1).to(x.device)
-            every = torch.arange(len(picked), device=x.device)
             picked = picked.to(x.device)
             part = x[picked]
             for step in self.order:
                 f = factors[:, step]
                 if (f != NEUTRAL[step]).any():
-                    rows = chroma if step in CHROMA_STEPS else every
+                    rows = chroma if step in CHROMA_STEPS else None
                     part = _on_rows(STEPS[step], part, f.view(-1, 1, 1, 1), rows)
             x[picked] = part.clamp_(0.0, 1.0)
         if self.grayed is not None:

@@ -28,14 +28,8 @@ MAX_RESOLUTION = 4096
 # Images this much smaller than the resolution (MedMNIST 28 -> 32) are padded, not resized,
 # so that no interpolation blurs the fine detail the detector has to learn.
 PAD = 2
-# DiffusionConfig's names for diffusers' settings (the scheduler's prediction type is that of
-# the UNet's output, which the preconditioned model turns into x0 itself), and its losses.
-PREDICTIONS = {
-    "epsilon": "epsilon",
-    "sample": "sample",
-    "v": "v_prediction",
-    "preconditioned": "sample",
-}
+# DiffusionConfig's names for diffusers' schedules (its predictions: dia.diffusion.targets),
+# and its losses.
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 # How every model was made before these settings existed: what a saved config without them means.
@@ -99,7 +93,7 @@ class DiffusionModel(nn.Module):
             beta_schedule=SCHEDULES[config.schedule],
             beta_start=config.beta_start,
             beta_end=config.beta_end,
-            prediction_type=PREDICTIONS[config.prediction],
+            prediction_type=TARGETS[config.prediction].scheduler_prediction,
         )
         # Derived from the config, so not saved with the weights.
         abar = self.scheduler.alphas_cumprod.to(torch.float32).clone()
@@ -284,7 +278,7 @@ def _check_config(config: DiffusionConfig) -> None:
         )
     if config.num_train_timesteps < 2:
         raise ValueError(f"num_train_timesteps must be >= 2, got {config.num_train_timesteps}")
-    for name, known in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+    for name, known in (("prediction", TARGETS), ("schedule", SCHEDULES), ("loss", LOSSES)):
         if getattr(config, name) not in known:
             raise ValueError(f"{name}={getattr(config, name)!r}; expected one of {sorted(known)}")
     top = config.train_t_max

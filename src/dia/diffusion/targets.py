@@ -4,6 +4,7 @@ Each parameterisation says what the UNet is given for noisy images x_t at a step
 signal share is abar (``unet_input``), how the clean image x0 follows from the UNet's output
 (``x0``), and what the output is trained towards (``target``). All work in the model's space
 (images in [-1, 1]) and take ``abar`` shaped to broadcast over the images, (B, 1, 1, 1).
+``scheduler_prediction`` is diffusers' name for what the UNet's output is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ SIGMA_DATA = 0.5
 
 class Epsilon:
     """The noise, as DDPM and the authors' model: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+
+    scheduler_prediction = "epsilon"
 
     def unet_input(self, x_t, abar):
         return x_t
@@ -34,6 +37,8 @@ class Epsilon:
 class Sample(Epsilon):
     """x0 itself."""
 
+    scheduler_prediction = "sample"
+
     def x0(self, x_t, out, abar):
         return out
 
@@ -43,6 +48,8 @@ class Sample(Epsilon):
 
 class Velocity(Epsilon):
     """v = sqrt(abar) eps - sqrt(1 - abar) x0; x0 = sqrt(abar) x_t - sqrt(1 - abar) v."""
+
+    scheduler_prediction = "v_prediction"
 
     def x0(self, x_t, out, abar):
         return abar.sqrt() * x_t - (1 - abar).sqrt() * out
@@ -60,9 +67,12 @@ class Preconditioned(Epsilon):
         c_out = sigma s / sqrt(sigma^2 + s^2),   c_in = 1 / sqrt(sigma^2 + s^2)
 
     (s = ``SIGMA_DATA``). At a small sigma x0 is mostly the input itself, passed through; the
-    larger sigma, the more of it is the UNet's estimate: so a model trained for minutes keeps
-    an image's detail at small t and removes more of it the larger t, which is what dissolving
-    asks of it (``bench/RESULTS.md``, "What the UNet predicts")."""
+    larger sigma, the more of it is the UNet's estimate. Given a clean image, though, that
+    growing correction adds detail as the noise-predicting model does, more the larger t
+    (``bench/RESULTS.md``, "What the UNet predicts"). Its output is x0 once corrected, so the
+    scheduler takes it as a sample."""
+
+    scheduler_prediction = "sample"
 
     @staticmethod
     def sigma2(abar):
